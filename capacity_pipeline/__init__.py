@@ -1,0 +1,1 @@
+"""capacity_pipeline: WhaleFall capacity aggregation as a Dagster code location."""

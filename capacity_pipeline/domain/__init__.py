@@ -1,0 +1,1 @@
+"""The domain layer: WhaleFall tables, periods, aggregation SQL, run center. No Dagster, no Flask."""

@@ -1,0 +1,95 @@
+"""Month partitions of the capacity tables, created on demand (fixes spec Q16).
+
+WhaleFall only creates partitions through an admin API, so a write into a month nobody prepared
+fails. Before the pipeline writes a month it makes sure the partition exists, with WhaleFall's
+name (`<table>_YYYY_MM`), bounds and comment. Two processes racing to create the same partition are
+serialised by an advisory lock, so neither fails.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import date
+
+from sqlalchemy import Connection, Engine, text
+from sqlalchemy.exc import DBAPIError
+
+from capacity_pipeline.domain.tables import PARTITIONED_TABLES
+
+_ALREADY_COVERED = re.compile(r"would overlap partition|default partition", re.IGNORECASE)
+
+
+def partition_name(table: str, month: date) -> str:
+    return f"{table}_{month.year:04d}_{month.month:02d}"
+
+
+def _next_month(month: date) -> date:
+    return date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def months_between(first: date, last: date) -> list[date]:
+    """First days of every month touched by [first, last]."""
+    months = []
+    month = first.replace(day=1)
+    while month <= last:
+        months.append(month)
+        month = _next_month(month)
+    return months
+
+
+def ensure_month_partitions(
+    engine: Engine, tables: Iterable[str], months: Iterable[date]
+) -> list[str]:
+    """Create the missing month partitions; returns the names created. A no-op on SQLite."""
+    if engine.dialect.name != "postgresql":
+        return []
+    created = []
+    wanted = [(table, month.replace(day=1)) for table in tables for month in set(months)]
+    for table, month in sorted(wanted):
+        if table not in PARTITIONED_TABLES:
+            raise ValueError(
+                f"table: {table!r} is not partitioned; allowed: {sorted(PARTITIONED_TABLES)}"
+            )
+        name = partition_name(table, month)
+        with engine.connect() as connection:
+            if not _needs_partition(connection, table, name):
+                continue
+        try:
+            if _create_partition(engine, table, name, month):
+                created.append(name)
+        except DBAPIError as error:
+            # The month is already covered by a differently named or DEFAULT partition: rows route.
+            if not _ALREADY_COVERED.search(str(error.orig)):
+                raise
+    return created
+
+
+def _create_partition(engine: Engine, table: str, name: str, month: date) -> bool:
+    with engine.begin() as connection:
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
+            {"key": f"capacity_pipeline.partition.{name}"},
+        )
+        if not _needs_partition(connection, table, name):
+            return False  # another process created it while we waited for the lock
+        _, display_name = PARTITIONED_TABLES[table]
+        connection.exec_driver_sql(
+            f'CREATE TABLE IF NOT EXISTS "{name}" PARTITION OF "{table}" '
+            f"FOR VALUES FROM ('{month.isoformat()}') TO ('{_next_month(month).isoformat()}')"
+        )
+        comment = f"{display_name}分区表 - {month.year:04d}-{month.month:02d}"
+        connection.exec_driver_sql(f"COMMENT ON TABLE \"{name}\" IS '{comment}'")
+    return True
+
+
+def _needs_partition(connection: Connection, table: str, name: str) -> bool:
+    """True when `table` is a partitioned parent and `name` does not exist yet."""
+    row = connection.execute(
+        text(
+            "SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass(:parent)) = 'p', "
+            "to_regclass(:child) IS NULL"
+        ),
+        {"parent": table, "child": name},
+    ).one()
+    return bool(row[0]) and bool(row[1])

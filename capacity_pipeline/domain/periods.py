@@ -1,0 +1,123 @@
+"""WhaleFall's period arithmetic (spec section 3).
+
+Windows are inclusive on both ends, weeks start on Monday, and "today" is the Asia/Shanghai date
+whatever the host time zone. The previous quarter keeps WhaleFall's two-month quirk (spec Q1)
+unless the caller asks for the corrected one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from enum import StrEnum
+from zoneinfo import ZoneInfo
+
+CHINA_TZ = ZoneInfo("Asia/Shanghai")
+
+# Setting that turns on the corrected previous quarter (spec Q1). Off by default: parity first.
+CORRECTED_QUARTER_ENV = "CAPACITY_CORRECTED_PREVIOUS_QUARTER"
+
+
+class PeriodType(StrEnum):
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    MONTHLY = "monthly"
+    QUARTERLY = "quarterly"
+
+    @classmethod
+    def parse(cls, value: str) -> PeriodType:
+        """Parse a period name, with an error that lists the allowed values."""
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(p.value for p in cls)
+            raise ValueError(f"period: unknown value {value!r}; allowed: {allowed}") from None
+
+
+@dataclass(frozen=True, order=True)
+class Window:
+    """An inclusive date window [start, end]."""
+
+    start: date
+    end: date
+
+    def __post_init__(self) -> None:
+        if self.start > self.end:
+            raise ValueError(f"window start {self.start} is after its end {self.end}")
+
+    def __str__(self) -> str:
+        return f"{self.start.isoformat()}..{self.end.isoformat()}"
+
+    @property
+    def days(self) -> int:
+        return (self.end - self.start).days + 1
+
+
+def china_today(now: datetime | None = None) -> date:
+    """WhaleFall's "today": the calendar date in Asia/Shanghai (spec section 3)."""
+    moment = now if now is not None else datetime.now(CHINA_TZ)
+    if moment.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    return moment.astimezone(CHINA_TZ).date()
+
+
+def corrected_quarter_from_env() -> bool:
+    """Whether the documented setting asks for the corrected previous quarter."""
+    return os.environ.get(CORRECTED_QUARTER_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _month_start(day: date) -> date:
+    return day.replace(day=1)
+
+
+def _add_months(first_of_month: date, months: int) -> date:
+    index = first_of_month.year * 12 + (first_of_month.month - 1) + months
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def _quarter_start(day: date) -> date:
+    return date(day.year, 3 * ((day.month - 1) // 3) + 1, 1)
+
+
+def window_containing(period: PeriodType, day: date) -> Window:
+    """The period of this type that contains `day` (WhaleFall's current period when day is today)."""
+    if period is PeriodType.DAILY:
+        return Window(day, day)
+    if period is PeriodType.WEEKLY:
+        monday = day - timedelta(days=day.weekday())
+        return Window(monday, monday + timedelta(days=6))
+    if period is PeriodType.MONTHLY:
+        start = _month_start(day)
+        return Window(start, _add_months(start, 1) - timedelta(days=1))
+    start = _quarter_start(day)
+    return Window(start, _add_months(start, 3) - timedelta(days=1))
+
+
+def current_window(period: PeriodType, today: date) -> Window:
+    """`get_current_period`: the period containing today (a week or month may end in the future)."""
+    return window_containing(period, today)
+
+
+def last_window(period: PeriodType, today: date) -> Window:
+    """`get_last_period`: the last complete period before the one containing today."""
+    current = window_containing(period, today)
+    return window_containing(period, current.start - timedelta(days=1))
+
+
+def previous_window(
+    period: PeriodType, window: Window, *, corrected_quarter: bool = False
+) -> Window:
+    """`get_previous_period`: the window the change metrics compare against."""
+    if period in (PeriodType.DAILY, PeriodType.WEEKLY):
+        # Same length, ending the day before; for a one-day window that is simply the day before.
+        end = window.start - timedelta(days=1)
+        return Window(end - (window.end - window.start), end)
+    if period is PeriodType.MONTHLY:
+        start = _add_months(_month_start(window.start), -1)
+        return Window(start, _add_months(start, 1) - timedelta(days=1))
+    previous_start = _add_months(_quarter_start(window.start), -3)
+    if corrected_quarter or window.start.month <= 3:
+        return Window(previous_start, _add_months(previous_start, 3) - timedelta(days=1))
+    # spec Q1: outside Q1 WhaleFall ends the previous quarter the day before its third month.
+    return Window(previous_start, _add_months(previous_start, 2) - timedelta(days=1))

@@ -1,0 +1,363 @@
+"""WhaleFall's tables as SQLAlchemy definitions (spec section 1), and the schema set-up.
+
+On PostgreSQL the four capacity tables are range-partitioned by month with the partition key in
+the primary key, exactly as WhaleFall's migrations leave them. On SQLite they are plain tables with
+a rowid primary key. `create_schema` only creates what is missing: it never drops or alters.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    Date,
+    DateTime,
+    Engine,
+    ForeignKey,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+TASK_RUN_STATUSES = (
+    "pending",
+    "running",
+    "completed",
+    "completed_with_errors",
+    "failed",
+    "cancelled",
+)
+
+# Table -> (partition key, the display name WhaleFall writes into each partition's comment).
+PARTITIONED_TABLES: dict[str, tuple[str, str]] = {
+    "database_size_stats": ("collected_date", "数据库统计表"),
+    "instance_size_stats": ("collected_date", "实例统计表"),
+    "database_size_aggregations": ("period_start", "数据库聚合表"),
+    "instance_size_aggregations": ("period_start", "实例聚合表"),
+}
+
+# The parents' own comments, as in WhaleFall's baseline dump.
+_PARENT_COMMENTS = {
+    "database_size_stats": "数据库大小统计表（按月分区）",
+    "instance_size_stats": "实例大小统计表（按月分区）",
+    "database_size_aggregations": "数据库大小聚合统计表（按月分区）",
+    "instance_size_aggregations": "实例大小聚合统计表（按月分区）",
+}
+
+_TIMESTAMPTZ = DateTime(timezone=True)
+_JSON = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _status_check(table: str) -> CheckConstraint:
+    values = ", ".join(f"'{status}'" for status in TASK_RUN_STATUSES)
+    return CheckConstraint(f"status IN ({values})", name=f"{table}_status_check")
+
+
+def _partitioned(
+    metadata: MetaData,
+    name: str,
+    id_type: type[Integer] | type[BigInteger],
+    columns: list[Column],
+    constraints: list[object],
+    *,
+    postgresql: bool,
+) -> Table:
+    """A capacity table: partitioned with PK (id, partition key) on PostgreSQL, plain on SQLite."""
+    partition_key = PARTITIONED_TABLES[name][0]
+    if postgresql:
+        id_column = Column("id", id_type, nullable=False, autoincrement=True)
+        primary_key = PrimaryKeyConstraint("id", partition_key, name=f"{name}_pkey")
+        return Table(
+            name,
+            metadata,
+            id_column,
+            *columns,
+            primary_key,
+            *constraints,
+            comment=_PARENT_COMMENTS[name],
+            postgresql_partition_by=f"RANGE ({partition_key})",
+        )
+    id_column = Column("id", Integer, primary_key=True, autoincrement=True)
+    return Table(name, metadata, id_column, *columns, *constraints)
+
+
+@cache
+def whalefall_metadata(dialect: str) -> MetaData:
+    """The pipeline's view of WhaleFall's schema, built for one dialect."""
+    postgresql = dialect == "postgresql"
+    metadata = MetaData()
+    now = text("now()") if postgresql else text("CURRENT_TIMESTAMP")
+
+    Table(
+        "instances",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("name", String(255), nullable=False),
+        Column("db_type", String(50), nullable=False),
+        Column("is_active", Boolean, nullable=False, server_default=text("true")),
+        Column("deleted_at", _TIMESTAMPTZ, nullable=True),
+        Column("created_at", _TIMESTAMPTZ, nullable=True, server_default=now),
+        Column("updated_at", _TIMESTAMPTZ, nullable=True, server_default=now),
+        UniqueConstraint("name", name="instances_name_key"),
+        Index("ix_instances_name", "name", unique=True),
+        Index("ix_instances_db_type", "db_type"),
+    )
+
+    _partitioned(
+        metadata,
+        "database_size_stats",
+        BigInteger,
+        [
+            Column("instance_id", Integer, nullable=False),
+            Column("database_name", String(255), nullable=False),
+            Column("size_mb", BigInteger, nullable=False),
+            Column("data_size_mb", BigInteger, nullable=True),
+            Column("log_size_mb", BigInteger, nullable=True),
+            Column("collected_date", Date, nullable=False),
+            Column("collected_at", _TIMESTAMPTZ, nullable=False, server_default=now),
+            Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=now),
+            Column("updated_at", _TIMESTAMPTZ, nullable=False, server_default=now),
+        ],
+        [
+            ForeignKeyConstraint(
+                ["instance_id"], ["instances.id"], name="database_size_stats_instance_id_fkey"
+            ),
+            UniqueConstraint(
+                "instance_id", "database_name", "collected_date", name="uq_daily_database_size"
+            ),
+            Index("ix_database_size_stats_collected_date", "collected_date"),
+            Index("ix_database_size_stats_instance_date", "instance_id", "collected_date"),
+            Index("ix_database_size_stats_instance_db", "instance_id", "database_name"),
+        ],
+        postgresql=postgresql,
+    )
+
+    _partitioned(
+        metadata,
+        "instance_size_stats",
+        Integer,
+        [
+            Column("instance_id", Integer, nullable=False),
+            Column("total_size_mb", Integer, nullable=False, server_default=text("0")),
+            Column("database_count", Integer, nullable=False, server_default=text("0")),
+            Column("collected_date", Date, nullable=False),
+            Column("collected_at", _TIMESTAMPTZ, nullable=False, server_default=now),
+            Column("is_deleted", Boolean, nullable=False, server_default=text("false")),
+            Column("deleted_at", _TIMESTAMPTZ, nullable=True),
+            Column("created_at", _TIMESTAMPTZ, nullable=True, server_default=now),
+            Column("updated_at", _TIMESTAMPTZ, nullable=True, server_default=now),
+        ],
+        [
+            ForeignKeyConstraint(
+                ["instance_id"],
+                ["instances.id"],
+                name="instance_size_stats_instance_id_fkey",
+                ondelete="CASCADE",
+            ),
+            Index(
+                "uq_instance_size_stats_instance_date",
+                "instance_id",
+                "collected_date",
+                unique=True,
+                postgresql_where=text("is_deleted = false"),
+                sqlite_where=text("is_deleted = 0"),
+            ),
+            Index("ix_instance_size_stats_collected_date", "collected_date"),
+            Index("ix_instance_size_stats_deleted", "is_deleted"),
+            Index("ix_instance_size_stats_instance_date", "instance_id", "collected_date"),
+            Index("ix_instance_size_stats_instance_id", "instance_id"),
+            Index("ix_instance_size_stats_total_size", "total_size_mb"),
+        ],
+        postgresql=postgresql,
+    )
+
+    _partitioned(
+        metadata,
+        "database_size_aggregations",
+        BigInteger,
+        [
+            Column("instance_id", Integer, nullable=False),
+            Column("database_name", String(255), nullable=False),
+            Column("period_type", String(20), nullable=False),
+            Column("period_start", Date, nullable=False),
+            Column("period_end", Date, nullable=False),
+            Column("avg_size_mb", BigInteger, nullable=False),
+            Column("max_size_mb", BigInteger, nullable=False),
+            Column("min_size_mb", BigInteger, nullable=False),
+            Column("data_count", Integer, nullable=False),
+            Column("avg_data_size_mb", BigInteger, nullable=True),
+            Column("max_data_size_mb", BigInteger, nullable=True),
+            Column("min_data_size_mb", BigInteger, nullable=True),
+            Column("avg_log_size_mb", BigInteger, nullable=True),
+            Column("max_log_size_mb", BigInteger, nullable=True),
+            Column("min_log_size_mb", BigInteger, nullable=True),
+            Column("size_change_mb", BigInteger, nullable=False, server_default=text("0")),
+            Column("size_change_percent", Numeric(10, 2), nullable=False, server_default=text("0")),
+            Column("data_size_change_mb", BigInteger, nullable=True),
+            Column("data_size_change_percent", Numeric(10, 2), nullable=True),
+            Column("log_size_change_mb", BigInteger, nullable=True),
+            Column("log_size_change_percent", Numeric(10, 2), nullable=True),
+            Column("growth_rate", Numeric(10, 2), nullable=False, server_default=text("0")),
+            Column("calculated_at", _TIMESTAMPTZ, nullable=False),
+            Column("created_at", _TIMESTAMPTZ, nullable=False),
+        ],
+        [
+            UniqueConstraint(
+                "instance_id",
+                "database_name",
+                "period_type",
+                "period_start",
+                name="uq_database_size_aggregation",
+            ),
+            Index("ix_database_size_aggregations_id", "id"),
+            Index(
+                "ix_database_size_aggregations_instance_period",
+                "instance_id",
+                "period_type",
+                "period_start",
+            ),
+            Index("ix_database_size_aggregations_period_type", "period_type", "period_start"),
+        ],
+        postgresql=postgresql,
+    )
+
+    _partitioned(
+        metadata,
+        "instance_size_aggregations",
+        BigInteger,
+        [
+            Column("instance_id", Integer, nullable=False),
+            Column("period_type", String(20), nullable=False),
+            Column("period_start", Date, nullable=False),
+            Column("period_end", Date, nullable=False),
+            Column("total_size_mb", BigInteger, nullable=False),
+            Column("avg_size_mb", BigInteger, nullable=False),
+            Column("max_size_mb", BigInteger, nullable=False),
+            Column("min_size_mb", BigInteger, nullable=False),
+            Column("data_count", Integer, nullable=False),
+            Column("database_count", Integer, nullable=False),
+            Column("avg_database_count", Numeric(10, 2), nullable=True),
+            Column("max_database_count", Integer, nullable=True),
+            Column("min_database_count", Integer, nullable=True),
+            Column("total_size_change_mb", BigInteger, nullable=True),
+            Column("total_size_change_percent", Numeric(10, 2), nullable=True),
+            Column("database_count_change", Integer, nullable=True),
+            Column("database_count_change_percent", Numeric(10, 2), nullable=True),
+            Column("growth_rate", Numeric(10, 2), nullable=True),
+            Column("trend_direction", String(20), nullable=True),
+            Column("calculated_at", _TIMESTAMPTZ, nullable=False),
+            Column("created_at", _TIMESTAMPTZ, nullable=False),
+        ],
+        [
+            ForeignKeyConstraint(
+                ["instance_id"],
+                ["instances.id"],
+                name="instance_size_aggregations_instance_id_fkey",
+            ),
+            UniqueConstraint(
+                "instance_id", "period_type", "period_start", name="uq_instance_size_aggregation"
+            ),
+            Index("ix_instance_size_aggregations_id", "id"),
+            Index(
+                "ix_instance_size_aggregations_instance_period",
+                "instance_id",
+                "period_type",
+                "period_start",
+            ),
+            Index("ix_instance_size_aggregations_period_type", "period_type", "period_start"),
+        ],
+        postgresql=postgresql,
+    )
+
+    Table(
+        "task_runs",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column("run_id", String(36), nullable=False),
+        Column("task_key", String(128), nullable=False),
+        Column("task_name", String(255), nullable=False),
+        Column("task_category", String(50), nullable=False),
+        Column("trigger_source", String(20), nullable=False),
+        Column("status", String(32), nullable=False, server_default=text("'running'")),
+        Column("started_at", _TIMESTAMPTZ, nullable=False, server_default=now),
+        Column("completed_at", _TIMESTAMPTZ, nullable=True),
+        Column("created_by", Integer, nullable=True),
+        Column("progress_total", Integer, nullable=False, server_default=text("0")),
+        Column("progress_completed", Integer, nullable=False, server_default=text("0")),
+        Column("progress_failed", Integer, nullable=False, server_default=text("0")),
+        Column("summary_json", _JSON, nullable=True),
+        Column("result_url", String(255), nullable=True),
+        Column("error_message", Text, nullable=True),
+        Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=now),
+        Column("updated_at", _TIMESTAMPTZ, nullable=False, server_default=now),
+        UniqueConstraint("run_id", name="uq_task_runs_run_id"),
+        _status_check("task_runs"),
+        Index("ix_task_runs_run_id", "run_id", unique=True),
+        Index("ix_task_runs_task_key", "task_key"),
+        Index("ix_task_runs_task_category", "task_category"),
+        Index("ix_task_runs_trigger_source", "trigger_source"),
+        Index("ix_task_runs_status", "status"),
+        Index("ix_task_runs_started_at", "started_at"),
+        Index("ix_task_runs_task_key_started_at", "task_key", "started_at"),
+    )
+
+    Table(
+        "task_run_items",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column(
+            "run_id",
+            String(36),
+            ForeignKey("task_runs.run_id", name="fk_task_run_items_run_id"),
+            nullable=False,
+        ),
+        Column("item_type", String(20), nullable=False),
+        Column("item_key", String(128), nullable=False),
+        Column("item_name", String(255), nullable=True),
+        Column("instance_id", Integer, nullable=True),
+        Column("status", String(32), nullable=False, server_default=text("'pending'")),
+        Column("started_at", _TIMESTAMPTZ, nullable=True),
+        Column("completed_at", _TIMESTAMPTZ, nullable=True),
+        Column("metrics_json", _JSON, nullable=True),
+        Column("details_json", _JSON, nullable=True),
+        Column("error_message", Text, nullable=True),
+        Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=now),
+        Column("updated_at", _TIMESTAMPTZ, nullable=False, server_default=now),
+        UniqueConstraint("run_id", "item_type", "item_key", name="uq_task_run_items_run_type_key"),
+        _status_check("task_run_items"),
+        Index("ix_task_run_items_run_id", "run_id"),
+        Index("ix_task_run_items_item_type", "item_type"),
+        Index("ix_task_run_items_item_key", "item_key"),
+        Index("ix_task_run_items_instance_id", "instance_id"),
+        Index("ix_task_run_items_status", "status"),
+        Index("ix_task_run_items_run_id_status", "run_id", "status"),
+    )
+    return metadata
+
+
+def tables_for(engine: Engine) -> MetaData:
+    return whalefall_metadata(engine.dialect.name)
+
+
+def create_schema(engine: Engine) -> list[str]:
+    """Create the tables that do not exist yet; returns their names. Never alters existing ones."""
+    metadata = tables_for(engine)
+    with engine.begin() as connection:
+        existing = set(connection.dialect.get_table_names(connection))
+        missing = [table for table in metadata.sorted_tables if table.name not in existing]
+        metadata.create_all(connection, tables=missing, checkfirst=True)
+    return [table.name for table in missing]
