@@ -16,14 +16,19 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy import Connection, Engine, TextClause, bindparam, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from capacity_pipeline.domain.partitions import ensure_month_partitions
 from capacity_pipeline.domain.periods import PeriodType, Window, previous_window
 from capacity_pipeline.domain.sqlmath import SqlMath
+from capacity_pipeline.domain.tables import whalefall_metadata
 
 DEFAULT_BATCH_SIZE = 250
+
+# Per batch transaction: a batch's GROUP BYs fit in memory instead of spilling to disk, and
+# sub-second statements do not pay JIT compilation, which costs more than it saves here.
+_POSTGRESQL_BATCH_SETTINGS = ("work_mem = '64MB'", "jit = off")
 
 
 class Level(StrEnum):
@@ -155,10 +160,7 @@ def list_active_instances(engine: Engine) -> list[ActiveInstance]:
     """WhaleFall's active instances (spec 1.1), in id order: one snapshot per run (spec Q20)."""
     with engine.connect() as connection:
         rows = connection.execute(
-            text(
-                "SELECT id, name FROM instances "
-                "WHERE is_active IS TRUE AND deleted_at IS NULL ORDER BY id"
-            )
+            text("SELECT id, name FROM instances WHERE is_active IS TRUE AND deleted_at IS NULL ORDER BY id")
         )
         return [ActiveInstance(id=row.id, name=row.name) for row in rows]
 
@@ -211,9 +213,9 @@ class _BatchWriter:
         self.report = report
         self.now = now
         self.postgresql = engine.dialect.name == "postgresql"
+        sql = SqlMath(engine.dialect.name)
         self.statements = {
-            level: _STATEMENT_BUILDERS[level](SqlMath(engine.dialect.name))
-            for level in report.scope.levels
+            level: _LEVEL_BUILDERS[level](sql).statements(sql) for level in report.scope.levels
         }
 
     def write(self, batch: Sequence[ActiveInstance]) -> list[InstanceOutcome]:
@@ -242,9 +244,14 @@ class _BatchWriter:
             "now": self.now(),
         }
         with self.engine.begin() as connection:
-            for level, statement in self.statements.items():
+            if self.postgresql:
+                for setting in _POSTGRESQL_BATCH_SETTINGS:
+                    connection.exec_driver_sql(f"SET LOCAL {setting}")
+            for level, statements in self.statements.items():
                 _lock_period(connection, level, report)
-                result = connection.execute(statement, parameters)
+                for statement in statements[:-1]:
+                    connection.execute(statement, parameters)
+                result = connection.execute(statements[-1], parameters)
                 for instance_id, rows, records in _per_instance_counts(result, self.postgresql):
                     outcomes[instance_id].rows_written[level] = rows
                     outcomes[instance_id].records_read[level] = records
@@ -281,54 +288,43 @@ def _describe(error: SQLAlchemyError) -> str:
     return str(original).strip().splitlines()[0] if str(original).strip() else type(error).__name__
 
 
-def _upsert_counts(sql: SqlMath, insert: str, counted: str) -> str:
-    """Run the upsert and return (instance_id, rows written, records read) per instance."""
-    if sql.is_postgresql:
-        return (
-            f"{insert}\nRETURNING instance_id, {counted} AS records)\n"
-            "SELECT instance_id, count(*), sum(records) FROM upserted GROUP BY instance_id"
-        )
-    # SQLite has no data-modifying CTE; the per-instance counts are made from RETURNING rows.
-    return f"{insert}\nRETURNING instance_id, {counted} AS records"
-
-
-def _database_level_statement(sql: SqlMath) -> Any:
+def _database_level(sql: SqlMath) -> _LevelSql:
     """Spec 4.1: one row per (instance, database) with stats in the window."""
-    insert = f"""
-    current_stats AS (
-        SELECT instance_id, database_name,
-               {sql.avg_truncated("size_mb")} AS avg_size_mb,
-               max(size_mb) AS max_size_mb,
-               min(size_mb) AS min_size_mb,
-               count(id) AS data_count,
-               {sql.avg_truncated("data_size_mb")} AS avg_data_size_mb,
-               max(data_size_mb) AS max_data_size_mb,
-               min(data_size_mb) AS min_data_size_mb
+    window_columns, timestamp_columns = _window_columns(sql), _timestamp_columns(sql)
+    ctes = f"""
+    window_rows AS (
+        -- One pass over both windows (the previous one always ends before the current starts).
+        SELECT instance_id, database_name, id, size_mb, data_size_mb,
+               collected_date >= :start AS is_current
         FROM database_size_stats
-        WHERE instance_id IN :ids AND collected_date BETWEEN :start AND :end
-        GROUP BY instance_id, database_name
+        WHERE instance_id IN :ids
+          AND (collected_date BETWEEN :start AND :end
+               OR collected_date BETWEEN :previous_start AND :previous_end)
     ),
-    previous_stats AS (
+    stats AS (
         SELECT instance_id, database_name,
-               {sql.avg_as_float("size_mb")} AS previous_avg,
-               {sql.avg_as_float("data_size_mb")} AS previous_data_avg
-        FROM database_size_stats
-        WHERE instance_id IN :ids AND collected_date BETWEEN :previous_start AND :previous_end
+               {sql.avg_truncated("size_mb", "is_current")} AS avg_size_mb,
+               max(size_mb) FILTER (WHERE is_current) AS max_size_mb,
+               min(size_mb) FILTER (WHERE is_current) AS min_size_mb,
+               count(id) FILTER (WHERE is_current) AS data_count,
+               {sql.avg_truncated("data_size_mb", "is_current")} AS avg_data_size_mb,
+               max(data_size_mb) FILTER (WHERE is_current) AS max_data_size_mb,
+               min(data_size_mb) FILTER (WHERE is_current) AS min_data_size_mb,
+               count(id) FILTER (WHERE NOT is_current) > 0 AS has_previous,
+               {sql.avg_as_float("size_mb", "NOT is_current")} AS previous_avg,
+               {sql.avg_as_float("data_size_mb", "NOT is_current")} AS previous_data_avg
+        FROM window_rows
         GROUP BY instance_id, database_name
+        HAVING count(id) FILTER (WHERE is_current) > 0
     ),
     changes AS (
         -- spec Q2: the truncated current average minus the exact previous average
-        SELECT cur.*,
-               prev.instance_id IS NOT NULL AS has_previous,
-               prev.previous_avg,
-               prev.previous_data_avg,
-               {sql.as_float("cur.avg_size_mb")} - prev.previous_avg AS size_delta,
-               {sql.as_float("cur.avg_data_size_mb")} - prev.previous_data_avg AS data_delta
-        FROM current_stats AS cur
-        LEFT JOIN previous_stats AS prev
-          ON prev.instance_id = cur.instance_id AND prev.database_name = cur.database_name
+        SELECT stats.*,
+               {sql.as_float("avg_size_mb")} - previous_avg AS size_delta,
+               {sql.as_float("avg_data_size_mb")} - previous_data_avg AS data_delta
+        FROM stats
     ),
-    percents AS (
+    percents AS MATERIALIZED (
         SELECT changes.*,
                CASE WHEN previous_avg > 0
                     THEN size_delta / previous_avg * 100 END AS size_percent_raw,
@@ -343,100 +339,69 @@ def _database_level_statement(sql: SqlMath) -> Any:
                CASE WHEN has_previous AND data_percent_raw IS NOT NULL
                     THEN {sql.py_round2("data_percent_raw")} ELSE 0 END AS data_change_percent
         FROM percents
-    )
-    INSERT INTO database_size_aggregations (
-        instance_id, database_name, period_type, period_start, period_end,
-        avg_size_mb, max_size_mb, min_size_mb, data_count,
-        avg_data_size_mb, max_data_size_mb, min_data_size_mb,
-        avg_log_size_mb, max_log_size_mb, min_log_size_mb,
-        size_change_mb, size_change_percent, data_size_change_mb, data_size_change_percent,
-        log_size_change_mb, log_size_change_percent, growth_rate, calculated_at, created_at
-    )
-    SELECT instance_id, database_name, :period_type, :start, :end,
+    )"""
+    final = f"""
+    SELECT instance_id, database_name, {window_columns},
            avg_size_mb, max_size_mb, min_size_mb, data_count,
            avg_data_size_mb, max_data_size_mb, min_data_size_mb,
-           NULL, NULL, NULL,  -- spec Q5: log sizes are never aggregated
-           CASE WHEN has_previous THEN {sql.trunc_int("size_delta")} ELSE 0 END,
+           -- spec Q5: log sizes are never aggregated
+           CAST(NULL AS bigint) AS avg_log_size_mb,
+           CAST(NULL AS bigint) AS max_log_size_mb,
+           CAST(NULL AS bigint) AS min_log_size_mb,
+           CASE WHEN has_previous THEN {sql.trunc_int("size_delta")} ELSE 0 END AS size_change_mb,
            size_change_percent,
            CASE WHEN has_previous AND data_delta IS NOT NULL
-                THEN {sql.trunc_int("data_delta")} ELSE 0 END,
-           data_change_percent,
-           CASE WHEN has_previous THEN NULL ELSE 0 END,  -- spec Q5: NULL once there is history
-           CASE WHEN has_previous THEN NULL ELSE 0 END,
-           size_change_percent,
-           :now, :now
+                THEN {sql.trunc_int("data_delta")} ELSE 0 END AS data_size_change_mb,
+           data_change_percent AS data_size_change_percent,
+           -- spec Q5: the log changes are 0 without history and NULL with it
+           CASE WHEN has_previous THEN NULL ELSE 0 END AS log_size_change_mb,
+           CASE WHEN has_previous THEN NULL ELSE 0 END AS log_size_change_percent,
+           size_change_percent AS growth_rate,
+           {timestamp_columns}
     FROM results
-    WHERE true
-    ORDER BY instance_id, database_name
-    ON CONFLICT (instance_id, database_name, period_type, period_start) DO UPDATE SET
-        avg_size_mb = excluded.avg_size_mb,
-        max_size_mb = excluded.max_size_mb,
-        min_size_mb = excluded.min_size_mb,
-        data_count = excluded.data_count,
-        avg_data_size_mb = excluded.avg_data_size_mb,
-        max_data_size_mb = excluded.max_data_size_mb,
-        min_data_size_mb = excluded.min_data_size_mb,
-        avg_log_size_mb = excluded.avg_log_size_mb,
-        max_log_size_mb = excluded.max_log_size_mb,
-        min_log_size_mb = excluded.min_log_size_mb,
-        size_change_mb = excluded.size_change_mb,
-        size_change_percent = excluded.size_change_percent,
-        data_size_change_mb = excluded.data_size_change_mb,
-        data_size_change_percent = excluded.data_size_change_percent,
-        log_size_change_mb = excluded.log_size_change_mb,
-        log_size_change_percent = excluded.log_size_change_percent,
-        growth_rate = excluded.growth_rate,
-        calculated_at = excluded.calculated_at"""
-    return _statement(sql, insert, counted="1")
+"""
+    return _LevelSql(Level.DATABASE, ctes, final, keys=("instance_id", "database_name"), records_read="1")
 
 
-def _instance_level_statement(sql: SqlMath) -> Any:
+def _instance_level(sql: SqlMath) -> _LevelSql:
     """Spec 4.2: one row per instance with live instance stats in the window."""
-    insert = f"""
-    current_days AS (
-        SELECT instance_id, collected_date,
+    window_columns, timestamp_columns = _window_columns(sql), _timestamp_columns(sql)
+    ctes = f"""
+    days AS (
+        -- Rows of one day are summed first (spec 4.2); one pass over both windows.
+        SELECT instance_id, collected_date >= :start AS is_current,
                sum(total_size_mb) AS day_total, sum(database_count) AS day_databases
         FROM instance_size_stats
-        WHERE instance_id IN :ids AND collected_date BETWEEN :start AND :end
-          AND is_deleted IS FALSE
+        WHERE instance_id IN :ids AND is_deleted IS FALSE
+          AND (collected_date BETWEEN :start AND :end
+               OR collected_date BETWEEN :previous_start AND :previous_end)
         GROUP BY instance_id, collected_date
     ),
-    current_stats AS (
+    stats AS (
         SELECT instance_id,
-               count(*) AS days,
-               sum(day_total) AS total_sum,
-               sum(day_databases) AS databases_sum,
-               max(day_total) AS max_size_mb,
-               min(day_total) AS min_size_mb,
-               max(day_databases) AS max_database_count,
-               min(day_databases) AS min_database_count
-        FROM current_days
+               count(*) FILTER (WHERE is_current) AS days,
+               sum(day_total) FILTER (WHERE is_current) AS total_sum,
+               sum(day_databases) FILTER (WHERE is_current) AS databases_sum,
+               max(day_total) FILTER (WHERE is_current) AS max_size_mb,
+               min(day_total) FILTER (WHERE is_current) AS min_size_mb,
+               max(day_databases) FILTER (WHERE is_current) AS max_database_count,
+               min(day_databases) FILTER (WHERE is_current) AS min_database_count,
+               count(*) FILTER (WHERE NOT is_current) AS previous_days,
+               sum(day_total) FILTER (WHERE NOT is_current) AS previous_total_sum,
+               sum(day_databases) FILTER (WHERE NOT is_current) AS previous_databases_sum
+        FROM days
         GROUP BY instance_id
-    ),
-    previous_days AS (
-        SELECT instance_id, collected_date,
-               sum(total_size_mb) AS day_total, sum(database_count) AS day_databases
-        FROM instance_size_stats
-        WHERE instance_id IN :ids AND collected_date BETWEEN :previous_start AND :previous_end
-          AND is_deleted IS FALSE
-        GROUP BY instance_id, collected_date
-    ),
-    previous_stats AS (
-        SELECT instance_id,
-               {sql.as_float("sum(day_total)")} / count(*) AS previous_total_mean,
-               {sql.as_float("sum(day_databases)")} / count(*) AS previous_databases_mean
-        FROM previous_days
-        GROUP BY instance_id
+        HAVING count(*) FILTER (WHERE is_current) > 0
     ),
     means AS (
-        SELECT cur.*,
-               {sql.trunc_int(sql.as_float("cur.total_sum") + " / cur.days")} AS total_size_mb,
-               {sql.as_float("cur.databases_sum")} / cur.days AS databases_mean,
-               prev.instance_id IS NOT NULL AS has_previous,
-               prev.previous_total_mean,
-               prev.previous_databases_mean
-        FROM current_stats AS cur
-        LEFT JOIN previous_stats AS prev ON prev.instance_id = cur.instance_id
+        SELECT stats.*,
+               {sql.trunc_int(sql.as_float("total_sum") + " / days")} AS total_size_mb,
+               {sql.as_float("databases_sum")} / days AS databases_mean,
+               previous_days > 0 AS has_previous,
+               {sql.as_float("previous_total_sum")} / NULLIF(previous_days, 0) AS previous_total_mean,
+               {sql.as_float("previous_databases_sum")} / NULLIF(previous_days, 0)
+                   AS previous_databases_mean
+        FROM stats
     ),
     changes AS (
         -- spec Q2: the truncated current mean minus the exact previous mean; the database
@@ -446,7 +411,7 @@ def _instance_level_statement(sql: SqlMath) -> Any:
                databases_mean - previous_databases_mean AS databases_delta
         FROM means
     ),
-    percents AS (
+    percents AS MATERIALIZED (
         SELECT changes.*,
                CASE WHEN previous_total_mean > 0
                     THEN total_delta / previous_total_mean * 100 END AS total_percent_raw,
@@ -462,67 +427,98 @@ def _instance_level_statement(sql: SqlMath) -> Any:
                     THEN {sql.py_round2("databases_percent_raw")} ELSE 0 END
                     AS databases_change_percent
         FROM percents
-    )
-    INSERT INTO instance_size_aggregations (
-        instance_id, period_type, period_start, period_end,
-        total_size_mb, avg_size_mb, max_size_mb, min_size_mb, data_count,
-        database_count, avg_database_count, max_database_count, min_database_count,
-        total_size_change_mb, total_size_change_percent,
-        database_count_change, database_count_change_percent,
-        growth_rate, trend_direction, calculated_at, created_at
-    )
-    SELECT instance_id, :period_type, :start, :end,
+    )"""
+    final = f"""
+    SELECT instance_id, {window_columns},
            total_size_mb,
            -- spec Q4: the average size per database, not the average instance size
            CASE WHEN databases_sum > 0
-                THEN {sql.trunc_int(sql.as_float("total_sum") + " / databases_sum")} ELSE 0 END,
+                THEN {sql.trunc_int(sql.as_float("total_sum") + " / databases_sum")} ELSE 0 END
+                AS avg_size_mb,
            max_size_mb, min_size_mb,
-           days,  -- spec Q4: distinct days, not rows
-           {sql.trunc_int("databases_mean")},
-           {sql.pg_numeric2("databases_mean")},  -- spec Q3: rounded by PostgreSQL, half up
+           days AS data_count,  -- spec Q4: distinct days, not rows
+           {sql.trunc_int("databases_mean")} AS database_count,
+           -- spec Q3: rounded by PostgreSQL, half away from zero
+           {sql.pg_numeric2("databases_mean")} AS avg_database_count,
            max_database_count, min_database_count,
-           CASE WHEN has_previous THEN {sql.trunc_int("total_delta")} ELSE 0 END,
-           total_change_percent,
-           CASE WHEN has_previous THEN {sql.trunc_int("databases_delta")} ELSE 0 END,
-           databases_change_percent,
-           total_change_percent,
+           CASE WHEN has_previous THEN {sql.trunc_int("total_delta")} ELSE 0 END
+                AS total_size_change_mb,
+           total_change_percent AS total_size_change_percent,
+           CASE WHEN has_previous THEN {sql.trunc_int("databases_delta")} ELSE 0 END
+                AS database_count_change,
+           databases_change_percent AS database_count_change_percent,
+           total_change_percent AS growth_rate,
            -- strict comparison of the rounded percent: exactly 5.00 is stable
            CASE WHEN total_change_percent > 5 THEN 'growing'
                 WHEN total_change_percent < -5 THEN 'shrinking'
-                ELSE 'stable' END,
-           :now, :now
+                ELSE 'stable' END AS trend_direction,
+           {timestamp_columns}
     FROM results
-    WHERE true
-    ORDER BY instance_id
-    ON CONFLICT (instance_id, period_type, period_start) DO UPDATE SET
-        total_size_mb = excluded.total_size_mb,
-        avg_size_mb = excluded.avg_size_mb,
-        max_size_mb = excluded.max_size_mb,
-        min_size_mb = excluded.min_size_mb,
-        data_count = excluded.data_count,
-        database_count = excluded.database_count,
-        avg_database_count = excluded.avg_database_count,
-        max_database_count = excluded.max_database_count,
-        min_database_count = excluded.min_database_count,
-        total_size_change_mb = excluded.total_size_change_mb,
-        total_size_change_percent = excluded.total_size_change_percent,
-        database_count_change = excluded.database_count_change,
-        database_count_change_percent = excluded.database_count_change_percent,
-        growth_rate = excluded.growth_rate,
-        trend_direction = excluded.trend_direction,
-        calculated_at = excluded.calculated_at"""
-    return _statement(sql, insert, counted="data_count")
+"""
+    return _LevelSql(Level.INSTANCE, ctes, final, keys=("instance_id",), records_read="data_count")
 
 
-def _statement(sql: SqlMath, insert_body: str, counted: str) -> Any:
+def _window_columns(sql: SqlMath) -> str:
+    if sql.is_postgresql:  # typed, so that CREATE TABLE AS gets the target's column types
+        return (
+            "CAST(:period_type AS varchar(20)) AS period_type, "
+            "CAST(:start AS date) AS period_start, CAST(:end AS date) AS period_end"
+        )
+    return ":period_type AS period_type, :start AS period_start, :end AS period_end"
+
+
+def _timestamp_columns(sql: SqlMath) -> str:
     if sql.is_postgresql:
-        body = f"WITH upserted AS (WITH {insert_body.strip()}"
-    else:
-        body = f"WITH {insert_body.strip()}"
-    return text(_upsert_counts(sql, body, counted)).bindparams(bindparam("ids", expanding=True))
+        return "CAST(:now AS timestamptz) AS calculated_at, CAST(:now AS timestamptz) AS created_at"
+    return ":now AS calculated_at, :now AS created_at"
 
 
-_STATEMENT_BUILDERS = {
-    Level.DATABASE: _database_level_statement,
-    Level.INSTANCE: _instance_level_statement,
+@dataclass(frozen=True)
+class _LevelSql:
+    """One level's computation (CTEs and a final SELECT of target columns) and how it is upserted.
+
+    On PostgreSQL the rows are computed by CREATE TEMP TABLE AS, which may use parallel workers
+    (an INSERT ... SELECT never does), then upserted from the temporary table. SQLite runs one
+    INSERT ... SELECT.
+    """
+
+    level: Level
+    ctes: str
+    final: str
+    keys: tuple[str, ...]  # with period_type and period_start, the unique constraint
+    records_read: str  # WhaleFall's processed_records, over the upserted row
+
+    def statements(self, sql: SqlMath) -> list[TextClause]:
+        table = self.level.table
+        columns = [c.name for c in whalefall_metadata(sql.dialect).tables[table].columns if c.name != "id"]
+        column_list = ", ".join(columns)
+        conflict = ", ".join((*self.keys, "period_type", "period_start"))
+        kept = {*self.keys, "period_type", "period_start", "period_end", "created_at"}  # spec 5
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in kept)
+        order = ", ".join(self.keys)
+        upsert = (
+            f"INSERT INTO {table} ({column_list}) SELECT {column_list} FROM {{source}} "
+            f"WHERE true ORDER BY {order} "
+            f"ON CONFLICT ({conflict}) DO UPDATE SET {updates} "
+            f"RETURNING instance_id, {self.records_read} AS records"
+        )
+        if sql.is_postgresql:
+            temporary = f"capacity_batch_{self.level.value}"
+            compute = f"CREATE TEMP TABLE {temporary} ON COMMIT DROP AS WITH {self.ctes} {self.final}"
+            write = (
+                f"WITH upserted AS ({upsert.format(source=temporary)}) "
+                "SELECT instance_id, count(*), sum(records) FROM upserted GROUP BY instance_id"
+            )
+            return [_with_ids(compute), text(write)]
+        write = f"WITH {self.ctes}, batch_rows AS ({self.final}) {upsert.format(source='batch_rows')}"
+        return [_with_ids(write)]
+
+
+def _with_ids(sql_text: str) -> TextClause:
+    return text(sql_text).bindparams(bindparam("ids", expanding=True))
+
+
+_LEVEL_BUILDERS = {
+    Level.DATABASE: _database_level,
+    Level.INSTANCE: _instance_level,
 }

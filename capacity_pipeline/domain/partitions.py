@@ -38,9 +38,7 @@ def months_between(first: date, last: date) -> list[date]:
     return months
 
 
-def ensure_month_partitions(
-    engine: Engine, tables: Iterable[str], months: Iterable[date]
-) -> list[str]:
+def ensure_month_partitions(engine: Engine, tables: Iterable[str], months: Iterable[date]) -> list[str]:
     """Create the missing month partitions; returns the names created. A no-op on SQLite."""
     if engine.dialect.name != "postgresql":
         return []
@@ -48,9 +46,7 @@ def ensure_month_partitions(
     wanted = [(table, month.replace(day=1)) for table in tables for month in set(months)]
     for table, month in sorted(wanted):
         if table not in PARTITIONED_TABLES:
-            raise ValueError(
-                f"table: {table!r} is not partitioned; allowed: {sorted(PARTITIONED_TABLES)}"
-            )
+            raise ValueError(f"table: {table!r} is not partitioned; allowed: {sorted(PARTITIONED_TABLES)}")
         name = partition_name(table, month)
         with engine.connect() as connection:
             if not _needs_partition(connection, table, name):

@@ -105,9 +105,7 @@ def last_window(period: PeriodType, today: date) -> Window:
     return window_containing(period, current.start - timedelta(days=1))
 
 
-def previous_window(
-    period: PeriodType, window: Window, *, corrected_quarter: bool = False
-) -> Window:
+def previous_window(period: PeriodType, window: Window, *, corrected_quarter: bool = False) -> Window:
     """`get_previous_period`: the window the change metrics compare against."""
     if period in (PeriodType.DAILY, PeriodType.WEEKLY):
         # Same length, ending the day before; for a one-day window that is simply the day before.

@@ -4,8 +4,9 @@ WhaleFall computes change metrics in Python: `int()` truncation, IEEE doubles, a
 `round(x, 2)`, which rounds the exact binary value half-to-even (spec Q2, Q3). Each helper here
 returns a SQL fragment with exactly those semantics for one dialect:
 
-* PostgreSQL: pure SQL on float8. `py_round2` finds the exact value of x*100 with Dekker's
-  error-free product (a Veltkamp split of x; 100 needs no split), then rounds half-to-even.
+* PostgreSQL: pure SQL on float8. `py_round2` rounds x*100 directly when it is clearly away
+  from a half; near a half it finds the exact value of x*100 with Dekker's error-free product
+  (a Veltkamp split of x; 100 needs no split) and rounds half-to-even.
 * SQLite: Python functions registered on each connection, which are the reference semantics
   themselves (`round`, `float(Decimal)`), so the two dialects agree by construction.
 
@@ -43,34 +44,43 @@ class SqlMath:
             return f"CAST(trunc({expr}) AS bigint)"
         return f"CAST({expr} AS INTEGER)"
 
-    def avg_truncated(self, column: str) -> str:
-        """int(AVG(column)): PostgreSQL's numeric AVG, truncated (spec 4.1); NULL over no values."""
+    def avg_truncated(self, column: str, where: str) -> str:
+        """int(AVG(column)) over the rows `where` holds: PostgreSQL's numeric AVG, truncated
+        (spec 4.1); NULL over no values."""
         if self.is_postgresql:
-            return f"CAST(trunc(avg({column})) AS bigint)"
+            return f"CAST(trunc(avg({column}) FILTER (WHERE {where})) AS bigint)"
         # SQLite's SUM of integers is exact and integer division truncates toward zero.
-        return f"(sum({column}) / count({column}))"
+        return f"(sum({column}) FILTER (WHERE {where}) / count({column}) FILTER (WHERE {where}))"
 
-    def avg_as_float(self, column: str) -> str:
-        """float(AVG(column)): the numeric average as WhaleFall's driver hands it to Python."""
+    def avg_as_float(self, column: str, where: str) -> str:
+        """float(AVG(column)) over the rows `where` holds, as WhaleFall's driver hands it over."""
         if self.is_postgresql:
-            return f"CAST(avg({column}) AS float8)"
-        return f"pg_numeric_avg_float(sum({column}), count({column}))"
+            return f"CAST(avg({column}) FILTER (WHERE {where}) AS float8)"
+        return (
+            f"pg_numeric_avg_float(sum({column}) FILTER (WHERE {where}), "
+            f"count({column}) FILTER (WHERE {where}))"
+        )
 
     def py_round2(self, x: str) -> str:
         """Python round(x, 2) of a float8, as a numeric with two decimals (spec Q3)."""
         if not self.is_postgresql:
             return f"py_round2({x})"
         scaled = f"({x} * 100::float8)"
-        high = f"({_VELTKAMP_SPLITTER} * {x} - ({_VELTKAMP_SPLITTER} * {x} - {x}))"
-        # x*100 == scaled + error exactly (Dekker); error is tiny but decides exact ties.
-        error = f"(({high} * 100::float8 - {scaled}) + ({x} - {high}) * 100::float8)"
         whole = f"floor({scaled})"
+        # Fast path: x*100 is at least 0.001 away from a half, far more than its rounding error
+        # (below 2**-11 for |x*100| < 1e12), so float rounding decides like exact rounding.
+        clear_of_half = (
+            f"abs({scaled}) < 1e12::float8 AND abs(({scaled} - {whole}) - 0.5::float8) > 0.001::float8"
+        )
+        # Near a half: x*100 == scaled + error exactly (Dekker); the error's sign decides.
+        high = f"({_VELTKAMP_SPLITTER} * {x} - ({_VELTKAMP_SPLITTER} * {x} - {x}))"
+        error = f"(({high} * 100::float8 - {scaled}) + ({x} - {high}) * 100::float8)"
         above_half = f"((({scaled} - {whole}) - 0.5::float8) + {error})"
-        round_up = (
-            f"CASE WHEN {above_half} > 0 THEN 1 WHEN {above_half} < 0 THEN 0 "
+        exact = (
+            f"{whole} + CASE WHEN {above_half} > 0 THEN 1 WHEN {above_half} < 0 THEN 0 "
             f"WHEN {whole} = 2 * floor({whole} / 2) THEN 0 ELSE 1 END"
         )
-        return f"(CAST({whole} + {round_up} AS numeric) / 100)"
+        return f"(CAST(CASE WHEN {clear_of_half} THEN round({scaled}) ELSE {exact} END AS numeric) / 100)"
 
     def pg_numeric2(self, x: str) -> str:
         """A float8 stored into numeric(10,2): PostgreSQL rounds half away from zero (spec 4.2)."""
@@ -127,6 +137,4 @@ def register_sqlite_functions(connection: sqlite3.Connection) -> None:
     """Make the SQLite helpers above callable from SQL on this connection."""
     connection.create_function("py_round2", 1, python_round2, deterministic=True)
     connection.create_function("pg_numeric2", 1, postgres_numeric2, deterministic=True)
-    connection.create_function(
-        "pg_numeric_avg_float", 2, postgres_numeric_avg_float, deterministic=True
-    )
+    connection.create_function("pg_numeric_avg_float", 2, postgres_numeric_avg_float, deterministic=True)

@@ -136,9 +136,7 @@ def whalefall_metadata(dialect: str) -> MetaData:
             ForeignKeyConstraint(
                 ["instance_id"], ["instances.id"], name="database_size_stats_instance_id_fkey"
             ),
-            UniqueConstraint(
-                "instance_id", "database_name", "collected_date", name="uq_daily_database_size"
-            ),
+            UniqueConstraint("instance_id", "database_name", "collected_date", name="uq_daily_database_size"),
             Index("ix_database_size_stats_collected_date", "collected_date"),
             Index("ix_database_size_stats_instance_date", "instance_id", "collected_date"),
             Index("ix_database_size_stats_instance_db", "instance_id", "database_name"),

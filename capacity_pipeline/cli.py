@@ -1,0 +1,249 @@
+"""The `capacity-pipeline` command line: argv in, one domain call, JSON or a table out.
+
+Bad input and failures end with one line on stderr and a non-zero exit code (2 for bad input,
+1 for a failed run); the database URL's password never appears in output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from datetime import date
+from pathlib import Path
+from typing import NoReturn
+
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+
+from capacity_pipeline.domain.aggregation import (
+    DEFAULT_BATCH_SIZE,
+    AggregationReport,
+    Scope,
+    Status,
+    aggregate_period,
+)
+from capacity_pipeline.domain.database import (
+    DatabaseConfigError,
+    make_engine,
+    safe_url,
+    url_from_env,
+)
+from capacity_pipeline.domain.periods import (
+    PeriodType,
+    china_today,
+    corrected_quarter_from_env,
+    last_window,
+    window_containing,
+)
+from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
+from capacity_pipeline.domain.tables import create_schema
+
+PROG = "capacity-pipeline"
+
+
+class UsageError(Exception):
+    """Bad input: exit code 2."""
+
+
+class RunFailed(Exception):
+    """The run happened but did not succeed: exit code 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, naming the argument and (for choices) the allowed values.
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _iso_date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date; expected YYYY-MM-DD") from None
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a positive whole number")
+    return number
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="WhaleFall capacity aggregation.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    database = _Parser(add_help=False)
+    database.add_argument(
+        "--db-url",
+        help="WhaleFall database URL (default: $WHALEFALL_DATABASE_URL); postgresql:// or sqlite:///",
+    )
+
+    commands.add_parser(
+        "init-db", parents=[database], help="create the missing tables (never alters existing ones)"
+    )
+
+    aggregate = commands.add_parser(
+        "aggregate", parents=[database], help="aggregate the period of a type that contains a date"
+    )
+    aggregate.add_argument("--period", required=True, choices=[p.value for p in PeriodType])
+    aggregate.add_argument("--date", required=True, type=_iso_date, help="YYYY-MM-DD")
+    aggregate.add_argument("--scope", default=Scope.ALL.value, choices=[s.value for s in Scope])
+    aggregate.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE)
+    aggregate.add_argument(
+        "--corrected-quarter",
+        action="store_true",
+        default=None,
+        help="compare quarters with the whole previous quarter (spec Q1 fix; default: WhaleFall's "
+        "two-month window, or $CAPACITY_CORRECTED_PREVIOUS_QUARTER)",
+    )
+
+    generate = commands.add_parser(
+        "generate", parents=[database], help="load synthetic capacity data into an empty database"
+    )
+    generate.add_argument("--instances", type=_positive_int, default=20)
+    generate.add_argument("--databases", type=_positive_int, default=10)
+    generate.add_argument("--days", type=_positive_int, default=120)
+    generate.add_argument("--end-date", type=_iso_date, help="last day (default: China today)")
+    generate.add_argument("--seed", type=int, default=42)
+
+    demo = commands.add_parser("demo", help="seed, aggregate and show results on a SQLite file")
+    demo.add_argument("--path", type=Path, default=Path(".demo/whalefall-demo.db"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except (UsageError, DatabaseConfigError) as error:
+        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except RunFailed as error:
+        print(f"{PROG} {args.command}: failed: {error}", file=sys.stderr)
+        return 1
+    except DBAPIError as error:
+        print(f"{PROG} {args.command}: failed: {_database_error(error, args)}", file=sys.stderr)
+        return 1
+
+
+def _database_error(error: DBAPIError, args: argparse.Namespace) -> str:
+    detail = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else "unknown error"
+    if isinstance(error, OperationalError) and not isinstance(error, ProgrammingError):
+        url = getattr(args, "db_url", None) or os.environ.get("WHALEFALL_DATABASE_URL", "")
+        where = safe_url(url) if url else "the database"
+        if "does not exist" not in detail and "no such table" not in detail:
+            return f"cannot use {where}: {detail}"
+    if "does not exist" in detail or "no such table" in detail:
+        return f"{detail} (run '{PROG} init-db' first)"
+    return detail
+
+
+def _engine(args: argparse.Namespace) -> Engine:
+    engine = make_engine(url_from_env(args.db_url))
+    with engine.connect() as connection:  # fail here, clearly, when the database is unreachable
+        connection.execute(text("SELECT 1"))
+    return engine
+
+
+def _init_db(args: argparse.Namespace) -> int:
+    created = create_schema(_engine(args))
+    print(json.dumps({"created_tables": created}, ensure_ascii=False))
+    return 0
+
+
+def _aggregate(args: argparse.Namespace) -> int:
+    period = PeriodType(args.period)
+    corrected = corrected_quarter_from_env() if args.corrected_quarter is None else True
+    report = aggregate_period(
+        _engine(args),
+        period,
+        window_containing(period, args.date),
+        scope=Scope(args.scope),
+        batch_size=args.batch_size,
+        corrected_quarter=corrected,
+    )
+    print(json.dumps(report.summary(), ensure_ascii=False, indent=2))
+    failed = report.count(Status.FAILED)
+    if failed:
+        first = next(o for o in report.outcomes if o.error is not None)
+        raise RunFailed(
+            f"{failed} of {report.instances_total} instances failed "
+            f"(first: instance {first.instance.id}: {first.error})"
+        )
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    engine = _engine(args)
+    create_schema(engine)
+    spec = SyntheticSpec(
+        instances=args.instances,
+        databases=args.databases,
+        days=args.days,
+        end_date=args.end_date or china_today(),
+        seed=args.seed,
+    )
+    try:
+        counts = load_synthetic_data(engine, spec)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    print(json.dumps(counts.__dict__))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    path: Path = args.path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    engine = make_engine(f"sqlite:///{path}")
+    create_schema(engine)
+    today = china_today()
+    counts = load_synthetic_data(engine, SyntheticSpec(12, 6, 200, today, seed=7))
+    print(
+        f"Seeded {path}: {counts.instances} instances, {counts.database_size_stats} database "
+        f"samples and {counts.instance_size_stats} instance samples up to {today} (Asia/Shanghai)."
+    )
+    print()
+    reports = [aggregate_period(engine, PeriodType.DAILY, window_containing(PeriodType.DAILY, today))]
+    reports += [aggregate_period(engine, period, last_window(period, today)) for period in PeriodType]
+    print(render_reports(reports))
+    return 0
+
+
+def render_reports(reports: Sequence[AggregationReport]) -> str:
+    """A plain-text table of what each run did."""
+    header = ("period", "window", "compared with", "instances", "skipped", "failed", "db rows", "inst rows")
+    lines = [header]
+    for report in reports:
+        summary = report.summary()
+        lines.append(
+            (
+                report.period_type.value,
+                str(report.window),
+                str(report.previous_window),
+                str(summary["instances"]["processed"]),
+                str(summary["instances"]["skipped"]),
+                str(summary["instances"]["failed"]),
+                str(summary["rows_written"].get("database", 0)),
+                str(summary["rows_written"].get("instance", 0)),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    rendered = [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in lines
+    ]
+    rendered.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(rendered)
+
+
+_COMMANDS = {"init-db": _init_db, "aggregate": _aggregate, "generate": _generate, "demo": _demo}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
