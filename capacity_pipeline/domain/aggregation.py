@@ -291,13 +291,14 @@ def _describe(error: SQLAlchemyError) -> str:
 def _database_level(sql: SqlMath) -> _LevelSql:
     """Spec 4.1: one row per (instance, database) with stats in the window."""
     window_columns, timestamp_columns = _window_columns(sql), _timestamp_columns(sql)
+    in_batch = _in_batch(sql)
     ctes = f"""
     window_rows AS (
         -- One pass over both windows (the previous one always ends before the current starts).
         SELECT instance_id, database_name, id, size_mb, data_size_mb,
                collected_date >= :start AS is_current
         FROM database_size_stats
-        WHERE instance_id IN :ids
+        WHERE {in_batch}
           AND (collected_date BETWEEN :start AND :end
                OR collected_date BETWEEN :previous_start AND :previous_end)
     ),
@@ -324,7 +325,7 @@ def _database_level(sql: SqlMath) -> _LevelSql:
                {sql.as_float("avg_data_size_mb")} - previous_data_avg AS data_delta
         FROM stats
     ),
-    percents AS MATERIALIZED (
+    percents AS (
         SELECT changes.*,
                CASE WHEN previous_avg > 0
                     THEN size_delta / previous_avg * 100 END AS size_percent_raw,
@@ -366,13 +367,14 @@ def _database_level(sql: SqlMath) -> _LevelSql:
 def _instance_level(sql: SqlMath) -> _LevelSql:
     """Spec 4.2: one row per instance with live instance stats in the window."""
     window_columns, timestamp_columns = _window_columns(sql), _timestamp_columns(sql)
+    in_batch = _in_batch(sql)
     ctes = f"""
     days AS (
         -- Rows of one day are summed first (spec 4.2); one pass over both windows.
         SELECT instance_id, collected_date >= :start AS is_current,
                sum(total_size_mb) AS day_total, sum(database_count) AS day_databases
         FROM instance_size_stats
-        WHERE instance_id IN :ids AND is_deleted IS FALSE
+        WHERE {in_batch} AND is_deleted IS FALSE
           AND (collected_date BETWEEN :start AND :end
                OR collected_date BETWEEN :previous_start AND :previous_end)
         GROUP BY instance_id, collected_date
@@ -411,7 +413,7 @@ def _instance_level(sql: SqlMath) -> _LevelSql:
                databases_mean - previous_databases_mean AS databases_delta
         FROM means
     ),
-    percents AS MATERIALIZED (
+    percents AS (
         SELECT changes.*,
                CASE WHEN previous_total_mean > 0
                     THEN total_delta / previous_total_mean * 100 END AS total_percent_raw,
@@ -458,6 +460,11 @@ def _instance_level(sql: SqlMath) -> _LevelSql:
     return _LevelSql(Level.INSTANCE, ctes, final, keys=("instance_id",), records_read="data_count")
 
 
+def _in_batch(sql: SqlMath) -> str:
+    """The batch's instances: one array parameter on PostgreSQL, an expanded IN list on SQLite."""
+    return "instance_id = ANY(:ids)" if sql.is_postgresql else "instance_id IN :ids"
+
+
 def _window_columns(sql: SqlMath) -> str:
     if sql.is_postgresql:  # typed, so that CREATE TABLE AS gets the target's column types
         return (
@@ -486,7 +493,7 @@ class _LevelSql:
     ctes: str
     final: str
     keys: tuple[str, ...]  # with period_type and period_start, the unique constraint
-    records_read: str  # WhaleFall's processed_records, over the upserted row
+    records_read: str  # WhaleFall's processed_records, over a computed row
 
     def statements(self, sql: SqlMath) -> list[TextClause]:
         table = self.level.table
@@ -496,26 +503,25 @@ class _LevelSql:
         kept = {*self.keys, "period_type", "period_start", "period_end", "created_at"}  # spec 5
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in kept)
         order = ", ".join(self.keys)
+        # No ORDER BY: writers of one period and level are serialised by an advisory lock.
         upsert = (
-            f"INSERT INTO {table} ({column_list}) SELECT {column_list} FROM {{source}} "
-            f"WHERE true ORDER BY {order} "
-            f"ON CONFLICT ({conflict}) DO UPDATE SET {updates} "
-            f"RETURNING instance_id, {self.records_read} AS records"
+            f"INSERT INTO {table} ({column_list}) SELECT {column_list} FROM {{source}} WHERE true "
+            f"ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
         )
         if sql.is_postgresql:
             temporary = f"capacity_batch_{self.level.value}"
             compute = f"CREATE TEMP TABLE {temporary} ON COMMIT DROP AS WITH {self.ctes} {self.final}"
-            write = (
-                f"WITH upserted AS ({upsert.format(source=temporary)}) "
-                "SELECT instance_id, count(*), sum(records) FROM upserted GROUP BY instance_id"
+            # Every computed row is written (inserted or updated), so the counts come from them.
+            counts = (
+                f"SELECT instance_id, count(*), sum({self.records_read}) FROM {temporary} "
+                "GROUP BY instance_id"
             )
-            return [_with_ids(compute), text(write)]
-        write = f"WITH {self.ctes}, batch_rows AS ({self.final}) {upsert.format(source='batch_rows')}"
-        return [_with_ids(write)]
-
-
-def _with_ids(sql_text: str) -> TextClause:
-    return text(sql_text).bindparams(bindparam("ids", expanding=True))
+            return [text(compute), text(upsert.format(source=temporary)), text(counts)]
+        write = (
+            f"WITH {self.ctes}, batch_rows AS ({self.final}) {upsert.format(source='batch_rows')} "
+            f"RETURNING instance_id, {self.records_read} AS records"
+        )
+        return [text(write).bindparams(bindparam("ids", expanding=True))]
 
 
 _LEVEL_BUILDERS = {
