@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 import threading
+import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -237,7 +237,9 @@ def bench_scale(scale: str, reuse: bool) -> list[Row]:
     return rows
 
 
-HEADER = "| scale | period | run | input rows | output rows | seconds | floor seconds | ratio | peak RSS MiB |"
+HEADER = (
+    "| scale | period | run | input rows | output rows | seconds | floor seconds | ratio | peak RSS MiB |"
+)
 
 
 def _format(row: Row) -> str:

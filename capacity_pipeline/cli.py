@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from capacity_pipeline.domain.aggregation import (
     DEFAULT_BATCH_SIZE,
     AggregationReport,
+    Level,
     Scope,
     Status,
     aggregate_period,
@@ -38,6 +39,7 @@ from capacity_pipeline.domain.periods import (
     last_window,
     window_containing,
 )
+from capacity_pipeline.domain.queries import top_growth
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.tables import create_schema
 
@@ -213,6 +215,12 @@ def _demo(args: argparse.Namespace) -> int:
     reports = [aggregate_period(engine, PeriodType.DAILY, window_containing(PeriodType.DAILY, today))]
     reports += [aggregate_period(engine, period, last_window(period, today)) for period in PeriodType]
     print(render_reports(reports))
+    month = last_window(PeriodType.MONTHLY, today)
+    for level in Level:
+        print(f"\n{level.value.capitalize()}s that grew most in {month}:")
+        print(
+            top_growth(engine, level, PeriodType.MONTHLY.value, month.start, limit=5).to_string(index=False)
+        )
     return 0
 
 
@@ -236,7 +244,8 @@ def render_reports(reports: Sequence[AggregationReport]) -> str:
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     rendered = [
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)) for line in lines
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
     ]
     rendered.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(rendered)

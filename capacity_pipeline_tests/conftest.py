@@ -164,3 +164,8 @@ class WhaleFallData:
 @pytest.fixture
 def whalefall(engine: Engine) -> WhaleFallData:
     return WhaleFallData(engine)
+
+
+@pytest.fixture
+def pg_whalefall(pg_engine: Engine) -> WhaleFallData:
+    return WhaleFallData(pg_engine)

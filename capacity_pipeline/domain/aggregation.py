@@ -113,7 +113,7 @@ class AggregationReport:
     seconds: float = 0.0
 
     def count(self, status: Status) -> int:
-        return sum(1 for outcome in self.outcomes if outcome.status is status)
+        return sum(1 for outcome in self.outcomes if outcome.status == status)
 
     def rows_written(self, level: Level) -> int:
         return sum(outcome.rows_written.get(level, 0) for outcome in self.outcomes)
@@ -502,7 +502,6 @@ class _LevelSql:
         conflict = ", ".join((*self.keys, "period_type", "period_start"))
         kept = {*self.keys, "period_type", "period_start", "period_end", "created_at"}  # spec 5
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in kept)
-        order = ", ".join(self.keys)
         # No ORDER BY: writers of one period and level are serialised by an advisory lock.
         upsert = (
             f"INSERT INTO {table} ({column_list}) SELECT {column_list} FROM {{source}} WHERE true "

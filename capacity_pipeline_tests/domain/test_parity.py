@@ -63,7 +63,7 @@ def test_postgresql_matches_whalefall_row_by_row(both_dialects, period, which, w
         for row in postgresql.rows("database_size_aggregations")
         if row["period_type"] == period.value and row["period_start"] == window.start
     }
-    for key, row in databases.items():
+    for row in databases.values():
         del row["instance_id"], row["database_name"]
     assert databases == expected_databases
 
