@@ -27,6 +27,7 @@ from capacity_pipeline.domain.aggregation import (
     aggregate_period,
 )
 from capacity_pipeline.domain.database import (
+    DATABASE_URL_ENV,
     DatabaseConfigError,
     make_engine,
     safe_url,
@@ -136,25 +137,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _database_error(error: DBAPIError, args: argparse.Namespace) -> str:
     detail = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else "unknown error"
-    if isinstance(error, OperationalError) and not isinstance(error, ProgrammingError):
-        url = getattr(args, "db_url", None) or os.environ.get("WHALEFALL_DATABASE_URL", "")
-        where = safe_url(url) if url else "the database"
-        if "does not exist" not in detail and "no such table" not in detail:
-            return f"cannot use {where}: {detail}"
-    if "does not exist" in detail or "no such table" in detail:
+    missing_table = "no such table" in detail or (
+        isinstance(error, ProgrammingError) and "relation" in detail and "does not exist" in detail
+    )
+    if missing_table:
         return f"{detail} (run '{PROG} init-db' first)"
+    if isinstance(error, OperationalError):
+        url = getattr(args, "db_url", None) or os.environ.get(DATABASE_URL_ENV, "")
+        return f"cannot use {safe_url(url) if url else 'the database'}: {detail}"
     return detail
 
 
-def _engine(args: argparse.Namespace) -> Engine:
-    engine = make_engine(url_from_env(args.db_url))
+def _engine(args: argparse.Namespace, *, create: bool = False) -> Engine:
+    """The engine for --db-url / WHALEFALL_DATABASE_URL, checked to answer.
+
+    Only commands that create a schema may create a new SQLite file; the others refuse a path
+    that does not exist instead of aggregating an empty database.
+    """
+    url = url_from_env(args.db_url)
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite" and not create and database not in ("", ":memory:"):
+        if not Path(database).exists():
+            raise UsageError(f"SQLite file {database} does not exist (run '{PROG} init-db' to create it)")
+    engine = make_engine(url)
     with engine.connect() as connection:  # fail here, clearly, when the database is unreachable
         connection.execute(text("SELECT 1"))
     return engine
 
 
 def _init_db(args: argparse.Namespace) -> int:
-    created = create_schema(_engine(args))
+    created = create_schema(_engine(args, create=True))
     print(json.dumps({"created_tables": created}, ensure_ascii=False))
     return 0
 
@@ -182,7 +194,7 @@ def _aggregate(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    engine = _engine(args)
+    engine = _engine(args, create=True)
     create_schema(engine)
     spec = SyntheticSpec(
         instances=args.instances,

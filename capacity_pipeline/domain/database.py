@@ -22,13 +22,16 @@ class DatabaseConfigError(ValueError):
     """The database URL is missing or unusable; the message never contains the URL's password."""
 
 
-def normalise_url(raw: str) -> URL:
-    """Parse a database URL and pin PostgreSQL URLs to the psycopg 3 driver."""
+def normalise_url(raw: str, source: str = DATABASE_URL_ENV) -> URL:
+    """Parse a database URL and pin PostgreSQL URLs to the psycopg 3 driver.
+
+    `source` names where the URL came from (a setting or an option) in error messages.
+    """
     try:
         url = make_url(raw.strip())
     except ArgumentError:
         raise DatabaseConfigError(
-            f"{DATABASE_URL_ENV}: not a database URL; expected postgresql://user@host:port/db "
+            f"{source}: not a database URL; expected postgresql://user@host:port/db "
             "or sqlite:///path/to/file.db"
         ) from None
     backend = url.get_backend_name()
@@ -36,18 +39,18 @@ def normalise_url(raw: str) -> URL:
         return url.set(drivername="postgresql+psycopg")
     if backend == "sqlite":
         return url
-    raise DatabaseConfigError(
-        f"{DATABASE_URL_ENV}: unsupported database {backend!r}; allowed: postgresql, sqlite"
-    )
+    raise DatabaseConfigError(f"{source}: unsupported database {backend!r}; allowed: postgresql, sqlite")
 
 
-def url_from_env(explicit: str | None = None) -> URL:
-    """The URL given explicitly, else the one in WHALEFALL_DATABASE_URL."""
-    raw = explicit if explicit else os.environ.get(DATABASE_URL_ENV, "")
+def url_from_env(explicit: str | None = None, option: str = "--db-url") -> URL:
+    """The URL given explicitly (through `option`), else the one in WHALEFALL_DATABASE_URL."""
+    if explicit:
+        return normalise_url(explicit, source=option)
+    raw = os.environ.get(DATABASE_URL_ENV, "")
     if not raw.strip():
         raise DatabaseConfigError(
             f"{DATABASE_URL_ENV} is not set: give the WhaleFall database URL "
-            "(for example postgresql://user@127.0.0.1:5432/whalefall) or pass --db-url"
+            f"(for example postgresql://user@127.0.0.1:5432/whalefall) or pass {option}"
         )
     return normalise_url(raw)
 

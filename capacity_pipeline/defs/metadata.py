@@ -1,0 +1,65 @@
+"""What a materialization shows in the Dagster UI: counts, windows, timings, top growth, failures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import dagster as dg
+import pandas as pd
+from sqlalchemy import Engine
+
+from capacity_pipeline.domain.aggregation import AggregationReport, Level, Status
+from capacity_pipeline.domain.queries import top_growth
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A DataFrame as a Markdown pipe table (the UI renders it)."""
+    if frame.empty:
+        return "_no rows_"
+    header = "| " + " | ".join(str(column) for column in frame.columns) + " |"
+    rule = "|" + "---|" * len(frame.columns)
+    rows = ["| " + " | ".join(str(value) for value in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join([header, rule, *rows])
+
+
+def report_metadata(report: AggregationReport, level: Level) -> dict[str, Any]:
+    """The counts and windows of one run at one level."""
+    summary = report.summary()
+    return {
+        "window": str(report.window),
+        "previous_window": str(report.previous_window),
+        "rows_written": dg.MetadataValue.int(report.rows_written(level)),
+        "instances_processed": dg.MetadataValue.int(summary["instances"]["processed"]),
+        "instances_skipped": dg.MetadataValue.int(summary["instances"]["skipped"]),
+        "instances_failed": dg.MetadataValue.int(summary["instances"]["failed"]),
+        "seconds": dg.MetadataValue.float(round(report.seconds, 3)),
+    }
+
+
+def failures_metadata(report: AggregationReport) -> dict[str, Any]:
+    failed = [o for o in report.outcomes if o.status is Status.FAILED]
+    if not failed:
+        return {}
+    frame = pd.DataFrame(
+        [{"instance_id": o.instance.id, "instance": o.instance.name, "error": o.error} for o in failed]
+    )
+    return {"failures": dg.MetadataValue.md(markdown_table(frame))}
+
+
+def growth_metadata(engine: Engine, report: AggregationReport) -> dict[str, Any]:
+    """The ten databases and the ten instances that grew most in the period."""
+    return {
+        f"top_growing_{level.value}s": dg.MetadataValue.md(
+            markdown_table(top_growth(engine, level, report.period_type.value, report.window.start, limit=10))
+        )
+        for level in Level
+    }
+
+
+def failure_description(report: AggregationReport) -> str:
+    failed = [o for o in report.outcomes if o.status is Status.FAILED]
+    first = failed[0]
+    return (
+        f"{len(failed)} of {report.instances_total} instances failed in {report.period_type.value} "
+        f"{report.window}; first: instance {first.instance.id} ({first.instance.name}): {first.error}"
+    )

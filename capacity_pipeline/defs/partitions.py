@@ -1,0 +1,58 @@
+"""One Dagster partitions definition per WhaleFall period type: a partition is one period window.
+
+Weeks start on Monday, quarters on Jan/Apr/Jul/Oct 1, all in Asia/Shanghai. The daily partitions
+include today (the manual "current period" run); the others end at the last complete period.
+The first partition is set by CAPACITY_PARTITIONS_START (default 2025-07-01, WhaleFall's
+earliest capacity partitions), moved back to the start of its period.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import date, timedelta
+
+import dagster as dg
+
+from capacity_pipeline.domain.periods import PeriodType, Window, window_containing
+
+PARTITIONS_START_ENV = "CAPACITY_PARTITIONS_START"
+DEFAULT_PARTITIONS_START = "2025-07-01"
+TIMEZONE = "Asia/Shanghai"
+KEY_FORMAT = "%Y-%m-%d"
+
+
+def partitions_start() -> date:
+    raw = os.environ.get(PARTITIONS_START_ENV, DEFAULT_PARTITIONS_START).strip()
+    try:
+        return date.fromisoformat(raw)
+    except ValueError:
+        raise ValueError(f"{PARTITIONS_START_ENV}: {raw!r} is not a date; expected YYYY-MM-DD") from None
+
+
+def build_partitions(period: PeriodType, start: date) -> dg.TimeWindowPartitionsDefinition:
+    first = window_containing(period, start).start.isoformat()
+    if period is PeriodType.DAILY:
+        return dg.DailyPartitionsDefinition(start_date=first, timezone=TIMEZONE, end_offset=1)
+    if period is PeriodType.WEEKLY:
+        return dg.WeeklyPartitionsDefinition(start_date=first, timezone=TIMEZONE, day_offset=1)
+    if period is PeriodType.MONTHLY:
+        return dg.MonthlyPartitionsDefinition(start_date=first, timezone=TIMEZONE)
+    return dg.TimeWindowPartitionsDefinition(
+        cron_schedule="0 0 1 1,4,7,10 *", start=first, fmt=KEY_FORMAT, timezone=TIMEZONE
+    )
+
+
+PARTITIONS: dict[PeriodType, dg.TimeWindowPartitionsDefinition] = {
+    period: build_partitions(period, partitions_start()) for period in PeriodType
+}
+
+
+def window_for_key(period: PeriodType, partition_key: str) -> Window:
+    """The WhaleFall window (inclusive dates) of a partition."""
+    time_window = PARTITIONS[period].time_window_for_partition_key(partition_key)
+    return Window(time_window.start.date(), time_window.end.date() - timedelta(days=1))
+
+
+def key_for_window(window: Window) -> str:
+    """A partition's key is the first day of its window."""
+    return window.start.strftime(KEY_FORMAT)
