@@ -5,7 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+DEV_PORT ?= 3000
+
+.PHONY: demo dev test lint format bench clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +17,14 @@ $(INSTALLED): pyproject.toml
 
 demo: $(INSTALLED)
 	$(BIN)/capacity-pipeline demo
+
+# The Dagster UI (webserver and daemon) over the demo's data and Dagster home; runs the demo first
+# when there is none yet.
+dev: $(INSTALLED)
+	test -f .demo/whalefall-demo.db || $(BIN)/capacity-pipeline demo
+	DAGSTER_HOME=$(CURDIR)/.demo/dagster_home \
+	WHALEFALL_DATABASE_URL=sqlite:///$(CURDIR)/.demo/whalefall-demo.db \
+	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
 
 test: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -20,8 +20,6 @@ from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from capacity_pipeline.domain.aggregation import (
     DEFAULT_BATCH_SIZE,
-    AggregationReport,
-    Level,
     Scope,
     Status,
     aggregate_period,
@@ -37,10 +35,8 @@ from capacity_pipeline.domain.periods import (
     PeriodType,
     china_today,
     corrected_quarter_from_env,
-    last_window,
     window_containing,
 )
-from capacity_pipeline.domain.queries import top_growth
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.tables import create_schema
 
@@ -115,8 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--end-date", type=_iso_date, help="last day (default: China today)")
     generate.add_argument("--seed", type=int, default=42)
 
-    demo = commands.add_parser("demo", help="seed, aggregate and show results on a SQLite file")
-    demo.add_argument("--path", type=Path, default=Path(".demo/whalefall-demo.db"))
+    demo = commands.add_parser(
+        "demo", help="seed SQLite, materialize every period through Dagster, show the results"
+    )
+    demo.add_argument(
+        "--folder", type=Path, default=Path(".demo"), help="where the demo database and Dagster home go"
+    )
     return parser
 
 
@@ -156,9 +156,9 @@ def _engine(args: argparse.Namespace, *, create: bool = False) -> Engine:
     """
     url = url_from_env(args.db_url)
     database = url.database or ""
-    if url.get_backend_name() == "sqlite" and not create and database not in ("", ":memory:"):
-        if not Path(database).exists():
-            raise UsageError(f"SQLite file {database} does not exist (run '{PROG} init-db' to create it)")
+    is_file = url.get_backend_name() == "sqlite" and database not in ("", ":memory:")
+    if is_file and not create and not Path(database).exists():
+        raise UsageError(f"SQLite file {database} does not exist (run '{PROG} init-db' to create it)")
     engine = make_engine(url)
     with engine.connect() as connection:  # fail here, clearly, when the database is unreachable
         connection.execute(text("SELECT 1"))
@@ -212,55 +212,10 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    path: Path = args.path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    engine = make_engine(f"sqlite:///{path}")
-    create_schema(engine)
-    today = china_today()
-    counts = load_synthetic_data(engine, SyntheticSpec(12, 6, 200, today, seed=7))
-    print(
-        f"Seeded {path}: {counts.instances} instances, {counts.database_size_stats} database "
-        f"samples and {counts.instance_size_stats} instance samples up to {today} (Asia/Shanghai)."
-    )
-    print()
-    reports = [aggregate_period(engine, PeriodType.DAILY, window_containing(PeriodType.DAILY, today))]
-    reports += [aggregate_period(engine, period, last_window(period, today)) for period in PeriodType]
-    print(render_reports(reports))
-    month = last_window(PeriodType.MONTHLY, today)
-    for level in Level:
-        print(f"\n{level.value.capitalize()}s that grew most in {month}:")
-        print(
-            top_growth(engine, level, PeriodType.MONTHLY.value, month.start, limit=5).to_string(index=False)
-        )
+    from capacity_pipeline.demo import run_demo  # imports Dagster, which only the demo needs
+
+    print(run_demo(args.folder))
     return 0
-
-
-def render_reports(reports: Sequence[AggregationReport]) -> str:
-    """A plain-text table of what each run did."""
-    header = ("period", "window", "compared with", "instances", "skipped", "failed", "db rows", "inst rows")
-    lines = [header]
-    for report in reports:
-        summary = report.summary()
-        lines.append(
-            (
-                report.period_type.value,
-                str(report.window),
-                str(report.previous_window),
-                str(summary["instances"]["processed"]),
-                str(summary["instances"]["skipped"]),
-                str(summary["instances"]["failed"]),
-                str(summary["rows_written"].get("database", 0)),
-                str(summary["rows_written"].get("instance", 0)),
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    rendered = [
-        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
-        for line in lines
-    ]
-    rendered.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(rendered)
 
 
 _COMMANDS = {"init-db": _init_db, "aggregate": _aggregate, "generate": _generate, "demo": _demo}

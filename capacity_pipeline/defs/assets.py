@@ -18,6 +18,7 @@ from capacity_pipeline.domain.aggregation import AggregationReport, Level, Scope
 from capacity_pipeline.domain.periods import PeriodType, corrected_quarter_from_env
 
 GROUP = "capacity"
+_SPEC_SECTION = {Level.DATABASE: "spec 4.1", Level.INSTANCE: "spec 4.2"}
 
 # How many partitions one backfill run takes: each is one set-based pass, so runs stay short.
 _PARTITIONS_PER_BACKFILL_RUN = {
@@ -53,9 +54,7 @@ def _build_asset(level: Level, period: PeriodType) -> dg.AssetsDefinition:
         partitions_def=PARTITIONS[period],
         backfill_policy=dg.BackfillPolicy.multi_run(_PARTITIONS_PER_BACKFILL_RUN[period]),
         kinds={"sql"},
-        description=(
-            f"WhaleFall's {level.table} rows for {period.value} periods (spec 4.{1 if level is Level.DATABASE else 2})."
-        ),
+        description=f"WhaleFall's {level.table} rows for {period.value} periods ({_SPEC_SECTION[level]}).",
     )
     def aggregation(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase) -> dg.MaterializeResult:
         engine = whalefall.engine()

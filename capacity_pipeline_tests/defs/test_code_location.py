@@ -226,7 +226,8 @@ def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, seeded, dagste
                 "0, 0, 0, '2026-07-02 00:00:00+00', '2026-07-02 00:00:00+00')"
             )
         connection.exec_driver_sql(
-            f"DELETE FROM instance_size_aggregations WHERE period_start = '{start}' AND instance_id = {victim}"
+            "DELETE FROM instance_size_aggregations "
+            f"WHERE period_start = '{start}' AND instance_id = {victim}"
         )
     _drop_instance_rows_silently(engine, victim)
     try:
@@ -268,14 +269,18 @@ def test_nightly_job_aggregates_the_last_period_of_each_type(engine, seeded, dag
             assert event.asset_materialization.partition == key
 
 
+def _last(daily: str, weekly: str, monthly: str, quarterly: str) -> dict[str, str]:
+    return {"daily": daily, "weekly": weekly, "monthly": monthly, "quarterly": quarterly}
+
+
 @pytest.mark.parametrize(
     ("tick", "expected"),
     [
-        (datetime(2026, 7, 2, 4, 0), {"daily": "2026-07-01", "weekly": "2026-06-22", "monthly": "2026-06-01", "quarterly": "2026-04-01"}),
-        (datetime(2026, 1, 1, 4, 0), {"daily": "2025-12-31", "weekly": "2025-12-22", "monthly": "2025-12-01", "quarterly": "2025-10-01"}),
-        (datetime(2026, 4, 1, 4, 0), {"daily": "2026-03-31", "weekly": "2026-03-23", "monthly": "2026-03-01", "quarterly": "2026-01-01"}),
+        (datetime(2026, 7, 2, 4, 0), _last("2026-07-01", "2026-06-22", "2026-06-01", "2026-04-01")),
+        (datetime(2026, 1, 1, 4, 0), _last("2025-12-31", "2025-12-22", "2025-12-01", "2025-10-01")),
+        (datetime(2026, 4, 1, 4, 0), _last("2026-03-31", "2026-03-23", "2026-03-01", "2026-01-01")),
     ],
-)  # fmt: skip
+)
 def test_schedule_at_four_requests_the_last_complete_period_of_each_type(tick, expected):
     context = dg.build_schedule_context(scheduled_execution_time=tick.replace(tzinfo=SHANGHAI))
     request = calculate_database_schedule(context)

@@ -10,7 +10,7 @@ from sqlalchemy import func, inspect, select, text
 
 from capacity_pipeline.cli import main
 from capacity_pipeline.domain.database import make_engine
-from capacity_pipeline.domain.tables import create_schema, tables_for
+from capacity_pipeline.domain.tables import create_schema
 from capacity_pipeline_tests.conftest import WhaleFallData
 
 DAY = date(2026, 6, 10)
@@ -438,46 +438,4 @@ def test_generate_refuses_a_database_that_already_has_instances(tmp_path, capsys
     engine = make_engine(url)
     whalefall = WhaleFallData(engine)
     assert {table: _count(whalefall, table) for table in first_counts} == first_counts
-    engine.dispose()
-
-
-# --- demo -------------------------------------------------------------------------------------
-
-
-def test_demo_seeds_a_sqlite_file_and_prints_a_table_of_every_period(tmp_path, capsys):
-    path = tmp_path / "nested" / "demo.db"
-
-    exit_code = main(["demo", "--path", str(path)])
-
-    captured = capsys.readouterr()
-    assert exit_code == 0
-    assert captured.err == ""
-    assert path.exists()
-    lines = captured.out.splitlines()
-    seeded, blank = lines[:2]
-    header, rule, *rows = lines[2 : lines.index("", 2)]  # the run table ends at the next blank line
-    assert seeded.startswith(f"Seeded {path}: 12 instances, ")
-    assert blank == ""
-    assert header.split() == [
-        "period",
-        "window",
-        "compared",
-        "with",
-        "instances",
-        "skipped",
-        "failed",
-        "db",
-        "rows",
-        "inst",
-        "rows",
-    ]
-    assert set(rule) == {"-", " "}
-    assert [row.split()[0] for row in rows] == ["daily", "daily", "weekly", "monthly", "quarterly"]
-    assert [row.split()[5] for row in rows] == ["0"] * 5  # the failed column
-    engine = make_engine(f"sqlite:///{path}")
-    with engine.connect() as connection:
-        periods = connection.execute(
-            select(tables_for(engine).tables["instance_size_aggregations"].c.period_type).distinct()
-        )
-        assert sorted(periods.scalars()) == ["daily", "monthly", "quarterly", "weekly"]
     engine.dispose()
