@@ -31,9 +31,7 @@ from capacity_pipeline.domain.periods import PeriodType, Window, last_window, pr
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.tables import create_schema
 
-SERVER_URL = os.environ.get(
-    "CAPACITY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
+SERVER_URL = os.environ.get("CAPACITY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 TODAY = date(2026, 7, 2)
 
 
@@ -237,9 +235,7 @@ def bench_scale(scale: str, reuse: bool) -> list[Row]:
     return rows
 
 
-HEADER = (
-    "| scale | period | run | input rows | output rows | seconds | floor seconds | ratio | peak RSS MiB |"
-)
+HEADER = "| scale | period | run | input rows | output rows | seconds | floor seconds | ratio | peak RSS MiB |"
 
 
 def _format(row: Row) -> str:
@@ -250,9 +246,7 @@ def _format(row: Row) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", action="append", help="INSTANCESxDATABASESxDAYS (repeatable)")
     parser.add_argument("--reuse", action="store_true", help="keep and reuse already loaded data")
     args = parser.parse_args(argv)

@@ -83,9 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="WhaleFall database URL (default: $WHALEFALL_DATABASE_URL); postgresql:// or sqlite:///",
     )
 
-    commands.add_parser(
-        "init-db", parents=[database], help="create the missing tables (never alters existing ones)"
-    )
+    commands.add_parser("init-db", parents=[database], help="create the missing tables (never alters existing ones)")
 
     aggregate = commands.add_parser(
         "aggregate", parents=[database], help="aggregate the period of a type that contains a date"
@@ -111,12 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--end-date", type=_iso_date, help="last day (default: China today)")
     generate.add_argument("--seed", type=int, default=42)
 
-    demo = commands.add_parser(
-        "demo", help="seed SQLite, materialize every period through Dagster, show the results"
-    )
-    demo.add_argument(
-        "--folder", type=Path, default=Path(".demo"), help="where the demo database and Dagster home go"
-    )
+    demo = commands.add_parser("demo", help="seed SQLite, materialize every period through Dagster, show the results")
+    demo.add_argument("--folder", type=Path, default=Path(".demo"), help="where the demo database and Dagster home go")
     return parser
 
 

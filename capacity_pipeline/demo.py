@@ -23,9 +23,7 @@ from capacity_pipeline.domain.tables import create_schema
 DEMO_SPEC = {"instances": 12, "databases": 6, "days": 200, "seed": 7}
 # The runs' own event logs stay in the Dagster instance (see them with `make dev`), not on the terminal.
 _QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-_DAGSTER_YAML = (
-    "# Demo instance: SQLite storage under this folder (Dagster's default).\ntelemetry:\n  enabled: false\n"
-)
+_DAGSTER_YAML = "# Demo instance: SQLite storage under this folder (Dagster's default).\ntelemetry:\n  enabled: false\n"
 
 
 @dataclass(frozen=True)
@@ -72,9 +70,7 @@ def run_demo(folder: Path) -> str:
     with dg.DagsterInstance.from_config(str(paths.dagster_home)) as instance:
         for period, window in windows:
             assets = [AGGREGATION_ASSETS[level, period] for level in Level]
-            checks = [
-                c for c in AGGREGATION_CHECKS if {k.asset_key for k in c.check_keys} & {a.key for a in assets}
-            ]
+            checks = [c for c in AGGREGATION_CHECKS if {k.asset_key for k in c.check_keys} & {a.key for a in assets}]
             result = dg.materialize(
                 [*assets, *checks],
                 partition_key=key_for_window(window),
@@ -126,8 +122,6 @@ def _reset(paths: DemoPaths) -> None:
 
 def _table(rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    rendered = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
+    rendered = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     rendered.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(rendered)

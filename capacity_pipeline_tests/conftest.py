@@ -19,9 +19,7 @@ from capacity_pipeline.domain.database import make_engine
 from capacity_pipeline.domain.partitions import ensure_month_partitions, months_between
 from capacity_pipeline.domain.tables import create_schema, tables_for
 
-ADMIN_URL = os.environ.get(
-    "CAPACITY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
+ADMIN_URL = os.environ.get("CAPACITY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 _TABLES = (
     "task_run_items",
     "task_runs",
@@ -93,9 +91,7 @@ class WhaleFallData:
         self.engine = engine
         self.tables = tables_for(engine).tables
 
-    def instance(
-        self, instance_id: int, name: str | None = None, *, active: bool = True, deleted: bool = False
-    ) -> int:
+    def instance(self, instance_id: int, name: str | None = None, *, active: bool = True, deleted: bool = False) -> int:
         with self.engine.begin() as connection:
             connection.execute(
                 insert(self.tables["instances"]),

@@ -92,9 +92,7 @@ def database_rows(
                 if prev_data is not None and row["avg_data_size_mb"] is not None:
                     data_change = _to_float(row["avg_data_size_mb"]) - prev_data
                     row["data_size_change_mb"] = int(data_change)
-                    row["data_size_change_percent"] = round(
-                        (data_change / prev_data * 100) if prev_data > 0 else 0, 2
-                    )
+                    row["data_size_change_percent"] = round((data_change / prev_data * 100) if prev_data > 0 else 0, 2)
                 else:
                     row["data_size_change_mb"] = 0
                     row["data_size_change_percent"] = 0
@@ -127,9 +125,7 @@ def _daily(connection: Connection, instance_id: int, start: date, end: date) -> 
     return totals, counts
 
 
-def instance_rows(
-    connection: Connection, period_type: str, window: Window, previous: Window
-) -> dict[int, dict]:
+def instance_rows(connection: Connection, period_type: str, window: Window, previous: Window) -> dict[int, dict]:
     results = {}
     for instance_id in active_instance_ids(connection):
         daily_totals, daily_db_counts = _daily(connection, instance_id, window.start, window.end)
@@ -163,14 +159,10 @@ def instance_rows(
             prev_avg_db = sum(prev_counts) / len(prev_counts)
             change = _to_float(row["total_size_mb"]) - prev_avg_total
             row["total_size_change_mb"] = int(change)
-            row["total_size_change_percent"] = round(
-                (change / prev_avg_total * 100) if prev_avg_total > 0 else 0, 2
-            )
+            row["total_size_change_percent"] = round((change / prev_avg_total * 100) if prev_avg_total > 0 else 0, 2)
             db_change = _to_float(row["avg_database_count"]) - prev_avg_db
             row["database_count_change"] = int(db_change)
-            row["database_count_change_percent"] = round(
-                (db_change / prev_avg_db * 100) if prev_avg_db > 0 else 0, 2
-            )
+            row["database_count_change_percent"] = round((db_change / prev_avg_db * 100) if prev_avg_db > 0 else 0, 2)
             row["growth_rate"] = row["total_size_change_percent"]
             if row["total_size_change_percent"] > 5:
                 row["trend_direction"] = "growing"

@@ -22,25 +22,15 @@ _CHECKS: dict[str, tuple[DomainCheck, str]] = {
 }
 
 
-def _build_check(
-    level: Level, period: PeriodType, asset: dg.AssetsDefinition, name: str
-) -> dg.AssetChecksDefinition:
+def _build_check(level: Level, period: PeriodType, asset: dg.AssetsDefinition, name: str) -> dg.AssetChecksDefinition:
     domain_check, description = _CHECKS[name]
 
-    @dg.asset_check(
-        asset=asset, name=name, description=description, partitions_def=PARTITIONS[period], blocking=False
-    )
+    @dg.asset_check(asset=asset, name=name, description=description, partitions_def=PARTITIONS[period], blocking=False)
     def check(context: dg.AssetCheckExecutionContext, whalefall: WhaleFallDatabase) -> dg.AssetCheckResult:
         engine = whalefall.engine()
-        outcomes = [
-            domain_check(engine, level, period, window_for_key(period, key)) for key in context.partition_keys
-        ]
+        outcomes = [domain_check(engine, level, period, window_for_key(period, key)) for key in context.partition_keys]
         violations = sum(o.violations for o in outcomes)
-        sample = [
-            f"{instance_id}" + (f"/{name}" if name else "")
-            for o in outcomes
-            for instance_id, name in o.sample
-        ]
+        sample = [f"{instance_id}" + (f"/{name}" if name else "") for o in outcomes for instance_id, name in o.sample]
         return dg.AssetCheckResult(
             passed=violations == 0,
             severity=dg.AssetCheckSeverity.WARN,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 
 import dagster as dg
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from capacity_pipeline.domain.aggregation import DEFAULT_BATCH_SIZE
 from capacity_pipeline.domain.database import (
     DATABASE_URL_ENV,
     DatabaseConfigError,
@@ -23,9 +25,15 @@ def _engine_for(url: str) -> Engine:
 
 
 class WhaleFallDatabase(dg.ConfigurableResource):
-    """Where WhaleFall's tables live. The URL is a secret: it never reaches logs, tags or metadata."""
+    """Where WhaleFall's tables live. The URL is a secret: it never reaches logs, tags or metadata.
+
+    `batch_size` instances go into one transaction; `batch_pause_seconds` waits between batches
+    (a throttle that leaves room to other work on a busy production database).
+    """
 
     url: str
+    batch_size: int = DEFAULT_BATCH_SIZE
+    batch_pause_seconds: float = 0.0
 
     def engine(self) -> Engine:
         """A connected engine, or a Failure that names WHALEFALL_DATABASE_URL (never the password)."""
@@ -45,4 +53,9 @@ class WhaleFallDatabase(dg.ConfigurableResource):
 
 
 def whalefall_from_env() -> WhaleFallDatabase:
-    return WhaleFallDatabase(url=dg.EnvVar(DATABASE_URL_ENV))
+    """URL from WHALEFALL_DATABASE_URL (resolved at run time); throttles from CAPACITY_BATCH_*."""
+    return WhaleFallDatabase(
+        url=dg.EnvVar(DATABASE_URL_ENV),
+        batch_size=int(os.environ.get("CAPACITY_BATCH_SIZE", DEFAULT_BATCH_SIZE)),
+        batch_pause_seconds=float(os.environ.get("CAPACITY_BATCH_PAUSE_SECONDS", 0)),
+    )

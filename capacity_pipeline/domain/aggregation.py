@@ -112,6 +112,23 @@ class AggregationReport:
     stopped: bool = False
     seconds: float = 0.0
 
+    @classmethod
+    def merge(cls, reports: Sequence[AggregationReport]) -> AggregationReport:
+        """One report for a window that was run in several calls (batches of instances)."""
+        first = reports[0]
+        return cls(
+            period_type=first.period_type,
+            window=first.window,
+            previous_window=first.previous_window,
+            scope=first.scope,
+            instances_total=sum(r.instances_total for r in reports),
+            outcomes=[outcome for r in reports for outcome in r.outcomes],
+            batches_total=sum(r.batches_total for r in reports),
+            batches_done=sum(r.batches_done for r in reports),
+            stopped=any(r.stopped for r in reports),
+            seconds=sum(r.seconds for r in reports),
+        )
+
     def count(self, status: Status) -> int:
         return sum(1 for outcome in self.outcomes if outcome.status == status)
 
@@ -156,13 +173,13 @@ class AggregationReport:
 Checkpoint = Callable[[AggregationReport, Sequence[InstanceOutcome]], bool]
 
 
-def list_active_instances(engine: Engine) -> list[ActiveInstance]:
+def list_active_instances(bind: Engine | Connection) -> list[ActiveInstance]:
     """WhaleFall's active instances (spec 1.1), in id order: one snapshot per run (spec Q20)."""
-    with engine.connect() as connection:
-        rows = connection.execute(
-            text("SELECT id, name FROM instances WHERE is_active IS TRUE AND deleted_at IS NULL ORDER BY id")
-        )
-        return [ActiveInstance(id=row.id, name=row.name) for row in rows]
+    query = text("SELECT id, name FROM instances WHERE is_active IS TRUE AND deleted_at IS NULL ORDER BY id")
+    if isinstance(bind, Connection):
+        return [ActiveInstance(id=row.id, name=row.name) for row in bind.execute(query)]
+    with bind.connect() as connection:
+        return list_active_instances(connection)
 
 
 def aggregate_period(
@@ -174,10 +191,15 @@ def aggregate_period(
     instances: Sequence[ActiveInstance] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     checkpoint: Checkpoint | None = None,
+    before_batch: Callable[[Sequence[ActiveInstance]], None] | None = None,
     corrected_quarter: bool = False,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> AggregationReport:
-    """Aggregate one period window at the scope's levels for the given (default: active) instances."""
+    """Aggregate one period window at the scope's levels for the given (default: active) instances.
+
+    `before_batch` is told which instances a batch is about to write; `checkpoint` runs after
+    each batch and stops the run by returning False.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
     started = time.perf_counter()
@@ -194,7 +216,10 @@ def aggregate_period(
         ensure_month_partitions(engine, [level.table for level in scope.levels], [window.start])
     writer = _BatchWriter(engine, report, now)
     for first in range(0, len(targets), batch_size):
-        batch_outcomes = writer.write(targets[first : first + batch_size])
+        batch = targets[first : first + batch_size]
+        if before_batch is not None:
+            before_batch(batch)
+        batch_outcomes = writer.write(batch)
         report.outcomes.extend(batch_outcomes)
         report.batches_done += 1
         report.seconds = time.perf_counter() - started
@@ -214,9 +239,7 @@ class _BatchWriter:
         self.now = now
         self.postgresql = engine.dialect.name == "postgresql"
         sql = SqlMath(engine.dialect.name)
-        self.statements = {
-            level: _LEVEL_BUILDERS[level](sql).statements(sql) for level in report.scope.levels
-        }
+        self.statements = {level: _LEVEL_BUILDERS[level](sql).statements(sql) for level in report.scope.levels}
 
     def write(self, batch: Sequence[ActiveInstance]) -> list[InstanceOutcome]:
         try:
@@ -265,7 +288,8 @@ class _BatchWriter:
 def _per_instance_counts(result: Any, postgresql: bool) -> list[tuple[int, int, int]]:
     """(instance_id, rows written, records read) from an upsert statement's result."""
     if postgresql:
-        return [tuple(row) for row in result]  # counted in SQL by the statement itself
+        # counted in SQL; PostgreSQL's sum() of integers is numeric, hence int()
+        return [(int(instance_id), int(rows), int(records)) for instance_id, rows, records in result]
     counts: dict[int, list[int]] = {}
     for instance_id, records in result:
         tally = counts.setdefault(instance_id, [0, 0])
@@ -511,10 +535,7 @@ class _LevelSql:
             temporary = f"capacity_batch_{self.level.value}"
             compute = f"CREATE TEMP TABLE {temporary} ON COMMIT DROP AS WITH {self.ctes} {self.final}"
             # Every computed row is written (inserted or updated), so the counts come from them.
-            counts = (
-                f"SELECT instance_id, count(*), sum({self.records_read}) FROM {temporary} "
-                "GROUP BY instance_id"
-            )
+            counts = f"SELECT instance_id, count(*), sum({self.records_read}) FROM {temporary} GROUP BY instance_id"
             return [text(compute), text(upsert.format(source=temporary)), text(counts)]
         write = (
             f"WITH {self.ctes}, batch_rows AS ({self.final}) {upsert.format(source='batch_rows')} "

@@ -93,9 +93,7 @@ def check_min_avg_max(engine: Engine, level: Level, period_type: PeriodType, win
     return _run(engine, _ORDERING[level], period_type, window)
 
 
-def check_no_negative_counts(
-    engine: Engine, level: Level, period_type: PeriodType, window: Window
-) -> CheckOutcome:
+def check_no_negative_counts(engine: Engine, level: Level, period_type: PeriodType, window: Window) -> CheckOutcome:
     return _run(engine, _NEGATIVE_COUNTS[level], period_type, window)
 
 

@@ -31,8 +31,7 @@ def normalise_url(raw: str, source: str = DATABASE_URL_ENV) -> URL:
         url = make_url(raw.strip())
     except ArgumentError:
         raise DatabaseConfigError(
-            f"{source}: not a database URL; expected postgresql://user@host:port/db "
-            "or sqlite:///path/to/file.db"
+            f"{source}: not a database URL; expected postgresql://user@host:port/db or sqlite:///path/to/file.db"
         ) from None
     backend = url.get_backend_name()
     if backend == "postgresql":

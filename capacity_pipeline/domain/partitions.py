@@ -83,8 +83,7 @@ def _needs_partition(connection: Connection, table: str, name: str) -> bool:
     """True when `table` is a partitioned parent and `name` does not exist yet."""
     row = connection.execute(
         text(
-            "SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass(:parent)) = 'p', "
-            "to_regclass(:child) IS NULL"
+            "SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass(:parent)) = 'p', to_regclass(:child) IS NULL"
         ),
         {"parent": table, "child": name},
     ).one()

@@ -27,9 +27,7 @@ _TOP_GROWTH = {
 }
 
 
-def top_growth(
-    engine: Engine, level: Level, period_type: str, period_start: date, limit: int = 10
-) -> pd.DataFrame:
+def top_growth(engine: Engine, level: Level, period_type: str, period_start: date, limit: int = 10) -> pd.DataFrame:
     """The rows of one period that grew most in MB (ties broken by id, so the table is stable)."""
     params = {"period_type": period_type, "period_start": period_start, "limit": limit}
     with engine.connect() as connection:

@@ -56,10 +56,7 @@ class SqlMath:
         """float(AVG(column)) over the rows `where` holds, as WhaleFall's driver hands it over."""
         if self.is_postgresql:
             return f"CAST(avg({column}) FILTER (WHERE {where}) AS float8)"
-        return (
-            f"pg_numeric_avg_float(sum({column}) FILTER (WHERE {where}), "
-            f"count({column}) FILTER (WHERE {where}))"
-        )
+        return f"pg_numeric_avg_float(sum({column}) FILTER (WHERE {where}), count({column}) FILTER (WHERE {where}))"
 
     def py_round2(self, x: str) -> str:
         """Python round(x, 2) of a float8, as a numeric with two decimals (spec Q3)."""
@@ -69,9 +66,7 @@ class SqlMath:
         whole = f"floor({scaled})"
         # Fast path: x*100 is at least 0.001 away from a half, far more than its rounding error
         # (below 2**-11 for |x*100| < 1e12), so float rounding decides like exact rounding.
-        clear_of_half = (
-            f"abs({scaled}) < 1e12::float8 AND abs(({scaled} - {whole}) - 0.5::float8) > 0.001::float8"
-        )
+        clear_of_half = f"abs({scaled}) < 1e12::float8 AND abs(({scaled} - {whole}) - 0.5::float8) > 0.001::float8"
         # Near a half: x*100 == scaled + error exactly (Dekker); the error's sign decides.
         high = f"({_VELTKAMP_SPLITTER} * {x} - ({_VELTKAMP_SPLITTER} * {x} - {x}))"
         error = f"(({high} * 100::float8 - {scaled}) + ({x} - {high}) * 100::float8)"

@@ -153,9 +153,7 @@ class _Generator:
                     "instance_id": self.instance_ids[rows],
                     "database_name": self.database_names[cols],
                     "size_mb": size_mb[rows, cols],
-                    "data_size_mb": pd.array(
-                        np.where(null_data[rows, cols], 0, data_mb[rows, cols]), dtype="Int64"
-                    ),
+                    "data_size_mb": pd.array(np.where(null_data[rows, cols], 0, data_mb[rows, cols]), dtype="Int64"),
                     "log_size_mb": pd.array(log_mb[rows, cols], dtype="Int64"),
                     "collected_date": day,
                 }

@@ -133,9 +133,7 @@ def whalefall_metadata(dialect: str) -> MetaData:
             Column("updated_at", _TIMESTAMPTZ, nullable=False, server_default=now),
         ],
         [
-            ForeignKeyConstraint(
-                ["instance_id"], ["instances.id"], name="database_size_stats_instance_id_fkey"
-            ),
+            ForeignKeyConstraint(["instance_id"], ["instances.id"], name="database_size_stats_instance_id_fkey"),
             UniqueConstraint("instance_id", "database_name", "collected_date", name="uq_daily_database_size"),
             Index("ix_database_size_stats_collected_date", "collected_date"),
             Index("ix_database_size_stats_instance_date", "instance_id", "collected_date"),
@@ -266,9 +264,7 @@ def whalefall_metadata(dialect: str) -> MetaData:
                 ["instances.id"],
                 name="instance_size_aggregations_instance_id_fkey",
             ),
-            UniqueConstraint(
-                "instance_id", "period_type", "period_start", name="uq_instance_size_aggregation"
-            ),
+            UniqueConstraint("instance_id", "period_type", "period_start", name="uq_instance_size_aggregation"),
             Index("ix_instance_size_aggregations_id", "id"),
             Index(
                 "ix_instance_size_aggregations_instance_period",

@@ -44,9 +44,7 @@ def _resources(engine: Engine) -> dict:
 
 def _period_assets(period: PeriodType) -> list:
     assets = [AGGREGATION_ASSETS[level, period] for level in Level]
-    checks = [
-        c for c in AGGREGATION_CHECKS if any(k.asset_key in {a.key for a in assets} for k in c.check_keys)
-    ]
+    checks = [c for c in AGGREGATION_CHECKS if any(k.asset_key in {a.key for a in assets} for k in c.check_keys)]
     return assets + checks
 
 
@@ -82,9 +80,7 @@ def test_definitions_load():
         f"{period.value}_{level.value}_size_aggregations" for period in PeriodType for level in Level
     }
     assert {asset.group_names_by_key[asset.key] for asset in AGGREGATION_ASSETS.values()} == {"capacity"}
-    checked = sorted(
-        (key.asset_key.to_user_string(), key.name) for c in AGGREGATION_CHECKS for key in c.check_keys
-    )
+    checked = sorted((key.asset_key.to_user_string(), key.name) for c in AGGREGATION_CHECKS for key in c.check_keys)
     assert len(checked) == 24 and ("daily_database_size_aggregations", "coverage") in checked
     schedule = defs.resolve_schedule_def("calculate_database_nightly")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 4 * * *", "Asia/Shanghai")
@@ -129,9 +125,7 @@ def test_materializing_a_partition_writes_the_engines_rows(engine, seeded, dagst
         _period_assets(period), partition_key=key, resources=_resources(engine), instance=dagster_instance
     )
     assert result.success
-    written = {
-        t: _rows(seeded, t, period, key) for t in ("database_size_aggregations", "instance_size_aggregations")
-    }
+    written = {t: _rows(seeded, t, period, key) for t in ("database_size_aggregations", "instance_size_aggregations")}
     assert all(written.values())
 
     # The foundation's engine, run again on the same window, finds exactly these rows.
@@ -162,13 +156,8 @@ def test_materialized_rows_match_whalefall_row_by_row(pg_engine, pg_whalefall, d
         assert result.success
         window = window_for_key(period, key)
         with pg_engine.connect() as connection:
-            expected = reference.instance_rows(
-                connection, period.value, window, previous_window(period, window)
-            )
-        got = {
-            row.pop("instance_id"): row
-            for row in _rows(pg_whalefall, "instance_size_aggregations", period, key)
-        }
+            expected = reference.instance_rows(connection, period.value, window, previous_window(period, window))
+        got = {row.pop("instance_id"): row for row in _rows(pg_whalefall, "instance_size_aggregations", period, key)}
         assert got == expected
 
 
@@ -209,9 +198,7 @@ def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, seeded, dagste
     # one instance's row is silently swallowed by the database.
     start = date.fromisoformat(key)
     [victim] = [
-        r["instance_id"]
-        for r in seeded.rows("instance_size_aggregations", "instance_id")
-        if r["period_start"] == start
+        r["instance_id"] for r in seeded.rows("instance_size_aggregations", "instance_id") if r["period_start"] == start
     ][:1]
     with engine.begin() as connection:
         for name, (avg, low, high, count) in {
@@ -226,8 +213,7 @@ def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, seeded, dagste
                 "0, 0, 0, '2026-07-02 00:00:00+00', '2026-07-02 00:00:00+00')"
             )
         connection.exec_driver_sql(
-            "DELETE FROM instance_size_aggregations "
-            f"WHERE period_start = '{start}' AND instance_id = {victim}"
+            f"DELETE FROM instance_size_aggregations WHERE period_start = '{start}' AND instance_id = {victim}"
         )
     _drop_instance_rows_silently(engine, victim)
     try:
@@ -235,9 +221,7 @@ def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, seeded, dagste
     finally:
         _remove_trigger(engine)
 
-    verdicts = {
-        (e.asset_key.to_user_string(), e.check_name): e.passed for e in broken.get_asset_check_evaluations()
-    }
+    verdicts = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in broken.get_asset_check_evaluations()}
     assert verdicts == {
         ("daily_database_size_aggregations", "min_avg_max"): False,
         ("daily_database_size_aggregations", "no_negative_counts"): False,
@@ -247,9 +231,7 @@ def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, seeded, dagste
         ("daily_instance_size_aggregations", "coverage"): False,
     }
     assert broken.success  # a failed check warns; it does not fail the run or undo the rows
-    [coverage] = [
-        e for e in broken.get_asset_check_evaluations() if e.check_name == "coverage" and not e.passed
-    ]
+    [coverage] = [e for e in broken.get_asset_check_evaluations() if e.check_name == "coverage" and not e.passed]
     assert coverage.metadata["violations"].value == 1
     assert coverage.metadata["sample"].value.startswith(f"{victim}/")
 

@@ -164,9 +164,7 @@ def test_aggregate_with_database_scope_writes_only_database_rows(engine, whalefa
 
     captured = capsys.readouterr()
     assert exit_code == 0
-    assert _summary_without_seconds(captured.out) == _expected_summary(
-        "database", {"database": 3, "total": 3}
-    )
+    assert _summary_without_seconds(captured.out) == _expected_summary("database", {"database": 3, "total": 3})
     assert _aggregation_counts(whalefall) == {
         "database_size_aggregations": 3,
         "instance_size_aggregations": 0,
@@ -220,9 +218,7 @@ def test_aggregate_takes_the_url_from_the_environment(engine, whalefall, capsys,
         ),
     ],
 )
-def test_bad_arguments_exit_2_with_one_line_and_write_nothing(
-    seeded_sqlite, capsys, arguments, expected_parts
-):
+def test_bad_arguments_exit_2_with_one_line_and_write_nothing(seeded_sqlite, capsys, arguments, expected_parts):
     url, whalefall = seeded_sqlite
 
     with pytest.raises(SystemExit) as raised:
@@ -270,9 +266,7 @@ def test_unreachable_database_fails_without_showing_the_password(seeded_sqlite, 
     assert _aggregation_counts(whalefall) == dict.fromkeys(AGGREGATION_TABLES, 0)
 
 
-def test_unsupported_scheme_in_the_environment_lists_the_allowed_databases(
-    seeded_sqlite, capsys, monkeypatch
-):
+def test_unsupported_scheme_in_the_environment_lists_the_allowed_databases(seeded_sqlite, capsys, monkeypatch):
     _, whalefall = seeded_sqlite
     monkeypatch.setenv("WHALEFALL_DATABASE_URL", "mysql://x@y/z")
 
@@ -336,8 +330,7 @@ def test_aggregate_before_init_db_suggests_init_db(tmp_path, capsys):
     captured = capsys.readouterr()
     assert exit_code == 1
     assert _one_line(captured.err) == (
-        "capacity-pipeline aggregate: failed: no such table: instances "
-        "(run 'capacity-pipeline init-db' first)"
+        "capacity-pipeline aggregate: failed: no such table: instances (run 'capacity-pipeline init-db' first)"
     )
     assert captured.out == ""
 
@@ -370,21 +363,16 @@ def test_one_failing_instance_exits_1_naming_it_and_the_others_are_written(seede
     captured = capsys.readouterr()
     assert exit_code == 1
     assert _one_line(captured.err) == (
-        "capacity-pipeline aggregate: failed: 1 of 2 instances failed "
-        "(first: instance 2: disk quota exceeded)"
+        "capacity-pipeline aggregate: failed: 1 of 2 instances failed (first: instance 2: disk quota exceeded)"
     )
     summary = _summary_without_seconds(captured.out)
     assert summary["instances"] == {"total": 2, "processed": 1, "skipped": 0, "failed": 1, "not_run": 0}
-    assert summary["failures"] == [
-        {"instance_id": 2, "instance_name": "instance-2", "error": "disk quota exceeded"}
-    ]
+    assert summary["failures"] == [{"instance_id": 2, "instance_name": "instance-2", "error": "disk quota exceeded"}]
     assert summary["rows_written"] == {"database": 2, "instance": 1, "total": 3}
     # Instance 2's transaction is rolled back whole: no database-level rows for it either.
     with whalefall.engine.connect() as connection:
         written = {
-            table: connection.execute(text(f"SELECT DISTINCT instance_id FROM {table} ORDER BY 1"))
-            .scalars()
-            .all()
+            table: connection.execute(text(f"SELECT DISTINCT instance_id FROM {table} ORDER BY 1")).scalars().all()
             for table in AGGREGATION_TABLES
         }
     assert written == {"database_size_aggregations": [1], "instance_size_aggregations": [1]}

@@ -24,9 +24,7 @@ MONTH = Window(date(2026, 6, 1), date(2026, 6, 30))
 
 def _seed_instance(whalefall, instance_id: int, *, size: int = 100, **flags) -> None:
     whalefall.instance(instance_id, **flags)
-    whalefall.database_stats(
-        instance_id, "app", [(DAY, size, size), (DAY - timedelta(days=1), size - 1, None)]
-    )
+    whalefall.database_stats(instance_id, "app", [(DAY, size, size), (DAY - timedelta(days=1), size - 1, None)])
     whalefall.instance_stats(instance_id, [(DAY, size, 1), (DAY - timedelta(days=1), size - 1, 1)])
 
 
@@ -40,9 +38,7 @@ def test_rerun_changes_nothing_but_calculated_at(engine, whalefall):
     first_time = datetime(2026, 6, 11, 1, 0, tzinfo=UTC)
     later = datetime(2026, 6, 11, 2, 0, tzinfo=UTC)
     aggregate_period(engine, PeriodType.DAILY, DAILY, now=_fixed_clock(first_time))
-    before = {
-        t: whalefall.rows(t, "id") for t in ("database_size_aggregations", "instance_size_aggregations")
-    }
+    before = {t: whalefall.rows(t, "id") for t in ("database_size_aggregations", "instance_size_aggregations")}
 
     report = aggregate_period(engine, PeriodType.DAILY, DAILY, now=_fixed_clock(later))
 
@@ -208,9 +204,7 @@ def test_failure_in_a_later_batch_keeps_earlier_batches_and_isolates_the_instanc
     # Instance 4's database-level rows were in the same transaction: nothing half-written.
     assert {r["instance_id"] for r in whalefall.rows("database_size_aggregations")} == {1, 2, 3, 5}
     assert {r["instance_id"] for r in whalefall.rows("instance_size_aggregations")} == {1, 2, 3, 5}
-    assert report.summary()["failures"] == [
-        {"instance_id": 4, "instance_name": "instance-4", "error": failed.error}
-    ]
+    assert report.summary()["failures"] == [{"instance_id": 4, "instance_name": "instance-4", "error": failed.error}]
 
 
 def test_concurrent_runs_on_the_same_period_both_succeed(engine, whalefall):
@@ -241,8 +235,6 @@ def test_bad_arguments_are_rejected_before_anything_is_written(engine, whalefall
     _seed_instance(whalefall, 1)
     with pytest.raises(ValueError, match="batch_size: must be at least 1"):
         aggregate_period(engine, PeriodType.DAILY, DAILY, batch_size=0)
-    with pytest.raises(
-        ValueError, match=r"scope: unknown value 'everything'; allowed: all, database, instance"
-    ):
+    with pytest.raises(ValueError, match=r"scope: unknown value 'everything'; allowed: all, database, instance"):
         Scope.parse("everything")
     assert whalefall.rows("database_size_aggregations") == []

@@ -80,9 +80,7 @@ def test_postgresql_matches_whalefall_row_by_row(both_dialects, period, which, w
 @pytest.mark.parametrize("table", ["database_size_aggregations", "instance_size_aggregations"])
 def test_sqlite_matches_postgresql(both_dialects, table):
     postgresql, sqlite = both_dialects
-    order = "instance_id, period_type, period_start" + (
-        ", database_name" if table.startswith("database") else ""
-    )
+    order = "instance_id, period_type, period_start" + (", database_name" if table.startswith("database") else "")
     expected = [_without_ignored(row) for row in postgresql.rows(table, order)]
     assert len(expected) >= 200
     assert [_without_ignored(row) for row in sqlite.rows(table, order)] == expected

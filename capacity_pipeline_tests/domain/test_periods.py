@@ -80,9 +80,7 @@ def test_last_window_at_boundaries(today, period, expected):
 def test_weeks_start_on_monday_every_day_of_the_week():
     monday = D("2026-06-29")
     for offset in range(7):
-        assert window_containing(PeriodType.WEEKLY, monday + timedelta(days=offset)) == W(
-            "2026-06-29", "2026-07-05"
-        )
+        assert window_containing(PeriodType.WEEKLY, monday + timedelta(days=offset)) == W("2026-06-29", "2026-07-05")
 
 
 @pytest.mark.parametrize(

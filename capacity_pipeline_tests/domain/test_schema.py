@@ -43,12 +43,8 @@ def test_capacity_tables_are_range_partitioned_by_month_keys(pg_engine):
 
 def test_constraints_and_indexes_carry_whalefall_names(pg_engine):
     inspector = inspect(pg_engine)
-    unique = {
-        c["name"]: c["column_names"] for c in inspector.get_unique_constraints("database_size_aggregations")
-    }
-    assert unique == {
-        "uq_database_size_aggregation": ["instance_id", "database_name", "period_type", "period_start"]
-    }
+    unique = {c["name"]: c["column_names"] for c in inspector.get_unique_constraints("database_size_aggregations")}
+    assert unique == {"uq_database_size_aggregation": ["instance_id", "database_name", "period_type", "period_start"]}
     indexes = {i["name"]: i for i in inspector.get_indexes("instance_size_stats")}
     partial = indexes["uq_instance_size_stats_instance_date"]
     assert partial["unique"] and partial["column_names"] == ["instance_id", "collected_date"]

@@ -50,9 +50,7 @@ def _round_in_sql(engine, values: list[float]) -> list[Decimal]:
         return [Decimal(str(value)).quantize(Decimal("0.01")) for value in rows]
 
 
-@pytest.mark.parametrize(
-    "values", [_ties_and_neighbours(), _percent_like(7, 20_000)], ids=["ties", "percents"]
-)
+@pytest.mark.parametrize("values", [_ties_and_neighbours(), _percent_like(7, 20_000)], ids=["ties", "percents"])
 def test_py_round2_matches_python_round(engine, values):
     expected = [Decimal(repr(round(x, 2))).quantize(Decimal("0.01")) for x in values]
     assert _round_in_sql(engine, values) == expected
@@ -69,9 +67,7 @@ def test_pg_numeric2_rounds_half_away_from_zero_like_a_numeric_column(engine):
         )
         got = connection.execute(text(f"SELECT {sql.pg_numeric2('x')} FROM sample ORDER BY n")).scalars()
         got = [Decimal(str(value)).quantize(Decimal("0.01")) for value in got]
-    assert got == [
-        Decimal(v) for v in ["10.13", "10.14", "10.13", "10.33", "10.33", "-10.13", "2.68", "0.01"]
-    ]
+    assert got == [Decimal(v) for v in ["10.13", "10.14", "10.13", "10.33", "10.33", "-10.13", "2.68", "0.01"]]
 
 
 def test_postgresql_average_as_float_is_emulated_exactly(pg_engine):
@@ -85,8 +81,6 @@ def test_postgresql_average_as_float_is_emulated_exactly(pg_engine):
             text("INSERT INTO sample (g, v) VALUES (:g, :v)"),
             [{"g": g, "v": v} for g, values in enumerate(groups) for v in values],
         )
-        averages = dict(
-            connection.execute(text("SELECT g, CAST(avg(v) AS float8) FROM sample GROUP BY g")).all()
-        )
+        averages = dict(connection.execute(text("SELECT g, CAST(avg(v) AS float8) FROM sample GROUP BY g")).all())
     emulated = {g: postgres_numeric_avg_float(sum(values), len(values)) for g, values in enumerate(groups)}
     assert emulated == averages

@@ -109,10 +109,7 @@ def test_some_instances_miss_days(engine, loaded):
     with engine.connect() as connection:
         days_per_instance = (
             connection.execute(
-                text(
-                    "SELECT count(DISTINCT collected_date) FROM database_size_stats "
-                    "GROUP BY instance_id ORDER BY 1"
-                )
+                text("SELECT count(DISTINCT collected_date) FROM database_size_stats GROUP BY instance_id ORDER BY 1")
             )
             .scalars()
             .all()
