@@ -35,6 +35,8 @@ capacity_aggregate_current_job = dg.define_asset_job(
     name=CURRENT_JOB_NAME,
     selection=dg.AssetSelection.assets(*(AGGREGATION_ASSETS[level, PeriodType.DAILY] for level in Level)),
     description="Aggregate today's daily period (Asia/Shanghai) at the selected levels.",
+    # One process, steps in order (database level, then instance level, as WhaleFall runs them).
+    executor_def=dg.in_process_executor,
 )
 
 
@@ -136,12 +138,12 @@ def _finalize_nightly(mirror: StepMirror, instances: list, reports: dict[PeriodT
             "database": database_records,
             "total": instance_records + database_records,
         },
-        extra=dagster_link(mirror.context.run_id),
+        extra=dagster_link(mirror.context.run.run_id),
     )
     mirror.center.finalize_run(mirror.task_run_id, summary)
 
 
-@dg.job(name=NIGHTLY_JOB_NAME, tags={"capacity/job": NIGHTLY_JOB_NAME})
+@dg.job(name=NIGHTLY_JOB_NAME, tags={"capacity/job": NIGHTLY_JOB_NAME}, executor_def=dg.in_process_executor)
 def calculate_database_job() -> None:
     calculate_database_op()
 

@@ -114,7 +114,7 @@ class StepMirror:
                 scope,
                 period_type=period.value,
                 window=window,
-                extra=dagster_link(self.context.run_id),
+                extra=dagster_link(self.context.run.run_id),
             ),
         )
         return instances
@@ -127,7 +127,7 @@ class StepMirror:
             trigger_source=c.TRIGGER_SCHEDULED if scheduled else c.TRIGGER_MANUAL,
             created_by=None if scheduled else _int_tag(self.run, CREATED_BY_TAG),
             result_url=c.NIGHTLY_RESULT_URL,
-            summary_json=nightly_summary(extra=dagster_link(self.context.run_id)),
+            summary_json=nightly_summary(extra=dagster_link(self.context.run.run_id)),
         )
         return self._open(spec, by_name=True)
 
@@ -169,13 +169,13 @@ class StepMirror:
         """Remember how a phase went (spec 6.2's overall status needs every phase)."""
         statuses = [phase_status(report.outcomes, level) for report in reports]
         worst = "failed" if "failed" in statuses else ("completed" if "completed" in statuses else "skipped")
-        self.context.instance.add_run_tags(self.context.run_id, {PHASE_TAG.format(level=level.value): worst})
+        self.context.instance.add_run_tags(self.context.run.run_id, {PHASE_TAG.format(level=level.value): worst})
 
     def stop_for_cancel(self) -> None:
         """The run center cancelled the run: have Dagster terminate it (it then ends CANCELED)."""
         self.center.finalize_run(self.task_run_id)  # consistent counters, completed_at (spec Q14)
         self.context.log.warning(f"TaskRun {self.task_run_id} was cancelled in the run center; terminating")
-        if self.context.instance.run_coordinator.cancel_run(self.context.run_id):
+        if self.context.instance.run_coordinator.cancel_run(self.context.run.run_id):
             time.sleep(TERMINATION_GRACE_SECONDS)  # the interrupt arrives while we wait
         raise CancelledFromRunCenter(description=f"TaskRun {self.task_run_id} was cancelled in the run center")
 
@@ -227,8 +227,16 @@ def find_dagster_run(instance: dg.DagsterInstance, task_run_id: str) -> dg.Dagst
 
 
 def _failure_message(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
-    records = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
-    detail = records[-1].event_log_entry.message if records else "the run failed"
+    """Why the run failed: a dead worker's explanation if there is one, else the run failure."""
+    engine_events = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records
+    crashes = [
+        r.event_log_entry.message
+        for r in engine_events
+        if "process" in r.event_log_entry.message.lower()
+        and ("exit" in r.event_log_entry.message.lower() or "signal" in r.event_log_entry.message.lower())
+    ]
+    failures = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    detail = crashes[-1] if crashes else (failures[-1].event_log_entry.message if failures else "the run failed")
     return f"Dagster run {run.run_id} failed: {detail}"
 
 

@@ -1,0 +1,530 @@
+"""Every aggregation run shows in WhaleFall's run center (spec 6), whichever way it was launched.
+
+Real Dagster runs on a real instance, against PostgreSQL; the reconciler is the function the
+`run_center_reconciler` sensor runs (one test evaluates the sensor itself).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from datetime import date, datetime
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+import pytest
+
+from capacity_pipeline.defs import defs as code_location
+from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key
+from capacity_pipeline.defs.checks import AGGREGATION_CHECKS
+from capacity_pipeline.defs.jobs import calculate_database_schedule
+from capacity_pipeline.defs.resources import WhaleFallDatabase
+from capacity_pipeline.defs.runcenter import (
+    CREATED_BY_TAG,
+    SCOPE_TAG,
+    TASK_RUN_TAG,
+    reconcile,
+    run_center_reconciler,
+)
+from capacity_pipeline.domain.aggregation import Level
+from capacity_pipeline.domain.periods import PeriodType
+from capacity_pipeline.domain.runcenter import RunCenter, TaskRunSpec
+from capacity_pipeline.domain.taskrun_payloads import current_summary
+
+DAY = date(2026, 7, 1)
+PREVIOUS = date(2026, 6, 30)
+KEY = DAY.isoformat()
+SCOPE_METRICS = [
+    {"key": "scope", "label": "范围", "value": "all", "unit": None, "tone": "info"},
+    {"key": "requested_period_type", "label": "请求周期", "value": "daily", "unit": None, "tone": "info"},
+    {"key": "effective_period_type", "label": "生效周期", "value": "daily", "unit": None, "tone": "info"},
+]
+
+
+@pytest.fixture
+def dagster_instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def seeded(pg_whalefall):
+    """zeta (id 1, two databases), alpha (id 2, one), an inactive one (3), delta (4, no stats)."""
+    w = pg_whalefall
+    w.instance(1, "zeta")
+    w.instance(2, "alpha")
+    w.instance(3, "gone", active=False)
+    w.instance(4, "delta")
+    for instance_id, databases in ((1, ["app", "log"]), (2, ["crm"]), (3, ["old"])):
+        for database in databases:
+            w.database_stats(instance_id, database, [(DAY, 120, 100), (PREVIOUS, 100, 90)])
+        w.instance_stats(instance_id, [(DAY, 120 * len(databases), len(databases)), (PREVIOUS, 100, 1)])
+    return w
+
+
+def _resources(engine, **throttle) -> dict:
+    return {"whalefall": WhaleFallDatabase(url=engine.url.render_as_string(hide_password=False), **throttle)}
+
+
+def _job(engine, name: str, **throttle) -> dg.JobDefinition:
+    definitions = dg.Definitions(
+        assets=list(AGGREGATION_ASSETS.values()),
+        asset_checks=AGGREGATION_CHECKS,
+        jobs=[job for job in code_location.jobs if getattr(job, "name", None) == name],
+        resources=_resources(engine, **throttle),
+    )
+    if name == "__ASSET_JOB":
+        return definitions.resolve_implicit_global_asset_job_def()
+    return definitions.resolve_job_def(name)
+
+
+def _without_times(row: dict) -> dict:
+    return {k: v for k, v in row.items() if k not in {"id", "started_at", "completed_at", "created_at", "updated_at"}}
+
+
+def _item_view(item: dict) -> tuple:
+    return (item["item_type"], item["item_key"], item["item_name"], item["instance_id"], item["status"])
+
+
+def test_current_job_writes_spec_6_2_rows(pg_engine, seeded, dagster_instance):
+    result = _job(pg_engine, "capacity_aggregate_current").execute_in_process(
+        partition_key=KEY, instance=dagster_instance
+    )
+    assert result.success
+    center = RunCenter(pg_engine)
+    assert center.get_run(result.run_id)["status"] == "running"  # until the reconciler sees the end
+
+    reconcile(dagster_instance, center)
+
+    run = center.get_run(result.run_id)
+    assert _without_times(run) == {
+        "run_id": result.run_id,
+        "task_key": "capacity_aggregate_current",
+        "task_name": "容量统计(当前周期)",
+        "task_category": "aggregation",
+        "trigger_source": "manual",
+        "status": "completed",
+        "created_by": None,
+        "progress_total": 3,
+        "progress_completed": 3,
+        "progress_failed": 0,
+        "result_url": "/capacity/instances",
+        "error_message": None,
+        "summary_json": {
+            "version": 1,
+            "common": {
+                "inputs": {"scope": "all"},
+                "scope": {"time": None, "target": {}},
+                "metrics": SCOPE_METRICS,
+                "highlights": [],
+                "flags": {"skipped": False, "skip_reason": None},
+            },
+            "ext": {
+                "type": "capacity_aggregate_current",
+                "version": 1,
+                "data": {
+                    "scope": "all",
+                    "requested_period_type": "daily",
+                    "effective_period_type": "daily",
+                    "period_start": KEY,
+                    "period_end": KEY,
+                    "status": "completed",
+                    "message": "当前周期聚合完成",
+                    "dagster_run_id": result.run_id,
+                    "dagster_run_url": f"http://127.0.0.1:3000/runs/{result.run_id}",
+                },
+            },
+        },
+    }
+    assert run["started_at"] <= run["completed_at"]
+    items = center.get_items(result.run_id)
+    assert [_item_view(i) for i in items] == [
+        ("instance", "1", "zeta", 1, "completed"),
+        ("instance", "2", "alpha", 2, "completed"),
+        ("instance", "4", "delta", 4, "completed"),  # no data is a completed item (spec Q9)
+    ]
+    zeta, _, delta = items
+    # With scope all the instance phase writes last, so its metrics are the final ones (spec 6.2).
+    assert zeta["metrics_json"] == {
+        "processed_records": 1,
+        "runner": "instance",
+        "scope": "all",
+        "period_type": "daily",
+    }
+    assert zeta["details_json"] == {
+        "status": "completed",
+        "processed_records": 1,
+        "message": "实例 zeta 的 daily 实例聚合完成 (处理 1 条记录)",
+        "errors": [],
+        "period_type": "daily",
+        "period_start": KEY,
+        "period_end": KEY,
+        "instance_id": 1,
+        "instance_name": "zeta",
+    }
+    assert delta["details_json"]["status"] == "skipped"
+    assert delta["details_json"]["message"] == f"实例 delta 在 {KEY} 至 {KEY} 没有实例统计数据,跳过聚合"
+    assert all(i["started_at"] and i["completed_at"] and i["error_message"] is None for i in items)
+
+
+def test_database_scope_selection_and_an_api_task_run_are_adopted(pg_engine, seeded, dagster_instance):
+    center = RunCenter(pg_engine)
+    task_run_id = str(uuid.uuid4())
+    center.create_run(
+        task_run_id,
+        TaskRunSpec(
+            task_key="capacity_aggregate_current",
+            task_name="容量统计(当前周期)",
+            trigger_source="manual",
+            created_by=7,
+            result_url="/capacity/databases",
+            summary_json=current_summary("capacity_aggregate_current", "database"),
+        ),
+        status="pending",
+    )
+
+    result = _job(pg_engine, "capacity_aggregate_current").execute_in_process(
+        partition_key=KEY,
+        instance=dagster_instance,
+        asset_selection=[asset_key(Level.DATABASE, PeriodType.DAILY)],
+        tags={TASK_RUN_TAG: task_run_id, SCOPE_TAG: "database", CREATED_BY_TAG: "7"},
+    )
+    assert result.success
+    reconcile(dagster_instance, center)
+
+    assert center.get_run(result.run_id) is None  # adopted, not duplicated
+    run = center.get_run(task_run_id)
+    assert (run["status"], run["created_by"], run["result_url"]) == ("completed", 7, "/capacity/databases")
+    assert run["summary_json"]["ext"]["data"]["scope"] == "database"
+    zeta = center.get_items(task_run_id)[0]
+    assert zeta["metrics_json"] == {
+        "processed_records": 2,
+        "runner": "database",
+        "scope": "database",
+        "period_type": "daily",
+    }
+    assert zeta["details_json"]["message"] == "实例 zeta 的 daily 数据库聚合完成 (处理 2 个数据库)"
+
+
+def _nightly_request(tick: datetime) -> dg.RunRequest:
+    return calculate_database_schedule(dg.build_schedule_context(scheduled_execution_time=tick))
+
+
+def test_scheduled_nightly_run_writes_spec_6_3_rows(pg_engine, seeded, dagster_instance):
+    request = _nightly_request(datetime(2026, 7, 2, 4, 0, tzinfo=ZoneInfo("Asia/Shanghai")))
+    result = _job(pg_engine, "calculate_database").execute_in_process(
+        run_config=request.run_config,
+        tags={**request.tags, "dagster/schedule_name": "calculate_database_nightly"},
+        instance=dagster_instance,
+    )
+    assert result.success
+    center = RunCenter(pg_engine)
+    run = center.get_run(result.run_id)  # the nightly run finalizes itself
+
+    assert (run["task_key"], run["task_name"], run["task_category"]) == (
+        "calculate_database",
+        "统计数据库聚合",
+        "aggregation",
+    )
+    assert (run["trigger_source"], run["created_by"], run["status"]) == ("scheduled", None, "completed")
+    assert (run["result_url"], run["error_message"]) == ("/capacity/instances", None)
+    assert (run["progress_total"], run["progress_completed"], run["progress_failed"]) == (3, 3, 0)
+    items = center.get_items(result.run_id)
+    assert [i["item_name"] for i in items] == ["alpha", "delta", "zeta"]  # name order (spec 6.3)
+    alpha, delta, zeta = items
+    # Samples on 06-30 and 07-01: the last day, month and quarter have data, the last week does not.
+    assert alpha["metrics_json"] == {"aggregated_count": 3}
+    assert delta["metrics_json"] == {"aggregated_count": 0}
+    details = alpha["details_json"]
+    assert set(details) == {
+        "aggregations_created",
+        "aggregation_count",
+        "periods",
+        "errors",
+        "instance_id",
+        "instance_name",
+    }
+    assert (details["aggregations_created"], details["errors"], details["instance_id"]) == (3, [], 2)
+    assert details["periods"]["daily"] == {
+        "status": "completed",
+        "instance_id": 2,
+        "instance_name": "alpha",
+        "period_type": "daily",
+        "processed_records": 1,
+        "message": "实例 alpha 的 daily 聚合已更新",
+        "period_start": "2026-07-01",
+        "period_end": "2026-07-01",
+        "period_date": "2026-07-01",
+    }
+    assert details["periods"]["weekly"] == {
+        "status": "skipped",
+        "instance_id": 2,
+        "instance_name": "alpha",
+        "period_type": "weekly",
+        "processed_records": 0,
+        "message": "实例 alpha 在 2026-06-22 到 2026-06-28 没有统计数据,跳过聚合",
+        "period_start": "2026-06-22",
+        "period_end": "2026-06-28",
+    }
+    summary = run["summary_json"]
+    assert summary["common"]["inputs"] == {"requested_periods": None}
+    assert summary["common"]["metrics"] == [
+        {"key": "instances_total", "label": "实例总数", "value": 3, "unit": "个", "tone": "info"},
+        {"key": "instances_successful", "label": "成功实例", "value": 3, "unit": "个", "tone": "success"},
+        {"key": "instances_failed", "label": "失败实例", "value": 0, "unit": "个", "tone": "danger"},
+        {"key": "records_total", "label": "聚合记录总数", "value": 15, "unit": "条", "tone": "info"},
+    ]
+    data = summary["ext"]["data"]
+    assert (summary["ext"]["type"], data["periods_executed"]) == (
+        "calculate_database",
+        ["daily", "weekly", "monthly", "quarterly"],
+    )
+    assert data["instances"] == {"total": 3, "successful": 3, "failed": 0}
+    # instance: zeta and alpha, 3 periods each; database: their 3 databases in those 3 periods
+    assert data["records"] == {"instance": 6, "database": 9, "total": 15}
+    assert data["session_id"] is None and data["dagster_run_id"] == result.run_id
+
+
+def test_nightly_run_launched_by_hand_is_manual(pg_engine, seeded, dagster_instance):
+    result = _job(pg_engine, "calculate_database").execute_in_process(
+        run_config={"ops": {"aggregate_last_periods": {"config": {"today": "2026-07-02"}}}},
+        tags={CREATED_BY_TAG: "12"},
+        instance=dagster_instance,
+    )
+    run = RunCenter(pg_engine).get_run(result.run_id)
+    assert (run["trigger_source"], run["created_by"], run["status"]) == ("manual", 12, "completed")
+
+
+def test_hand_made_materialization_and_backfill_get_a_task_run(pg_engine, seeded, dagster_instance):
+    center = RunCenter(pg_engine)
+    weekly = [AGGREGATION_ASSETS[level, PeriodType.WEEKLY] for level in Level]
+    materialized = dg.materialize(
+        weekly, partition_key="2026-06-29", resources=_resources(pg_engine), instance=dagster_instance
+    )
+    backfill = _job(pg_engine, "__ASSET_JOB").execute_in_process(
+        instance=dagster_instance,
+        asset_selection=[asset_key(Level.INSTANCE, PeriodType.DAILY)],
+        tags={"dagster/asset_partition_range_start": "2026-06-29", "dagster/asset_partition_range_end": KEY},
+    )
+    assert materialized.success and backfill.success
+    reconcile(dagster_instance, center)
+
+    for result, scope, start, end in (
+        (materialized, "all", "2026-06-29", "2026-07-05"),
+        (backfill, "instance", "2026-06-29", KEY),
+    ):
+        run = center.get_run(result.run_id)
+        assert (run["task_key"], run["task_name"]) == ("capacity_materialize", "容量统计(Dagster 物化)")
+        assert (run["task_category"], run["trigger_source"], run["status"]) == ("aggregation", "manual", "completed")
+        data = run["summary_json"]["ext"]["data"]
+        assert (data["scope"], data["period_start"], data["period_end"], data["status"]) == (
+            scope,
+            start,
+            end,
+            "completed",
+        )
+        assert [i["status"] for i in center.get_items(result.run_id)] == ["completed"] * 3
+    assert center.get_run(materialized.run_id)["summary_json"]["ext"]["data"]["effective_period_type"] == "weekly"
+
+
+def test_progress_moves_between_batches_seen_from_another_connection(pg_engine, seeded, dagster_instance):
+    center = RunCenter(pg_engine)
+    task_run_id = str(uuid.uuid4())
+    job = _job(pg_engine, "capacity_aggregate_current", batch_size=1, batch_pause_seconds=0.6)
+    runner = threading.Thread(
+        target=job.execute_in_process,
+        kwargs={
+            "partition_key": KEY,
+            "instance": dagster_instance,
+            "asset_selection": [asset_key(Level.INSTANCE, PeriodType.DAILY)],
+            "tags": {TASK_RUN_TAG: task_run_id},
+        },
+    )
+    runner.start()
+    seen = []
+    deadline = time.monotonic() + 30
+    while runner.is_alive() and time.monotonic() < deadline:
+        run = center.get_run(task_run_id)
+        if run is not None:
+            statuses = [i["status"] for i in center.get_items(task_run_id)]
+            seen.append((run["status"], run["progress_completed"], run["progress_total"], tuple(statuses)))
+        time.sleep(0.1)
+    runner.join()
+
+    paused = [s for s in seen if s[0] == "running" and 0 < s[1] < s[2]]
+    assert paused, seen
+    assert any("completed" in s[3] and ("pending" in s[3] or "running" in s[3]) for s in paused)
+    assert [s[1] for s in seen] == sorted(s[1] for s in seen)  # only ever moves forward
+    assert seen[-1][1] == 3
+
+
+def test_status_only_moves_forward_whatever_order_events_arrive(pg_engine, seeded, dagster_instance):
+    center = RunCenter(pg_engine)
+    result = _job(pg_engine, "capacity_aggregate_current").execute_in_process(
+        partition_key=KEY, instance=dagster_instance
+    )
+    # A cancel lands before the reconciler has seen the run's success...
+    assert center.cancel_run(result.run_id)
+    reconcile(dagster_instance, center)  # ...and the late SUCCESS must not resurrect it
+    run = center.get_run(result.run_id)
+    assert run["status"] == "cancelled" and run["completed_at"] is not None
+    assert (run["progress_completed"], run["progress_failed"]) == (3, 0)
+
+    finished = _job(pg_engine, "capacity_aggregate_current").execute_in_process(
+        partition_key=KEY, instance=dagster_instance
+    )
+    reconcile(dagster_instance, center)
+    before = center.get_run(finished.run_id)
+    assert before["status"] == "completed"
+    assert not center.cancel_run(finished.run_id)
+    assert not center.mark_run_failed(finished.run_id, "late failure")
+    reconcile(dagster_instance, center)
+    assert center.get_run(finished.run_id) == before
+
+
+def _trigger(engine, name: str, table: str, condition: str, message: str) -> None:
+    with engine.begin() as connection:
+        connection.exec_driver_sql(
+            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF {condition} THEN RAISE EXCEPTION '{message}'; END IF; RETURN NEW; END $$"
+        )
+        connection.exec_driver_sql(
+            f"CREATE TRIGGER {name} BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()"
+        )
+
+
+def _drop_trigger(engine, name: str, table: str) -> None:
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+
+
+def test_one_failing_instance_fails_its_item_and_the_run(pg_engine, seeded, dagster_instance):
+    _trigger(pg_engine, "fail_alpha", "instance_size_aggregations", "NEW.instance_id = 2", "disk quota exceeded")
+    try:
+        result = _job(pg_engine, "capacity_aggregate_current").execute_in_process(
+            partition_key=KEY, instance=dagster_instance, raise_on_error=False
+        )
+    finally:
+        _drop_trigger(pg_engine, "fail_alpha", "instance_size_aggregations")
+    assert not result.success
+    center = RunCenter(pg_engine)
+    reconcile(dagster_instance, center)
+
+    run = center.get_run(result.run_id)
+    assert (run["status"], run["error_message"]) == ("failed", None)  # spec 6.2: finalize, not mark-failed
+    assert run["summary_json"]["ext"]["data"]["status"] == "failed"
+    assert run["summary_json"]["ext"]["data"]["message"] == "当前周期聚合完成,但存在失败的子任务"
+    zeta, alpha, delta = center.get_items(result.run_id)
+    assert (zeta["status"], delta["status"], alpha["status"]) == ("completed", "completed", "failed")
+    assert alpha["error_message"] == "实例 alpha 的 daily 聚合失败"
+    assert "disk quota exceeded" in alpha["details_json"]["error"]
+    assert alpha["details_json"]["errors"] == [alpha["details_json"]["error"]]
+    assert (run["progress_completed"], run["progress_failed"]) == (2, 1)
+
+
+def test_a_failure_outside_the_per_instance_isolation_fails_the_run_and_open_items(pg_engine, seeded, dagster_instance):
+    _trigger(
+        pg_engine,
+        "break_run_center",
+        "task_run_items",
+        "NEW.item_key = '2' AND NEW.status = 'completed'",
+        "run center storage unavailable",
+    )
+    try:
+        result = _job(pg_engine, "capacity_aggregate_current", batch_size=1).execute_in_process(
+            partition_key=KEY,
+            instance=dagster_instance,
+            asset_selection=[asset_key(Level.INSTANCE, PeriodType.DAILY)],
+            raise_on_error=False,
+        )
+    finally:
+        _drop_trigger(pg_engine, "break_run_center", "task_run_items")
+    assert not result.success
+    center = RunCenter(pg_engine)
+    reconcile(dagster_instance, center)
+
+    run = center.get_run(result.run_id)
+    assert run["status"] == "failed" and "run center storage unavailable" in run["error_message"]
+    zeta, alpha, delta = center.get_items(result.run_id)
+    assert zeta["status"] == "completed"
+    assert (alpha["status"], delta["status"]) == ("failed", "failed")
+    assert alpha["error_message"] == delta["error_message"] == run["error_message"]
+    assert (run["progress_total"], run["progress_completed"], run["progress_failed"]) == (3, 1, 2)
+    # The batches committed before the error stay committed.
+    assert {r["instance_id"] for r in seeded.rows("instance_size_aggregations")} >= {1, 2}
+
+
+def test_a_task_run_cancelled_before_its_run_starts_never_runs(pg_engine, seeded, dagster_instance):
+    center = RunCenter(pg_engine)
+    task_run_id = str(uuid.uuid4())
+    center.create_run(
+        task_run_id,
+        TaskRunSpec(
+            "capacity_aggregate_current",
+            "容量统计(当前周期)",
+            "manual",
+            current_summary("capacity_aggregate_current", "all"),
+        ),
+        status="pending",
+    )
+    assert center.cancel_run(task_run_id)
+
+    result = _job(pg_engine, "capacity_aggregate_current").execute_in_process(
+        partition_key=KEY, instance=dagster_instance, tags={TASK_RUN_TAG: task_run_id}, raise_on_error=False
+    )
+
+    assert not result.success
+    assert center.get_run(task_run_id)["status"] == "cancelled"
+    assert center.get_items(task_run_id) == []
+    assert seeded.rows("database_size_aggregations") == [] and seeded.rows("instance_size_aggregations") == []
+
+
+def test_cancel_from_the_run_center_stops_between_batches(pg_engine, seeded, dagster_instance):
+    center = RunCenter(pg_engine)
+    task_run_id = str(uuid.uuid4())
+    job = _job(pg_engine, "capacity_aggregate_current", batch_size=1, batch_pause_seconds=0.8)
+    outcome = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(
+            result=job.execute_in_process(
+                partition_key=KEY,
+                instance=dagster_instance,
+                asset_selection=[asset_key(Level.INSTANCE, PeriodType.DAILY)],
+                tags={TASK_RUN_TAG: task_run_id},
+                raise_on_error=False,
+            )
+        )
+    )
+    runner.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        run = center.get_run(task_run_id)
+        if run and run["progress_completed"] >= 1:
+            break
+        time.sleep(0.05)
+    assert center.cancel_run(task_run_id)
+    runner.join(timeout=60)
+
+    run = center.get_run(task_run_id)
+    items = center.get_items(task_run_id)
+    assert run["status"] == "cancelled" and run["completed_at"] is not None
+    completed = [i for i in items if i["status"] == "completed"]
+    assert completed and all(i["status"] in ("completed", "cancelled") for i in items)
+    assert (run["progress_completed"], run["progress_failed"]) == (len(completed), len(items) - len(completed))
+    written = {r["instance_id"] for r in seeded.rows("instance_size_aggregations")}
+    assert written == {i["instance_id"] for i in completed if i["details_json"]["status"] == "completed"}
+    assert not outcome["result"].success
+
+
+def test_the_reconciler_sensor_finalizes_finished_runs(pg_engine, seeded, dagster_instance):
+    result = _job(pg_engine, "capacity_aggregate_current").execute_in_process(
+        partition_key=KEY, instance=dagster_instance
+    )
+    context = dg.build_sensor_context(instance=dagster_instance, resources=_resources(pg_engine))
+
+    evaluation = run_center_reconciler(context)
+
+    assert isinstance(evaluation, dg.SkipReason)
+    assert f"{result.run_id}: completed" in evaluation.skip_message
+    assert RunCenter(pg_engine).get_run(result.run_id)["status"] == "completed"
