@@ -29,10 +29,19 @@ STARTUP_SECONDS = 120
 class DagsterDev:
     port: int
     log: Path
+    home: Path
+    env: dict[str, str]
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def instance(self):  # noqa: ANN201 - a DagsterInstance context manager
+        """The same Dagster instance (PostgreSQL storage), opened from this test process."""
+        import dagster as dg
+
+        os.environ["DAGSTER_POSTGRES_URL"] = self.env["DAGSTER_POSTGRES_URL"]
+        return dg.DagsterInstance.from_config(str(self.home))
 
 
 def _free_port() -> int:
@@ -69,7 +78,10 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def dagster_dev(tmp_path, postgres_url) -> Iterator[DagsterDev]:
+def dagster_dev(request, tmp_path, postgres_url, monkeypatch) -> Iterator[DagsterDev]:
+    """`@pytest.mark.dagster_env(NAME="value")` adds variables to the server's environment."""
+    monkeypatch.delenv("DAGSTER_POSTGRES_URL", raising=False)
+    marker = request.node.get_closest_marker("dagster_env")
     storage = f"capacity_e2e_{uuid.uuid4().hex[:10]}"
     admin = _admin_engine()
     with admin.connect() as connection:
@@ -85,6 +97,7 @@ def dagster_dev(tmp_path, postgres_url) -> Iterator[DagsterDev]:
         .set(drivername="postgresql+psycopg2", database=storage)
         .render_as_string(hide_password=False),
         "WHALEFALL_DATABASE_URL": postgres_url,
+        **(marker.kwargs if marker else {}),
     }
     dagster = Path(sys.executable).parent / "dagster"
     with log.open("w") as output:
@@ -98,7 +111,7 @@ def dagster_dev(tmp_path, postgres_url) -> Iterator[DagsterDev]:
         )
     try:
         _wait_until_serving(process, f"http://127.0.0.1:{port}", log)
-        yield DagsterDev(port=port, log=log)
+        yield DagsterDev(port=port, log=log, home=home, env=env)
     finally:
         _stop(process)
         with admin.connect() as connection:
