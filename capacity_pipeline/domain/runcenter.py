@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Connection, Engine, and_, bindparam, case, func, insert, select, update
+from sqlalchemy import JSON, Connection, Engine, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 
 from capacity_pipeline.domain import constants as c
-from capacity_pipeline.domain.aggregation import ActiveInstance, list_active_instances
+from capacity_pipeline.domain.aggregation import ActiveInstance
 from capacity_pipeline.domain.tables import tables_for
 
 
@@ -67,6 +67,7 @@ class RunCenter:
         tables = tables_for(engine).tables
         self.runs = tables["task_runs"]
         self.items = tables["task_run_items"]
+        self.instances = tables["instances"]
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -206,18 +207,19 @@ class RunCenter:
     # -- items --------------------------------------------------------------------------------
 
     def snapshot_items(self, run_id: str, *, by_name: bool = False) -> list[ActiveInstance]:
-        """One pending item per active instance, taken once per run (fixes spec Q20).
+        """One pending item per instance active when the run started, taken once (fixes spec Q20).
 
         Items are created in id order, or in name order for the nightly run (spec 6.3). Later
         callers of the same run (another step, a retry) get the same instances back from the
-        items, so every step of a run works on one snapshot.
+        items; an instance created after the run started never joins it, even when the first
+        snapshot was empty. So every step of a run works on one snapshot.
         """
         with self.engine.begin() as connection:
-            self._run_row(connection, run_id, lock=True)  # serialises racing steps of one run
+            run = self._run_row(connection, run_id, lock=True)  # serialises racing steps of one run
             existing = self._item_instances(connection, run_id)
-            if existing or self._run_row(connection, run_id).progress_total:
+            if existing:
                 return existing
-            instances = list_active_instances(connection)
+            instances = self._instances_active_at(connection, run.started_at)
             if by_name:
                 instances.sort(key=lambda instance: (instance.name, instance.id))
             now = _now()
@@ -244,6 +246,20 @@ class RunCenter:
                 .values(progress_total=len(instances), updated_at=now)
             )
             return self._item_instances(connection, run_id)
+
+    def _instances_active_at(self, connection: Connection, started_at: datetime) -> list[ActiveInstance]:
+        """Active instances (spec 1.1) that existed when the run started, in id order."""
+        instances = self.instances
+        rows = connection.execute(
+            select(instances.c.id, instances.c.name)
+            .where(
+                instances.c.is_active.is_(True),
+                instances.c.deleted_at.is_(None),
+                or_(instances.c.created_at.is_(None), instances.c.created_at <= started_at),
+            )
+            .order_by(instances.c.id)
+        )
+        return [ActiveInstance(id=row.id, name=row.name) for row in rows]
 
     def start_items(self, run_id: str, instance_ids: Sequence[int]) -> None:
         """start_item for each: running unless already terminal; started_at kept if set."""

@@ -100,7 +100,8 @@ def whalefall_metadata(dialect: str) -> MetaData:
     """The pipeline's view of WhaleFall's schema, built for one dialect."""
     postgresql = dialect == "postgresql"
     metadata = MetaData()
-    now = text("now()") if postgresql else text("CURRENT_TIMESTAMP")
+    # SQLite's CURRENT_TIMESTAMP has whole seconds; keep milliseconds so times order correctly.
+    now = text("now()") if postgresql else text("(strftime('%Y-%m-%d %H:%M:%f', 'now'))")
 
     Table(
         "instances",

@@ -226,25 +226,17 @@ def test_snapshot_items_is_taken_once_per_run(center, whalefall):
     assert center.get_run(RUN_ID)["progress_total"] == run["progress_total"] == 3
 
 
-def test_snapshot_items_of_an_other_run_is_its_own(center, whalefall):
+def test_snapshot_items_of_a_run_started_later_is_its_own(center, whalefall):
     whalefall.instance(1)
     center.create_run(RUN_ID, _spec())
-    center.create_run(OTHER_RUN_ID, _spec())
     center.snapshot_items(RUN_ID)
     whalefall.instance(2)
+    center.create_run(OTHER_RUN_ID, _spec())
 
     assert center.snapshot_items(OTHER_RUN_ID) == [ActiveInstance(1, "instance-1"), ActiveInstance(2, "instance-2")]
     assert [i["item_key"] for i in center.get_items(RUN_ID)] == ["1"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "RunCenter.snapshot_items treats 'no items and progress_total == 0' as 'no snapshot yet': when the "
-        "first snapshot finds no active instance, a later call of the same run snapshots again and inserts "
-        "items for instances added meanwhile (spec Q20: snapshot the instance list once)."
-    ),
-)
 def test_snapshot_items_an_empty_snapshot_is_also_final(center, whalefall):
     whalefall.instance(1, active=False)
     center.create_run(RUN_ID, _spec())
