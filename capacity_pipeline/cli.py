@@ -39,6 +39,7 @@ from capacity_pipeline.domain.periods import (
 )
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.tables import create_schema
+from capacity_pipeline.domain.triggers import InvalidScope, request_current_aggregation
 
 PROG = "capacity-pipeline"
 
@@ -108,6 +109,18 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--days", type=_positive_int, default=120)
     generate.add_argument("--end-date", type=_iso_date, help="last day (default: China today)")
     generate.add_argument("--seed", type=int, default=42)
+
+    trigger = commands.add_parser(
+        "request", parents=[database], help="request a current-period aggregation, as the API does"
+    )
+    trigger.add_argument("--scope", default="all", help="all, database or instance (default: all)")
+    trigger.add_argument("--created-by", type=int, default=None, help="the requesting user's id")
+
+    serve_api = commands.add_parser(
+        "serve-api", parents=[database], help="serve the HTTP API with bearer tokens ($CAPACITY_API_TOKENS)"
+    )
+    serve_api.add_argument("--host", default="127.0.0.1")
+    serve_api.add_argument("--port", type=_positive_int, default=8080)
 
     demo = commands.add_parser("demo", help="seed SQLite, materialize every period through Dagster, show the results")
     demo.add_argument("--folder", type=Path, default=Path(".demo"), help="where the demo database and Dagster home go")
@@ -212,7 +225,37 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"init-db": _init_db, "aggregate": _aggregate, "generate": _generate, "demo": _demo}
+def _request(args: argparse.Namespace) -> int:
+    try:
+        run_id = request_current_aggregation(_engine(args), args.scope, created_by=args.created_by)
+    except InvalidScope as error:
+        raise UsageError(f"--scope: {error}") from None
+    print(run_id)
+    return 0
+
+
+def _serve_api(args: argparse.Namespace) -> int:
+    from capacity_pipeline.api.auth import BearerTokenAuth
+    from capacity_pipeline.api.server import serve
+
+    try:
+        auth = BearerTokenAuth.from_env()
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    engine = _engine(args)
+    print(f"serving the capacity API on http://{args.host}:{args.port}", flush=True)
+    serve(engine, auth, args.host, args.port)
+    return 0
+
+
+_COMMANDS = {
+    "init-db": _init_db,
+    "aggregate": _aggregate,
+    "generate": _generate,
+    "request": _request,
+    "serve-api": _serve_api,
+    "demo": _demo,
+}
 
 
 if __name__ == "__main__":

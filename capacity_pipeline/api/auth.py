@@ -1,0 +1,123 @@
+"""Who is calling: pluggable authentication for the blueprint (spec 7.1 order and codes).
+
+* `HostSessionAuth`: inside WhaleFall. Flask-Login's current user, role `admin` for writes, and
+  Flask-WTF's CSRF token in `X-CSRFToken` (or the form field `csrf_token`).
+* `BearerTokenAuth`: the standalone server. `Authorization: Bearer <token>`, tokens configured in
+  CAPACITY_API_TOKENS, compared in constant time, never logged; no cookies, so no CSRF.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+from dataclasses import dataclass
+from typing import Protocol
+
+from flask import g, request
+
+from capacity_pipeline.api.envelopes import (
+    authentication_required,
+    csrf_invalid,
+    csrf_missing,
+    permission_required,
+)
+
+TOKENS_ENV = "CAPACITY_API_TOKENS"
+ADMIN_ROLE = "admin"
+
+
+@dataclass(frozen=True)
+class Caller:
+    user_id: int
+    role: str
+
+
+class AuthBackend(Protocol):
+    def caller(self) -> Caller | None:
+        """The authenticated caller of the current request, or None."""
+
+    def check_csrf(self) -> None:
+        """Raise the CSRF error of spec 7.1 when the request's token is missing or invalid."""
+
+
+def require_login(auth: AuthBackend) -> Caller:
+    caller = auth.caller()
+    if caller is None:
+        raise authentication_required()
+    g.capacity_user_id = caller.user_id  # for the error envelope's context
+    return caller
+
+
+def require_admin(auth: AuthBackend) -> Caller:
+    """Spec 7.1: not logged in -> 401; logged in without role admin -> 403; then CSRF."""
+    caller = require_login(auth)
+    if caller.role != ADMIN_ROLE:
+        raise permission_required()
+    auth.check_csrf()
+    return caller
+
+
+class HostSessionAuth:
+    """WhaleFall's own session: mount the blueprint in its app (LoginManager and CSRF set up)."""
+
+    def caller(self) -> Caller | None:
+        from flask_login import current_user
+
+        if not getattr(current_user, "is_authenticated", False):
+            return None
+        return Caller(user_id=int(current_user.id), role=str(getattr(current_user, "role", "")))
+
+    def check_csrf(self) -> None:
+        from flask_wtf.csrf import validate_csrf
+        from wtforms.validators import ValidationError
+
+        token = request.headers.get("X-CSRFToken") or request.form.get("csrf_token")
+        if not token:
+            raise csrf_missing()
+        try:
+            validate_csrf(token)
+        except ValidationError:
+            raise csrf_invalid() from None
+
+
+class BearerTokenAuth:
+    """Static bearer tokens, each with the user id and role it acts as."""
+
+    def __init__(self, tokens: dict[str, Caller]) -> None:
+        if not tokens:
+            raise ValueError(f"{TOKENS_ENV}: no token configured")
+        self._tokens = [(token.encode(), caller) for token, caller in tokens.items()]
+
+    @classmethod
+    def from_env(cls) -> BearerTokenAuth:
+        """CAPACITY_API_TOKENS = {"<token>": {"user_id": 1, "role": "admin"}, ...} (JSON)."""
+        raw = os.environ.get(TOKENS_ENV, "").strip()
+        if not raw:
+            raise ValueError(f"{TOKENS_ENV} is not set: it maps bearer tokens to a user id and role (JSON)")
+        try:
+            parsed = json.loads(raw)
+            tokens = {
+                str(token): Caller(user_id=int(entry["user_id"]), role=str(entry["role"]))
+                for token, entry in parsed.items()
+            }
+        except (ValueError, TypeError, KeyError, AttributeError):
+            raise ValueError(
+                f'{TOKENS_ENV}: expected JSON like {{"<token>": {{"user_id": 1, "role": "admin"}}}}'
+            ) from None
+        return cls(tokens)
+
+    def caller(self) -> Caller | None:
+        header = request.headers.get("Authorization", "")
+        scheme, _, presented = header.partition(" ")
+        if scheme.lower() != "bearer" or not presented.strip():
+            return None
+        presented_bytes = presented.strip().encode()
+        found = None
+        for token, caller in self._tokens:  # every token is compared: no early exit on a match
+            if hmac.compare_digest(token, presented_bytes):
+                found = caller
+        return found
+
+    def check_csrf(self) -> None:
+        """A bearer token is not sent by a browser on its own, so there is nothing to forge."""

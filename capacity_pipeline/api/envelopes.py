@@ -1,0 +1,123 @@
+"""WhaleFall's JSON envelopes (spec 7, app/utils/response_utils.py and app/infra/error_mapping.py).
+
+Success: {success, error, message, timestamp[, data]}. Error: {success, error, error_id,
+category, severity, message_code, message, timestamp, recoverable, suggestions, context}, with
+suggestions by category and `recoverable` true for low and medium severity, as WhaleFall does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Response, g, has_request_context, jsonify, request
+
+# WhaleFall's get_error_suggestions(category)
+SUGGESTIONS = {
+    "validation": ["检查输入数据", "根据提示修正请求参数"],
+    "business": ["确认业务规则", "联系管理员核对数据"],
+    "authentication": ["重新登录", "验证凭据有效性"],
+    "authorization": ["检查权限配置", "联系管理员"],
+    "system": ["联系管理员", "查看错误日志"],
+}
+
+
+def _timestamp() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def success(message: str, data: dict[str, Any] | None = None) -> tuple[Response, int]:
+    """`data` is omitted when None (spec 7)."""
+    body: dict[str, Any] = {"success": True, "error": False, "message": message, "timestamp": _timestamp()}
+    if data is not None:
+        body["data"] = data
+    return jsonify(body), 200
+
+
+def _request_context() -> dict[str, Any]:
+    """WhaleFall's public error context: request id, user id, URL, method, client."""
+    if not has_request_context():
+        return {}
+    request_id = request.headers.get("X-Request-ID") or f"req_{uuid.uuid4().hex}"
+    meta = {"ip_address": request.remote_addr, "user_agent": request.user_agent.string or None}
+    return {
+        "request_id": request_id,
+        "user_id": getattr(g, "capacity_user_id", None),
+        "url": request.url,
+        "method": request.method,
+        "meta": {key: value for key, value in meta.items() if value is not None},
+    }
+
+
+class ApiError(Exception):
+    """An error answered with WhaleFall's error envelope."""
+
+    def __init__(self, status: int, message_code: str, message: str, *, category: str, severity: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message_code = message_code
+        self.message = message
+        self.category = category
+        self.severity = severity
+
+    def response(self) -> tuple[Response, int]:
+        body = {
+            "success": False,
+            "error": True,
+            "error_id": uuid.uuid4().hex,
+            "category": self.category,
+            "severity": self.severity,
+            "message_code": self.message_code,
+            "message": self.message,
+            "timestamp": _timestamp(),
+            "recoverable": self.severity in ("low", "medium"),
+            "suggestions": SUGGESTIONS.get(self.category, SUGGESTIONS["system"]),
+            "context": _request_context(),
+        }
+        return jsonify(body), self.status
+
+
+def validation_error(message: str, code: str = "VALIDATION_ERROR", status: int = 400) -> ApiError:
+    return ApiError(status, code, message, category="validation", severity="low")
+
+
+def authentication_required() -> ApiError:
+    return ApiError(401, "AUTHENTICATION_REQUIRED", "请先登录", category="authentication", severity="medium")
+
+
+def permission_required() -> ApiError:
+    return ApiError(403, "PERMISSION_REQUIRED", "需要 admin 权限", category="authorization", severity="medium")
+
+
+def csrf_missing() -> ApiError:
+    return ApiError(403, "CSRF_MISSING", "缺少 CSRF 令牌", category="authorization", severity="medium")
+
+
+def csrf_invalid() -> ApiError:
+    return ApiError(403, "CSRF_INVALID", "CSRF 令牌无效,请刷新后重试", category="authorization", severity="medium")
+
+
+def not_found(message: str) -> ApiError:
+    return ApiError(404, "RESOURCE_NOT_FOUND", message, category="business", severity="low")
+
+
+def internal_error(message: str) -> ApiError:
+    return ApiError(500, "INTERNAL_ERROR", message, category="system", severity="high")
+
+
+def payload_too_large(limit: int) -> ApiError:
+    return validation_error(f"request body is larger than {limit} bytes", "PAYLOAD_TOO_LARGE", 413)
+
+
+def unsupported_media_type(mimetype: str | None) -> ApiError:
+    message = f"Content-Type {mimetype or '(none)'} is not supported; send application/json"
+    return validation_error(message, "UNSUPPORTED_MEDIA_TYPE", 415)
+
+
+def http_error(status: int, name: str, description: str) -> ApiError:
+    """Werkzeug's own errors (unknown route, wrong method, body too large) in the same envelope."""
+    code = name.upper().replace(" ", "_")
+    if status >= 500:
+        return internal_error(description)
+    return ApiError(status, code, description, category="validation", severity="low")
