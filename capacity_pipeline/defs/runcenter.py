@@ -89,6 +89,9 @@ class StepMirror:
         self.center = RunCenter(engine)
         self.run = context.run
         self.task_run_id = task_run_id_of(self.run)
+        if self.task_run_id != self.run.run_id and self.center.status(self.task_run_id) in (c.COMPLETED, c.FAILED):
+            # A re-execution inherits the tag of a TaskRun that already finished: it gets its own.
+            self.task_run_id = self.run.run_id
         self.pause = resource.batch_pause_seconds
 
     # -- opening ----------------------------------------------------------------------------

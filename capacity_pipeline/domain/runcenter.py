@@ -14,6 +14,8 @@ from typing import Any
 
 from sqlalchemy import JSON, Connection, Engine, and_, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from capacity_pipeline.domain import constants as c
 from capacity_pipeline.domain.aggregation import ActiveInstance
@@ -55,6 +57,13 @@ class Progress:
 _JSON_OR_NULL = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
+def _insert_ignoring_conflicts(engine: Engine, table: Any) -> Any:
+    """The dialect's INSERT, which knows ON CONFLICT DO NOTHING."""
+    if engine.dialect.name == "postgresql":
+        return postgresql_insert(table)
+    return sqlite_insert(table)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -72,28 +81,28 @@ class RunCenter:
     # -- runs ---------------------------------------------------------------------------------
 
     def create_run(self, run_id: str, spec: TaskRunSpec, *, status: str = c.RUNNING) -> bool:
-        """Insert the run unless a run with this run_id exists (then it is adopted); True if new."""
+        """Insert the run unless a run with this run_id exists (then it is adopted); True if new.
+
+        Safe when two steps of one Dagster run race to create it: the loser adopts.
+        """
+        now = _now()
+        statement = _insert_ignoring_conflicts(self.engine, self.runs).values(
+            run_id=run_id,
+            task_key=spec.task_key,
+            task_name=spec.task_name,
+            task_category=spec.task_category,
+            trigger_source=spec.trigger_source,
+            status=status,
+            started_at=now,
+            created_by=spec.created_by,
+            summary_json=spec.summary_json,
+            result_url=spec.result_url,
+            created_at=now,
+            updated_at=now,
+        )
         with self.engine.begin() as connection:
-            if self._run_row(connection, run_id) is not None:
-                return False
-            now = _now()
-            connection.execute(
-                insert(self.runs).values(
-                    run_id=run_id,
-                    task_key=spec.task_key,
-                    task_name=spec.task_name,
-                    task_category=spec.task_category,
-                    trigger_source=spec.trigger_source,
-                    status=status,
-                    started_at=now,
-                    created_by=spec.created_by,
-                    summary_json=spec.summary_json,
-                    result_url=spec.result_url,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
-            return True
+            inserted = statement.on_conflict_do_nothing(index_elements=["run_id"]).returning(self.runs.c.id)
+            return connection.execute(inserted).first() is not None
 
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as connection:

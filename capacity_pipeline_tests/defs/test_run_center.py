@@ -528,3 +528,31 @@ def test_the_reconciler_sensor_finalizes_finished_runs(pg_engine, seeded, dagste
     assert isinstance(evaluation, dg.SkipReason)
     assert f"{result.run_id}: completed" in evaluation.skip_message
     assert RunCenter(pg_engine).get_run(result.run_id)["status"] == "completed"
+
+
+def test_a_re_execution_of_a_finished_api_run_gets_its_own_task_run(pg_engine, seeded, dagster_instance):
+    """A re-execution inherits the run's tags; it must not reopen the finished TaskRun."""
+    center = RunCenter(pg_engine)
+    task_run_id = str(uuid.uuid4())
+    center.create_run(
+        task_run_id,
+        TaskRunSpec(
+            "capacity_aggregate_current",
+            "容量统计(当前周期)",
+            "manual",
+            current_summary("capacity_aggregate_current", "all"),
+        ),
+        status="pending",
+    )
+    job = _job(pg_engine, "capacity_aggregate_current")
+    first = job.execute_in_process(partition_key=KEY, instance=dagster_instance, tags={TASK_RUN_TAG: task_run_id})
+    reconcile(dagster_instance, center)
+    finished = center.get_run(task_run_id)
+    assert finished["status"] == "completed"
+
+    again = job.execute_in_process(partition_key=KEY, instance=dagster_instance, tags={TASK_RUN_TAG: task_run_id})
+    reconcile(dagster_instance, center)
+
+    assert first.success and again.success
+    assert center.get_run(task_run_id) == finished
+    assert center.get_run(again.run_id)["status"] == "completed"
