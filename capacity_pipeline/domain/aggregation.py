@@ -20,7 +20,7 @@ from sqlalchemy import Connection, Engine, TextClause, bindparam, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from capacity_pipeline.domain.partitions import ensure_month_partitions
-from capacity_pipeline.domain.periods import PeriodType, Window, previous_window
+from capacity_pipeline.domain.periods import PeriodType, Window, parse_choice, previous_window
 from capacity_pipeline.domain.sqlmath import SqlMath
 from capacity_pipeline.domain.tables import whalefall_metadata
 
@@ -49,11 +49,7 @@ class Scope(StrEnum):
 
     @classmethod
     def parse(cls, value: str) -> Scope:
-        try:
-            return cls(value)
-        except ValueError:
-            allowed = ", ".join(scope.value for scope in cls)
-            raise ValueError(f"scope: unknown value {value!r}; allowed: {allowed}") from None
+        return parse_choice(cls, "scope", value)
 
     @property
     def levels(self) -> tuple[Level, ...]:

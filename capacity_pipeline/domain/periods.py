@@ -11,12 +11,25 @@ import os
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
+from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 CHINA_TZ = ZoneInfo("Asia/Shanghai")
 
 # Setting that turns on the corrected previous quarter (spec Q1). Off by default: parity first.
 CORRECTED_QUARTER_ENV = "CAPACITY_CORRECTED_PREVIOUS_QUARTER"
+
+
+_Choice = TypeVar("_Choice", bound=StrEnum)
+
+
+def parse_choice(choices: type[_Choice], field: str, value: str) -> _Choice:
+    """A member of a closed set of names, or an error naming the field and the allowed values."""
+    try:
+        return choices(value)
+    except ValueError:
+        allowed = ", ".join(choice.value for choice in choices)
+        raise ValueError(f"{field}: unknown value {value!r}; allowed: {allowed}") from None
 
 
 class PeriodType(StrEnum):
@@ -27,12 +40,7 @@ class PeriodType(StrEnum):
 
     @classmethod
     def parse(cls, value: str) -> PeriodType:
-        """Parse a period name, with an error that lists the allowed values."""
-        try:
-            return cls(value)
-        except ValueError:
-            allowed = ", ".join(p.value for p in cls)
-            raise ValueError(f"period: unknown value {value!r}; allowed: {allowed}") from None
+        return parse_choice(cls, "period", value)
 
 
 @dataclass(frozen=True, order=True)

@@ -25,6 +25,7 @@ from capacity_pipeline.domain.aggregation import Level, aggregate_period
 from capacity_pipeline.domain.periods import PeriodType, last_window, previous_window, window_containing
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline_tests import whalefall_reference as reference
+from capacity_pipeline_tests.defs.conftest import dagster_resources
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 TODAY = date(2026, 7, 2)
@@ -36,10 +37,6 @@ IGNORED = {"id", "calculated_at", "created_at"}
 
 def _url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
-
-
-def _resources(engine: Engine) -> dict:
-    return {"whalefall": WhaleFallDatabase(url=_url(engine))}
 
 
 def _period_assets(period: PeriodType) -> list:
@@ -61,12 +58,6 @@ def _rows(whalefall, table: str, period: PeriodType, key: str) -> list[dict]:
 def seeded(engine, whalefall):
     load_synthetic_data(engine, SPEC)
     return whalefall
-
-
-@pytest.fixture
-def dagster_instance():
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def test_definitions_load():
@@ -122,7 +113,7 @@ def test_daily_partitions_include_today_others_end_at_the_last_complete_period()
 def test_materializing_a_partition_writes_the_engines_rows(engine, seeded, dagster_instance, period):
     key = CHOSEN[period]
     result = dg.materialize(
-        _period_assets(period), partition_key=key, resources=_resources(engine), instance=dagster_instance
+        _period_assets(period), partition_key=key, resources=dagster_resources(engine), instance=dagster_instance
     )
     assert result.success
     written = {t: _rows(seeded, t, period, key) for t in ("database_size_aggregations", "instance_size_aggregations")}
@@ -150,7 +141,7 @@ def test_materialized_rows_match_whalefall_row_by_row(pg_engine, pg_whalefall, d
         result = dg.materialize(
             _period_assets(period),
             partition_key=key,
-            resources=_resources(pg_engine),
+            resources=dagster_resources(pg_engine),
             instance=dagster_instance,
         )
         assert result.success
@@ -190,7 +181,7 @@ def _remove_trigger(engine: Engine) -> None:
 
 def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, seeded, dagster_instance):
     period, key = PeriodType.DAILY, CHOSEN[PeriodType.DAILY]
-    assets, resources = _period_assets(period), _resources(engine)
+    assets, resources = _period_assets(period), dagster_resources(engine)
     good = dg.materialize(assets, partition_key=key, resources=resources, instance=dagster_instance)
     assert [e.passed for e in good.get_asset_check_evaluations()] == [True] * 6
 
@@ -239,7 +230,7 @@ def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, seeded, dagste
 def test_nightly_job_aggregates_the_last_period_of_each_type(engine, seeded, dagster_instance):
     result = calculate_database_job.execute_in_process(
         run_config={"ops": {NIGHTLY_OP_NAME: {"config": {"today": TODAY.isoformat()}}}},
-        resources=_resources(engine),
+        resources=dagster_resources(engine),
         instance=dagster_instance,
     )
 
@@ -278,7 +269,7 @@ def test_backfill_takes_a_range_of_partitions_in_one_run(engine, seeded, dagster
         assets=list(AGGREGATION_ASSETS.values()),
         asset_checks=AGGREGATION_CHECKS,
         jobs=[capacity_aggregate_current_job],
-        resources=_resources(engine),
+        resources=dagster_resources(engine),
     ).resolve_job_def("capacity_aggregate_current")
     result = job.execute_in_process(
         instance=dagster_instance,

@@ -19,7 +19,6 @@ from capacity_pipeline.defs import defs as code_location
 from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key
 from capacity_pipeline.defs.checks import AGGREGATION_CHECKS
 from capacity_pipeline.defs.jobs import calculate_database_schedule
-from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.defs.runcenter import (
     CREATED_BY_TAG,
     SCOPE_TAG,
@@ -31,6 +30,7 @@ from capacity_pipeline.domain.aggregation import Level
 from capacity_pipeline.domain.periods import PeriodType
 from capacity_pipeline.domain.runcenter import RunCenter, TaskRunSpec
 from capacity_pipeline.domain.taskrun_payloads import current_summary
+from capacity_pipeline_tests.defs.conftest import dagster_resources
 
 DAY = date(2026, 7, 1)
 PREVIOUS = date(2026, 6, 30)
@@ -40,12 +40,6 @@ SCOPE_METRICS = [
     {"key": "requested_period_type", "label": "请求周期", "value": "daily", "unit": None, "tone": "info"},
     {"key": "effective_period_type", "label": "生效周期", "value": "daily", "unit": None, "tone": "info"},
 ]
-
-
-@pytest.fixture
-def dagster_instance():
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 @pytest.fixture
@@ -63,16 +57,12 @@ def seeded(pg_whalefall):
     return w
 
 
-def _resources(engine, **throttle) -> dict:
-    return {"whalefall": WhaleFallDatabase(url=engine.url.render_as_string(hide_password=False), **throttle)}
-
-
 def _job(engine, name: str, **throttle) -> dg.JobDefinition:
     definitions = dg.Definitions(
         assets=list(AGGREGATION_ASSETS.values()),
         asset_checks=AGGREGATION_CHECKS,
         jobs=[job for job in code_location.jobs if getattr(job, "name", None) == name],
-        resources=_resources(engine, **throttle),
+        resources=dagster_resources(engine, **throttle),
     )
     if name == "__ASSET_JOB":
         return definitions.resolve_implicit_global_asset_job_def()
@@ -300,7 +290,7 @@ def test_hand_made_materialization_and_backfill_get_a_task_run(pg_engine, seeded
     center = RunCenter(pg_engine)
     weekly = [AGGREGATION_ASSETS[level, PeriodType.WEEKLY] for level in Level]
     materialized = dg.materialize(
-        weekly, partition_key="2026-06-29", resources=_resources(pg_engine), instance=dagster_instance
+        weekly, partition_key="2026-06-29", resources=dagster_resources(pg_engine), instance=dagster_instance
     )
     backfill = _job(pg_engine, "__ASSET_JOB").execute_in_process(
         instance=dagster_instance,
@@ -521,7 +511,7 @@ def test_the_reconciler_sensor_finalizes_finished_runs(pg_engine, seeded, dagste
     result = _job(pg_engine, "capacity_aggregate_current").execute_in_process(
         partition_key=KEY, instance=dagster_instance
     )
-    context = dg.build_sensor_context(instance=dagster_instance, resources=_resources(pg_engine))
+    context = dg.build_sensor_context(instance=dagster_instance, resources=dagster_resources(pg_engine))
 
     evaluation = run_center_reconciler(context)
 

@@ -5,32 +5,21 @@ from __future__ import annotations
 import uuid
 
 import dagster as dg
-import pytest
 
 from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key
 from capacity_pipeline.defs.checks import AGGREGATION_CHECKS
 from capacity_pipeline.defs.jobs import capacity_aggregate_current_job
-from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.defs.sensors import capacity_current_trigger
 from capacity_pipeline.domain.aggregation import Level
 from capacity_pipeline.domain.periods import PeriodType, china_today
 from capacity_pipeline.domain.runcenter import RunCenter
 from capacity_pipeline.domain.taskrun_payloads import current_summary
 from capacity_pipeline.domain.triggers import current_task_run_spec, request_current_aggregation
-
-
-@pytest.fixture
-def dagster_instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-def _resources(engine) -> dict:
-    return {"whalefall": WhaleFallDatabase(url=engine.url.render_as_string(hide_password=False))}
+from capacity_pipeline_tests.defs.conftest import dagster_resources
 
 
 def _evaluate(instance, engine, cursor=None):
-    with dg.build_sensor_context(instance=instance, resources=_resources(engine), cursor=cursor) as context:
+    with dg.build_sensor_context(instance=instance, resources=dagster_resources(engine), cursor=cursor) as context:
         return capacity_current_trigger(context)
 
 
@@ -83,7 +72,7 @@ def test_a_launched_trigger_is_never_requested_again(pg_engine, pg_whalefall, da
         assets=list(AGGREGATION_ASSETS.values()),
         asset_checks=AGGREGATION_CHECKS,
         jobs=[capacity_aggregate_current_job],
-        resources=_resources(pg_engine),
+        resources=dagster_resources(pg_engine),
     ).resolve_job_def("capacity_aggregate_current")
     launched = job.execute_in_process(
         instance=dagster_instance,
