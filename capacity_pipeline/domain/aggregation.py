@@ -1,10 +1,12 @@
 """The capacity aggregation engine: WhaleFall's numbers, computed set-based inside the database.
 
-For each batch of active instances one transaction runs, per level, a single
-`INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE` (spec sections 4 and 5). A batch that
-fails is rolled back whole and retried one instance at a time, so that one bad instance fails
-alone (fixes spec Q11) and committed batches stay committed. Between batches the caller's
-checkpoint reports progress and may stop the run (cancellation).
+For each batch of active instances one transaction runs, per level, one GROUP BY over the
+current and previous windows together and one `INSERT ... ON CONFLICT DO UPDATE` of the result
+(spec sections 4 and 5); on PostgreSQL the rows are computed by a parallel-capable
+`CREATE TEMP TABLE ... AS` first, SQLite does it in one `INSERT ... SELECT`. A batch that fails
+is rolled back whole and retried one instance at a time, so that one bad instance fails alone
+(fixes spec Q11) and committed batches stay committed. Between batches the caller's checkpoint
+reports progress and may stop the run (cancellation).
 """
 
 from __future__ import annotations
