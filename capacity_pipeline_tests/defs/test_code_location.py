@@ -17,7 +17,6 @@ from capacity_pipeline.defs.jobs import (
     NIGHTLY_OP_NAME,
     calculate_database_job,
     calculate_database_schedule,
-    capacity_aggregate_current_job,
 )
 from capacity_pipeline.defs.partitions import PARTITIONS, key_for_window, window_for_key
 from capacity_pipeline.defs.resources import WhaleFallDatabase, whalefall_from_env
@@ -25,7 +24,7 @@ from capacity_pipeline.domain.aggregation import Level, aggregate_period
 from capacity_pipeline.domain.periods import PeriodType, last_window, previous_window, window_containing
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline_tests import whalefall_reference as reference
-from capacity_pipeline_tests.defs.conftest import dagster_resources
+from capacity_pipeline_tests.defs.conftest import dagster_resources, resolve_job
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 TODAY = date(2026, 7, 2)
@@ -265,12 +264,7 @@ def test_schedule_at_four_requests_the_last_complete_period_of_each_type(tick, e
 
 def test_backfill_takes_a_range_of_partitions_in_one_run(engine, seeded, dagster_instance):
     first, last = TODAY - timedelta(days=5), TODAY - timedelta(days=1)
-    job = dg.Definitions(
-        assets=list(AGGREGATION_ASSETS.values()),
-        asset_checks=AGGREGATION_CHECKS,
-        jobs=[capacity_aggregate_current_job],
-        resources=dagster_resources(engine),
-    ).resolve_job_def("capacity_aggregate_current")
+    job = resolve_job(engine, "capacity_aggregate_current")
     result = job.execute_in_process(
         instance=dagster_instance,
         tags={

@@ -15,9 +15,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 
-from capacity_pipeline.defs import defs as code_location
 from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key
-from capacity_pipeline.defs.checks import AGGREGATION_CHECKS
 from capacity_pipeline.defs.jobs import calculate_database_schedule
 from capacity_pipeline.defs.runcenter import (
     CREATED_BY_TAG,
@@ -28,9 +26,9 @@ from capacity_pipeline.defs.runcenter import (
 )
 from capacity_pipeline.domain.aggregation import Level
 from capacity_pipeline.domain.periods import PeriodType
-from capacity_pipeline.domain.runcenter import RunCenter, TaskRunSpec
-from capacity_pipeline.domain.taskrun_payloads import current_summary
-from capacity_pipeline_tests.defs.conftest import dagster_resources
+from capacity_pipeline.domain.runcenter import RunCenter
+from capacity_pipeline.domain.triggers import request_current_aggregation
+from capacity_pipeline_tests.defs.conftest import dagster_resources, resolve_job
 
 DAY = date(2026, 7, 1)
 PREVIOUS = date(2026, 6, 30)
@@ -57,18 +55,6 @@ def seeded(pg_whalefall):
     return w
 
 
-def _job(engine, name: str, **throttle) -> dg.JobDefinition:
-    definitions = dg.Definitions(
-        assets=list(AGGREGATION_ASSETS.values()),
-        asset_checks=AGGREGATION_CHECKS,
-        jobs=[job for job in code_location.jobs if getattr(job, "name", None) == name],
-        resources=dagster_resources(engine, **throttle),
-    )
-    if name == "__ASSET_JOB":
-        return definitions.resolve_implicit_global_asset_job_def()
-    return definitions.resolve_job_def(name)
-
-
 def _without_times(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in {"id", "started_at", "completed_at", "created_at", "updated_at"}}
 
@@ -78,7 +64,7 @@ def _item_view(item: dict) -> tuple:
 
 
 def test_current_job_writes_spec_6_2_rows(pg_engine, seeded, dagster_instance):
-    result = _job(pg_engine, "capacity_aggregate_current").execute_in_process(
+    result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
         partition_key=KEY, instance=dagster_instance
     )
     assert result.success
@@ -160,21 +146,9 @@ def test_current_job_writes_spec_6_2_rows(pg_engine, seeded, dagster_instance):
 
 def test_database_scope_selection_and_an_api_task_run_are_adopted(pg_engine, seeded, dagster_instance):
     center = RunCenter(pg_engine)
-    task_run_id = str(uuid.uuid4())
-    center.create_run(
-        task_run_id,
-        TaskRunSpec(
-            task_key="capacity_aggregate_current",
-            task_name="容量统计(当前周期)",
-            trigger_source="manual",
-            created_by=7,
-            result_url="/capacity/databases",
-            summary_json=current_summary("capacity_aggregate_current", "database"),
-        ),
-        status="pending",
-    )
+    task_run_id = request_current_aggregation(pg_engine, "database", created_by=7)  # what the API writes
 
-    result = _job(pg_engine, "capacity_aggregate_current").execute_in_process(
+    result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
         partition_key=KEY,
         instance=dagster_instance,
         asset_selection=[asset_key(Level.DATABASE, PeriodType.DAILY)],
@@ -203,7 +177,7 @@ def _nightly_request(tick: datetime) -> dg.RunRequest:
 
 def test_scheduled_nightly_run_writes_spec_6_3_rows(pg_engine, seeded, dagster_instance):
     request = _nightly_request(datetime(2026, 7, 2, 4, 0, tzinfo=ZoneInfo("Asia/Shanghai")))
-    result = _job(pg_engine, "calculate_database").execute_in_process(
+    result = resolve_job(pg_engine, "calculate_database").execute_in_process(
         run_config=request.run_config,
         tags={**request.tags, "dagster/schedule_name": "calculate_database_nightly"},
         instance=dagster_instance,
@@ -277,7 +251,7 @@ def test_scheduled_nightly_run_writes_spec_6_3_rows(pg_engine, seeded, dagster_i
 
 
 def test_nightly_run_launched_by_hand_is_manual(pg_engine, seeded, dagster_instance):
-    result = _job(pg_engine, "calculate_database").execute_in_process(
+    result = resolve_job(pg_engine, "calculate_database").execute_in_process(
         run_config={"ops": {"aggregate_last_periods": {"config": {"today": "2026-07-02"}}}},
         tags={CREATED_BY_TAG: "12"},
         instance=dagster_instance,
@@ -292,7 +266,7 @@ def test_hand_made_materialization_and_backfill_get_a_task_run(pg_engine, seeded
     materialized = dg.materialize(
         weekly, partition_key="2026-06-29", resources=dagster_resources(pg_engine), instance=dagster_instance
     )
-    backfill = _job(pg_engine, "__ASSET_JOB").execute_in_process(
+    backfill = resolve_job(pg_engine, "__ASSET_JOB").execute_in_process(
         instance=dagster_instance,
         asset_selection=[asset_key(Level.INSTANCE, PeriodType.DAILY)],
         tags={"dagster/asset_partition_range_start": "2026-06-29", "dagster/asset_partition_range_end": KEY},
@@ -321,7 +295,7 @@ def test_hand_made_materialization_and_backfill_get_a_task_run(pg_engine, seeded
 def test_progress_moves_between_batches_seen_from_another_connection(pg_engine, seeded, dagster_instance):
     center = RunCenter(pg_engine)
     task_run_id = str(uuid.uuid4())
-    job = _job(pg_engine, "capacity_aggregate_current", batch_size=1, batch_pause_seconds=0.6)
+    job = resolve_job(pg_engine, "capacity_aggregate_current", batch_size=1, batch_pause_seconds=0.6)
     runner = threading.Thread(
         target=job.execute_in_process,
         kwargs={
@@ -351,7 +325,7 @@ def test_progress_moves_between_batches_seen_from_another_connection(pg_engine, 
 
 def test_status_only_moves_forward_whatever_order_events_arrive(pg_engine, seeded, dagster_instance):
     center = RunCenter(pg_engine)
-    result = _job(pg_engine, "capacity_aggregate_current").execute_in_process(
+    result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
         partition_key=KEY, instance=dagster_instance
     )
     # A cancel lands before the reconciler has seen the run's success...
@@ -361,7 +335,7 @@ def test_status_only_moves_forward_whatever_order_events_arrive(pg_engine, seede
     assert run["status"] == "cancelled" and run["completed_at"] is not None
     assert (run["progress_completed"], run["progress_failed"]) == (3, 0)
 
-    finished = _job(pg_engine, "capacity_aggregate_current").execute_in_process(
+    finished = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
         partition_key=KEY, instance=dagster_instance
     )
     reconcile(dagster_instance, center)
@@ -392,7 +366,7 @@ def _drop_trigger(engine, name: str, table: str) -> None:
 def test_one_failing_instance_fails_its_item_and_the_run(pg_engine, seeded, dagster_instance):
     _trigger(pg_engine, "fail_alpha", "instance_size_aggregations", "NEW.instance_id = 2", "disk quota exceeded")
     try:
-        result = _job(pg_engine, "capacity_aggregate_current").execute_in_process(
+        result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
             partition_key=KEY, instance=dagster_instance, raise_on_error=False
         )
     finally:
@@ -422,7 +396,7 @@ def test_a_failure_outside_the_per_instance_isolation_fails_the_run_and_open_ite
         "run center storage unavailable",
     )
     try:
-        result = _job(pg_engine, "capacity_aggregate_current", batch_size=1).execute_in_process(
+        result = resolve_job(pg_engine, "capacity_aggregate_current", batch_size=1).execute_in_process(
             partition_key=KEY,
             instance=dagster_instance,
             asset_selection=[asset_key(Level.INSTANCE, PeriodType.DAILY)],
@@ -447,20 +421,10 @@ def test_a_failure_outside_the_per_instance_isolation_fails_the_run_and_open_ite
 
 def test_a_task_run_cancelled_before_its_run_starts_never_runs(pg_engine, seeded, dagster_instance):
     center = RunCenter(pg_engine)
-    task_run_id = str(uuid.uuid4())
-    center.create_run(
-        task_run_id,
-        TaskRunSpec(
-            "capacity_aggregate_current",
-            "容量统计(当前周期)",
-            "manual",
-            current_summary("capacity_aggregate_current", "all"),
-        ),
-        status="pending",
-    )
+    task_run_id = request_current_aggregation(pg_engine, "all", created_by=None)
     assert center.cancel_run(task_run_id)
 
-    result = _job(pg_engine, "capacity_aggregate_current").execute_in_process(
+    result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
         partition_key=KEY, instance=dagster_instance, tags={TASK_RUN_TAG: task_run_id}, raise_on_error=False
     )
 
@@ -473,7 +437,7 @@ def test_a_task_run_cancelled_before_its_run_starts_never_runs(pg_engine, seeded
 def test_cancel_from_the_run_center_stops_between_batches(pg_engine, seeded, dagster_instance):
     center = RunCenter(pg_engine)
     task_run_id = str(uuid.uuid4())
-    job = _job(pg_engine, "capacity_aggregate_current", batch_size=1, batch_pause_seconds=0.8)
+    job = resolve_job(pg_engine, "capacity_aggregate_current", batch_size=1, batch_pause_seconds=0.8)
     outcome = {}
     runner = threading.Thread(
         target=lambda: outcome.update(
@@ -508,7 +472,7 @@ def test_cancel_from_the_run_center_stops_between_batches(pg_engine, seeded, dag
 
 
 def test_the_reconciler_sensor_finalizes_finished_runs(pg_engine, seeded, dagster_instance):
-    result = _job(pg_engine, "capacity_aggregate_current").execute_in_process(
+    result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
         partition_key=KEY, instance=dagster_instance
     )
     context = dg.build_sensor_context(instance=dagster_instance, resources=dagster_resources(pg_engine))
@@ -523,18 +487,8 @@ def test_the_reconciler_sensor_finalizes_finished_runs(pg_engine, seeded, dagste
 def test_a_re_execution_of_a_finished_api_run_gets_its_own_task_run(pg_engine, seeded, dagster_instance):
     """A re-execution inherits the run's tags; it must not reopen the finished TaskRun."""
     center = RunCenter(pg_engine)
-    task_run_id = str(uuid.uuid4())
-    center.create_run(
-        task_run_id,
-        TaskRunSpec(
-            "capacity_aggregate_current",
-            "容量统计(当前周期)",
-            "manual",
-            current_summary("capacity_aggregate_current", "all"),
-        ),
-        status="pending",
-    )
-    job = _job(pg_engine, "capacity_aggregate_current")
+    task_run_id = request_current_aggregation(pg_engine, "all", created_by=None)
+    job = resolve_job(pg_engine, "capacity_aggregate_current")
     first = job.execute_in_process(partition_key=KEY, instance=dagster_instance, tags={TASK_RUN_TAG: task_run_id})
     reconcile(dagster_instance, center)
     finished = center.get_run(task_run_id)

@@ -6,16 +6,14 @@ import uuid
 
 import dagster as dg
 
-from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key
-from capacity_pipeline.defs.checks import AGGREGATION_CHECKS
-from capacity_pipeline.defs.jobs import capacity_aggregate_current_job
+from capacity_pipeline.defs.assets import asset_key
 from capacity_pipeline.defs.sensors import capacity_current_trigger
 from capacity_pipeline.domain.aggregation import Level
 from capacity_pipeline.domain.periods import PeriodType, china_today
 from capacity_pipeline.domain.runcenter import RunCenter
 from capacity_pipeline.domain.taskrun_payloads import current_summary
 from capacity_pipeline.domain.triggers import current_task_run_spec, request_current_aggregation
-from capacity_pipeline_tests.defs.conftest import dagster_resources
+from capacity_pipeline_tests.defs.conftest import dagster_resources, resolve_job
 
 
 def _evaluate(instance, engine, cursor=None):
@@ -68,12 +66,7 @@ def test_a_launched_trigger_is_never_requested_again(pg_engine, pg_whalefall, da
     repeat = _evaluate(dagster_instance, pg_engine).run_requests  # e.g. a second daemon, before launch
     assert [r.run_key for r in repeat] == [request.run_key]  # the same key: Dagster launches it once
 
-    job = dg.Definitions(
-        assets=list(AGGREGATION_ASSETS.values()),
-        asset_checks=AGGREGATION_CHECKS,
-        jobs=[capacity_aggregate_current_job],
-        resources=dagster_resources(pg_engine),
-    ).resolve_job_def("capacity_aggregate_current")
+    job = resolve_job(pg_engine, "capacity_aggregate_current")
     launched = job.execute_in_process(
         instance=dagster_instance,
         partition_key=request.partition_key,
