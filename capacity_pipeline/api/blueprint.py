@@ -74,7 +74,7 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
     blueprint = Blueprint("capacity_pipeline_api", __name__)
 
     def current_engine() -> Engine:
-        return engine() if callable(engine) and not isinstance(engine, Engine) else engine
+        return engine if isinstance(engine, Engine) else engine()
 
     @blueprint.errorhandler(ApiError)
     def api_error(error: ApiError) -> tuple[Response, int]:

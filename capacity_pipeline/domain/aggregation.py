@@ -22,7 +22,7 @@ from sqlalchemy import Connection, Engine, TextClause, bindparam, text
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from capacity_pipeline.domain.partitions import ensure_month_partitions
-from capacity_pipeline.domain.periods import PeriodType, Window, parse_choice, previous_window
+from capacity_pipeline.domain.periods import PeriodType, Window, previous_window
 from capacity_pipeline.domain.sqlmath import SqlMath
 from capacity_pipeline.domain.tables import whalefall_metadata
 
@@ -48,10 +48,6 @@ class Scope(StrEnum):
     ALL = "all"
     DATABASE = "database"
     INSTANCE = "instance"
-
-    @classmethod
-    def parse(cls, value: str) -> Scope:
-        return parse_choice(cls, "scope", value)
 
     @property
     def levels(self) -> tuple[Level, ...]:

@@ -11,7 +11,6 @@ import os
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
-from typing import TypeVar
 from zoneinfo import ZoneInfo
 
 CHINA_TZ = ZoneInfo("Asia/Shanghai")
@@ -20,27 +19,11 @@ CHINA_TZ = ZoneInfo("Asia/Shanghai")
 CORRECTED_QUARTER_ENV = "CAPACITY_CORRECTED_PREVIOUS_QUARTER"
 
 
-_Choice = TypeVar("_Choice", bound=StrEnum)
-
-
-def parse_choice(choices: type[_Choice], field: str, value: str) -> _Choice:
-    """A member of a closed set of names, or an error naming the field and the allowed values."""
-    try:
-        return choices(value)
-    except ValueError:
-        allowed = ", ".join(choice.value for choice in choices)
-        raise ValueError(f"{field}: unknown value {value!r}; allowed: {allowed}") from None
-
-
 class PeriodType(StrEnum):
     DAILY = "daily"
     WEEKLY = "weekly"
     MONTHLY = "monthly"
     QUARTERLY = "quarterly"
-
-    @classmethod
-    def parse(cls, value: str) -> PeriodType:
-        return parse_choice(cls, "period", value)
 
 
 @dataclass(frozen=True, order=True)

@@ -134,12 +134,6 @@ def test_today_is_the_shanghai_date_whatever_the_host_zone():
         china_today(datetime(2026, 7, 1, 12, 0))
 
 
-def test_unknown_period_names_the_allowed_values():
-    with pytest.raises(ValueError, match=r"period: unknown value 'hourly'; allowed: daily, weekly"):
-        PeriodType.parse("hourly")
-    assert PeriodType.parse("quarterly") is PeriodType.QUARTERLY
-
-
 def test_window_bounds_are_inclusive_and_ordered():
     assert W("2026-06-01", "2026-06-30").days == 30
     with pytest.raises(ValueError, match="after its end"):
