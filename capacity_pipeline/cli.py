@@ -39,7 +39,7 @@ from capacity_pipeline.domain.periods import (
 )
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.tables import create_schema
-from capacity_pipeline.domain.triggers import InvalidScope, request_current_aggregation
+from capacity_pipeline.domain.triggers import InvalidScope, normalise_scope, request_current_aggregation
 
 PROG = "capacity-pipeline"
 
@@ -227,10 +227,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _request(args: argparse.Namespace) -> int:
     try:
-        run_id = request_current_aggregation(_engine(args), args.scope, created_by=args.created_by)
+        scope = normalise_scope(args.scope)  # bad input fails before any connection
     except InvalidScope as error:
         raise UsageError(f"--scope: {error}") from None
-    print(run_id)
+    print(request_current_aggregation(_engine(args), scope, created_by=args.created_by))
     return 0
 
 

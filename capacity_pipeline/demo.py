@@ -7,6 +7,7 @@ through a real Dagster instance under `<folder>/dagster_home`, and prints what e
 
 from __future__ import annotations
 
+import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,8 +114,6 @@ def _reset(paths: DemoPaths) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{paths.database}{suffix}").unlink(missing_ok=True)
     if paths.dagster_home.exists():
-        import shutil
-
         shutil.rmtree(paths.dagster_home)
     paths.dagster_home.mkdir()
     (paths.dagster_home / "dagster.yaml").write_text(_DAGSTER_YAML)

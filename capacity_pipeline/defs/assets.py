@@ -47,7 +47,8 @@ def _build_asset(level: Level, period: PeriodType) -> dg.AssetsDefinition:
     def aggregation(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase) -> dg.MaterializeResult:
         engine = whalefall.engine()
         mirror = StepMirror(context, engine, whalefall)
-        return mirrored(mirror, lambda: _materialize(context, engine, whalefall, mirror, level, period))
+        with mirrored(mirror):
+            return _materialize(context, engine, whalefall, mirror, level, period)
 
     return aggregation
 

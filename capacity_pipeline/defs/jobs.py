@@ -60,7 +60,8 @@ def calculate_database_op(context: dg.OpExecutionContext, config: NightlyConfig,
     today = _today(config)
     engine = whalefall.engine()
     mirror = StepMirror(context, engine, whalefall)
-    mirrored(mirror, lambda: _run_nightly(context, engine, whalefall, mirror, today))
+    with mirrored(mirror):
+        _run_nightly(context, engine, whalefall, mirror, today)
 
 
 def _run_nightly(

@@ -15,7 +15,8 @@ its URL.
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -192,14 +193,18 @@ class StepMirror:
         self.center.mark_run_failed(self.task_run_id, str(error) or type(error).__name__)
 
 
-def mirrored(mirror: StepMirror, work):  # noqa: ANN001, ANN201 - wraps a step body
-    """Run a step body, translating interrupts and unexpected errors into run-center writes."""
+@contextmanager
+def mirrored(mirror: StepMirror) -> Iterator[None]:
+    """Around a step body: interrupts and unexpected errors become run-center writes.
+
+    A Failure (failed instances, a cancel from the run center) is already mirrored by the step.
+    """
     try:
-        return work()
+        yield
     except DagsterExecutionInterruptedError:
         mirror.interrupted()
         raise
-    except (CancelledFromRunCenter, dg.Failure):
+    except dg.Failure:
         raise
     except Exception as error:
         mirror.failed(error)
@@ -243,14 +248,17 @@ def _failure_message(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
     return f"Dagster run {run.run_id} failed: {detail}"
 
 
-def final_current_summary(center: RunCenter, task_run: dict[str, Any], run: dg.DagsterRun) -> dict[str, Any] | None:
-    """The stored summary with spec 6.2's overall status and message filled in."""
+def final_summary(task_run: dict[str, Any], run: dg.DagsterRun) -> dict[str, Any] | None:
+    """An asset run's stored summary with spec 6.2's overall status and message filled in.
+
+    None for the nightly run (it writes its own) and for a run that never got its window.
+    """
     summary = task_run.get("summary_json") or {}
     data = summary.get("ext", {}).get("data", {})
-    if "period_start" not in data:
+    if task_run["task_key"] == c.NIGHTLY_TASK_KEY or "period_start" not in data:
         return None
-    phases = [run.tags[key] for key in (PHASE_TAG.format(level=level.value) for level in Level) if key in run.tags]
-    status, message = overall_current_status(phases)
+    phase_tags = [PHASE_TAG.format(level=level.value) for level in Level]
+    status, message = overall_current_status([run.tags[tag] for tag in phase_tags if tag in run.tags])
     return {**summary, "ext": {**summary["ext"], "data": {**data, "status": status, "message": message}}}
 
 
@@ -263,23 +271,17 @@ def reconcile(instance: dg.DagsterInstance, center: RunCenter) -> list[str]:
             continue
         task_run_id = task_run["run_id"]
         if run.status == dg.DagsterRunStatus.SUCCESS:
-            summary = (
-                final_current_summary(center, task_run, run) if task_run["task_key"] != c.NIGHTLY_TASK_KEY else None
-            )
-            done.append(f"{task_run_id}: {center.finalize_run(task_run_id, summary)}")
+            done.append(f"{task_run_id}: {center.finalize_run(task_run_id, final_summary(task_run, run))}")
         elif run.status == dg.DagsterRunStatus.CANCELED:
             center.cancel_run(task_run_id)
             center.finalize_run(task_run_id)
             done.append(f"{task_run_id}: cancelled")
         else:  # FAILURE (a failing step, or a dead worker that run monitoring caught)
-            open_items = [i for i in center.get_items(task_run_id) if i["status"] in c.IN_PROGRESS]
-            if open_items or not center.get_items(task_run_id):
+            items = center.get_items(task_run_id)
+            if not items or any(item["status"] in c.IN_PROGRESS for item in items):
                 center.mark_run_failed(task_run_id, _failure_message(instance, run))
             else:  # every instance was settled: failed items make the run failed (spec 6.2)
-                summary = (
-                    final_current_summary(center, task_run, run) if task_run["task_key"] != c.NIGHTLY_TASK_KEY else None
-                )
-                center.finalize_run(task_run_id, summary)
+                center.finalize_run(task_run_id, final_summary(task_run, run))
             done.append(f"{task_run_id}: failed")
     since = datetime.now(UTC) - timedelta(days=1)
     for task_run in center.runs_in_states(MIRRORED_TASK_KEYS, (c.CANCELLED,), updated_since=since):

@@ -41,17 +41,13 @@ def capacity_current_trigger(context: dg.SensorEvaluationContext, whalefall: Wha
             continue  # launched already; the run's first step moves it to running
         try:
             scope = scope_of_trigger(task_run)
+            if not PARTITIONS[PeriodType.DAILY].has_partition_key(today):
+                raise ValueError(f"today ({today}) is before the first daily partition")
         except InvalidScope as error:
-            scope_value = ((task_run.get("summary_json") or {}).get("common") or {}).get("inputs", {}).get("scope")
-            reason = f"trigger rejected: {error} (got {scope_value!r})"
-            center.mark_run_failed(run_id, reason)
-            context.log.warning(f"TaskRun {run_id}: {reason}")
-            rejected.append(run_id)
+            rejected.append((run_id, f"trigger rejected: {error} (got {error.requested!r})"))
             continue
-        if not PARTITIONS[PeriodType.DAILY].has_partition_key(today):
-            reason = f"trigger rejected: today ({today}) is before the first daily partition"
-            center.mark_run_failed(run_id, reason)
-            rejected.append(run_id)
+        except ValueError as error:
+            rejected.append((run_id, f"trigger rejected: {error}"))
             continue
         tags = {TASK_RUN_TAG: run_id, SCOPE_TAG: scope}
         if task_run["created_by"] is not None:
@@ -64,6 +60,9 @@ def capacity_current_trigger(context: dg.SensorEvaluationContext, whalefall: Wha
                 tags=tags,
             )
         )
+    for run_id, reason in rejected:  # visible in the run center and in the sensor's log
+        center.mark_run_failed(run_id, reason)
+        context.log.warning(f"TaskRun {run_id}: {reason}")
     if not requests:
         reason = f"rejected {len(rejected)} trigger(s)" if rejected else "no pending trigger"
         return dg.SkipReason(reason)

@@ -42,15 +42,19 @@ def ensure_month_partitions(engine: Engine, tables: Iterable[str], months: Itera
     """Create the missing month partitions; returns the names created. A no-op on SQLite."""
     if engine.dialect.name != "postgresql":
         return []
-    created = []
-    wanted = [(table, month.replace(day=1)) for table in tables for month in set(months)]
-    for table, month in sorted(wanted):
+    first_days = {month.replace(day=1) for month in months}  # `months` may be a one-shot iterable
+    wanted = sorted({(table, month) for table in tables for month in first_days})
+    for table, _ in wanted:
         if table not in PARTITIONED_TABLES:
             raise ValueError(f"table: {table!r} is not partitioned; allowed: {sorted(PARTITIONED_TABLES)}")
-        name = partition_name(table, month)
-        with engine.connect() as connection:
-            if not _needs_partition(connection, table, name):
-                continue
+    with engine.connect() as connection:  # one look at the catalog for all of them
+        missing = [
+            (table, month, partition_name(table, month))
+            for table, month in wanted
+            if _needs_partition(connection, table, partition_name(table, month))
+        ]
+    created = []
+    for table, month, name in missing:
         try:
             if _create_partition(engine, table, name, month):
                 created.append(name)

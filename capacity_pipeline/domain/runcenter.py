@@ -193,12 +193,13 @@ class RunCenter:
             row = self._run_row(connection, run_id, lock=True)
             if row is None:
                 return None
+            now = _now()
             if row.status in c.IN_PROGRESS:
                 progress = self._write_progress(connection, run_id)
                 values: dict[str, Any] = {
                     "status": c.FAILED if progress.failed else c.COMPLETED,
-                    "completed_at": _now(),
-                    "updated_at": _now(),
+                    "completed_at": now,
+                    "updated_at": now,
                 }
                 if summary is not None:
                     values["summary_json"] = summary
@@ -209,7 +210,7 @@ class RunCenter:
                 connection.execute(
                     update(self.runs)
                     .where(self.runs.c.run_id == run_id)
-                    .values(completed_at=func.coalesce(self.runs.c.completed_at, _now()), updated_at=_now())
+                    .values(completed_at=func.coalesce(self.runs.c.completed_at, now), updated_at=now)
                 )
             return row.status
 

@@ -23,8 +23,9 @@ SCOPE_ERROR = "scope 参数仅支持 instance、database 或 all"  # spec 7.1
 class InvalidScope(ValueError):
     """A scope outside instance / database / all; the message is WhaleFall's (spec 7.1)."""
 
-    def __init__(self) -> None:
+    def __init__(self, requested: Any) -> None:
         super().__init__(SCOPE_ERROR)
+        self.requested = requested
 
 
 def normalise_scope(value: Any) -> str:
@@ -32,7 +33,7 @@ def normalise_scope(value: Any) -> str:
     if isinstance(value, str) and value.strip():
         scope = value.strip().lower()
         if scope not in {s.value for s in Scope}:
-            raise InvalidScope()
+            raise InvalidScope(value)
         return scope
     return Scope.ALL.value
 
@@ -63,5 +64,5 @@ def scope_of_trigger(task_run: dict[str, Any]) -> str:
     inputs = (summary.get("common") or {}).get("inputs") or {}
     scope = inputs.get("scope")
     if scope not in {s.value for s in Scope}:
-        raise InvalidScope()
+        raise InvalidScope(scope)
     return scope
