@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 
 import pytest
@@ -34,6 +35,37 @@ _TABLES = (
 def _admin_engine() -> Engine:
     url = make_url(ADMIN_URL).set(drivername="postgresql+psycopg")
     return create_engine(url, isolation_level="AUTOCOMMIT")
+
+
+@contextmanager
+def row_trigger(engine: Engine, table: str, condition: str, *, event: str = "INSERT", error: str | None = None):
+    """A real trigger for the length of the block, on rows of `table` where `condition` (SQL over
+    NEW, valid on both dialects) holds: it raises `error`, or without one silently skips the row."""
+    name = f"test_trigger_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as connection:
+        if engine.dialect.name == "sqlite":
+            effect = f"RAISE(ABORT, '{error}')" if error else "RAISE(IGNORE)"
+            connection.exec_driver_sql(
+                f"CREATE TRIGGER {name} BEFORE {event} ON {table} WHEN {condition} BEGIN SELECT {effect}; END"
+            )
+        else:
+            effect = f"RAISE EXCEPTION '{error}'" if error else "RETURN NULL"
+            connection.exec_driver_sql(
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF {condition} THEN {effect}; END IF; RETURN NEW; END $$"
+            )
+            connection.exec_driver_sql(
+                f"CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()"
+            )
+    try:
+        yield
+    finally:
+        with engine.begin() as connection:
+            if engine.dialect.name == "sqlite":
+                connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+            else:
+                connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+                connection.exec_driver_sql(f"DROP FUNCTION IF EXISTS {name}()")
 
 
 @pytest.fixture(scope="session")

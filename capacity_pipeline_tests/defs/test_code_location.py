@@ -24,6 +24,7 @@ from capacity_pipeline.domain.aggregation import Level, aggregate_period
 from capacity_pipeline.domain.periods import PeriodType, last_window, previous_window, window_containing
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline_tests import whalefall_reference as reference
+from capacity_pipeline_tests.conftest import row_trigger
 from capacity_pipeline_tests.defs.conftest import dagster_resources, resolve_job
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -151,33 +152,6 @@ def test_materialized_rows_match_whalefall_row_by_row(pg_engine, pg_whalefall, d
         assert got == expected
 
 
-def _drop_instance_rows_silently(engine: Engine, instance_id: int) -> None:
-    """A trigger that makes the database silently skip one instance's instance-level row."""
-    with engine.begin() as connection:
-        if engine.dialect.name == "sqlite":
-            connection.exec_driver_sql(
-                "CREATE TRIGGER drop_one BEFORE INSERT ON instance_size_aggregations "
-                f"WHEN NEW.instance_id = {instance_id} BEGIN SELECT RAISE(IGNORE); END"
-            )
-            return
-        connection.exec_driver_sql(
-            "CREATE OR REPLACE FUNCTION drop_one() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            f"IF NEW.instance_id = {instance_id} THEN RETURN NULL; END IF; RETURN NEW; END $$"
-        )
-        connection.exec_driver_sql(
-            "CREATE TRIGGER drop_one BEFORE INSERT ON instance_size_aggregations "
-            "FOR EACH ROW EXECUTE FUNCTION drop_one()"
-        )
-
-
-def _remove_trigger(engine: Engine) -> None:
-    with engine.begin() as connection:
-        if engine.dialect.name == "sqlite":
-            connection.exec_driver_sql("DROP TRIGGER IF EXISTS drop_one")
-        else:
-            connection.exec_driver_sql("DROP TRIGGER IF EXISTS drop_one ON instance_size_aggregations")
-
-
 def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, seeded, dagster_instance):
     period, key = PeriodType.DAILY, CHOSEN[PeriodType.DAILY]
     assets, resources = _period_assets(period), dagster_resources(engine)
@@ -205,11 +179,8 @@ def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, seeded, dagste
         connection.exec_driver_sql(
             f"DELETE FROM instance_size_aggregations WHERE period_start = '{start}' AND instance_id = {victim}"
         )
-    _drop_instance_rows_silently(engine, victim)
-    try:
+    with row_trigger(engine, "instance_size_aggregations", f"NEW.instance_id = {victim}"):  # skips the row
         broken = dg.materialize(assets, partition_key=key, resources=resources, instance=dagster_instance)
-    finally:
-        _remove_trigger(engine)
 
     verdicts = {(e.asset_key.to_user_string(), e.check_name): e.passed for e in broken.get_asset_check_evaluations()}
     assert verdicts == {

@@ -28,6 +28,7 @@ from capacity_pipeline.domain.aggregation import Level
 from capacity_pipeline.domain.periods import PeriodType
 from capacity_pipeline.domain.runcenter import RunCenter
 from capacity_pipeline.domain.triggers import request_current_aggregation
+from capacity_pipeline_tests.conftest import row_trigger
 from capacity_pipeline_tests.defs.conftest import dagster_resources, resolve_job
 
 DAY = date(2026, 7, 1)
@@ -347,30 +348,11 @@ def test_status_only_moves_forward_whatever_order_events_arrive(pg_engine, seede
     assert center.get_run(finished.run_id) == before
 
 
-def _trigger(engine, name: str, table: str, condition: str, message: str) -> None:
-    with engine.begin() as connection:
-        connection.exec_driver_sql(
-            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-            f"IF {condition} THEN RAISE EXCEPTION '{message}'; END IF; RETURN NEW; END $$"
-        )
-        connection.exec_driver_sql(
-            f"CREATE TRIGGER {name} BEFORE INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()"
-        )
-
-
-def _drop_trigger(engine, name: str, table: str) -> None:
-    with engine.begin() as connection:
-        connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name} ON {table}")
-
-
 def test_one_failing_instance_fails_its_item_and_the_run(pg_engine, seeded, dagster_instance):
-    _trigger(pg_engine, "fail_alpha", "instance_size_aggregations", "NEW.instance_id = 2", "disk quota exceeded")
-    try:
+    with row_trigger(pg_engine, "instance_size_aggregations", "NEW.instance_id = 2", error="disk quota exceeded"):
         result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
             partition_key=KEY, instance=dagster_instance, raise_on_error=False
         )
-    finally:
-        _drop_trigger(pg_engine, "fail_alpha", "instance_size_aggregations")
     assert not result.success
     center = RunCenter(pg_engine)
     reconcile(dagster_instance, center)
@@ -388,22 +370,16 @@ def test_one_failing_instance_fails_its_item_and_the_run(pg_engine, seeded, dags
 
 
 def test_a_failure_outside_the_per_instance_isolation_fails_the_run_and_open_items(pg_engine, seeded, dagster_instance):
-    _trigger(
-        pg_engine,
-        "break_run_center",
-        "task_run_items",
-        "NEW.item_key = '2' AND NEW.status = 'completed'",
-        "run center storage unavailable",
-    )
-    try:
+    completing_alpha = "NEW.item_key = '2' AND NEW.status = 'completed'"
+    with row_trigger(
+        pg_engine, "task_run_items", completing_alpha, event="UPDATE", error="run center storage unavailable"
+    ):
         result = resolve_job(pg_engine, "capacity_aggregate_current", batch_size=1).execute_in_process(
             partition_key=KEY,
             instance=dagster_instance,
             asset_selection=[asset_key(Level.INSTANCE, PeriodType.DAILY)],
             raise_on_error=False,
         )
-    finally:
-        _drop_trigger(pg_engine, "break_run_center", "task_run_items")
     assert not result.success
     center = RunCenter(pg_engine)
     reconcile(dagster_instance, center)

@@ -16,6 +16,7 @@ from capacity_pipeline.domain.aggregation import (
     list_active_instances,
 )
 from capacity_pipeline.domain.periods import PeriodType, Window
+from capacity_pipeline_tests.conftest import row_trigger
 
 DAY = date(2026, 6, 10)
 DAILY = Window(DAY, DAY)
@@ -159,43 +160,12 @@ def test_checkpoint_sees_progress_and_can_stop_between_batches(engine, whalefall
     }
 
 
-def _fail_inserts_for_instance(engine, instance_id: int) -> None:
-    """A real database error for one instance's instance-level row: a trigger that raises."""
-    with engine.begin() as connection:
-        if engine.dialect.name == "sqlite":
-            connection.exec_driver_sql(
-                "CREATE TRIGGER fail_one BEFORE INSERT ON instance_size_aggregations "
-                f"WHEN NEW.instance_id = {instance_id} BEGIN SELECT RAISE(ABORT, 'disk quota exceeded'); END"
-            )
-            return
-        connection.exec_driver_sql(
-            "CREATE OR REPLACE FUNCTION fail_one() RETURNS trigger LANGUAGE plpgsql AS $$ "
-            f"BEGIN IF NEW.instance_id = {instance_id} THEN RAISE EXCEPTION 'disk quota exceeded'; "
-            "END IF; RETURN NEW; END $$"
-        )
-        connection.exec_driver_sql(
-            "CREATE TRIGGER fail_one BEFORE INSERT ON instance_size_aggregations "
-            "FOR EACH ROW EXECUTE FUNCTION fail_one()"
-        )
-
-
-def _drop_failure_trigger(engine) -> None:
-    with engine.begin() as connection:
-        if engine.dialect.name == "sqlite":
-            connection.exec_driver_sql("DROP TRIGGER IF EXISTS fail_one")
-        else:
-            connection.exec_driver_sql("DROP TRIGGER IF EXISTS fail_one ON instance_size_aggregations")
-            connection.exec_driver_sql("DROP FUNCTION IF EXISTS fail_one()")
-
-
 def test_failure_in_a_later_batch_keeps_earlier_batches_and_isolates_the_instance(engine, whalefall):
     for instance_id in range(1, 6):
         _seed_instance(whalefall, instance_id)
-    _fail_inserts_for_instance(engine, 4)
-    try:
+    # A real database error for instance 4's instance-level row.
+    with row_trigger(engine, "instance_size_aggregations", "NEW.instance_id = 4", error="disk quota exceeded"):
         report = aggregate_period(engine, PeriodType.DAILY, DAILY, batch_size=2)
-    finally:
-        _drop_failure_trigger(engine)
 
     statuses = {o.instance.id: o.status for o in report.outcomes}
     assert statuses == {1: "completed", 2: "completed", 3: "completed", 4: "failed", 5: "completed"}

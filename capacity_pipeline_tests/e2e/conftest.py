@@ -12,9 +12,10 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import make_url, text
@@ -22,6 +23,7 @@ from sqlalchemy import make_url, text
 from capacity_pipeline_tests.conftest import ADMIN_URL, _admin_engine
 
 REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
 STARTUP_SECONDS = 120
 
 
@@ -42,6 +44,18 @@ class DagsterDev:
 
         os.environ["DAGSTER_POSTGRES_URL"] = self.env["DAGSTER_POSTGRES_URL"]
         return dg.DagsterInstance.from_config(str(self.home))
+
+
+def wait_until(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(interval)
 
 
 def _free_port() -> int:

@@ -19,7 +19,7 @@ import pytest
 
 from capacity_pipeline.domain.periods import china_today
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
-from capacity_pipeline_tests.e2e.conftest import _free_port
+from capacity_pipeline_tests.e2e.conftest import _free_port, wait_until
 
 TOKEN = "e2e-admin-token-5d1c"
 TOKENS = json.dumps({TOKEN: {"user_id": 42, "role": "admin"}})
@@ -62,14 +62,12 @@ def _call(port: int, method: str, path: str, body: dict | None = None, token: st
 
 
 def _wait_for_status(port: int, run_id: str, wanted: set[str], timeout: float) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def in_wanted_state() -> dict | None:
         status, body = _call(port, "GET", f"/api/v1/task-runs/{run_id}")
         assert status == 200, body
-        if body["data"]["run"]["status"] in wanted:
-            return body["data"]
-        time.sleep(0.3)
-    raise AssertionError(f"TaskRun {run_id} still {body['data']['run']['status']} after {timeout} s")
+        return body["data"] if body["data"]["run"]["status"] in wanted else None
+
+    return wait_until(in_wanted_state, timeout, f"TaskRun {run_id} reaching {sorted(wanted)}", interval=0.3)
 
 
 def test_post_runs_to_completion_and_a_cancelled_request_ends_cancelled(dagster_dev, api_server, pg_engine):

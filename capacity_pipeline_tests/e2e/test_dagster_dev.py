@@ -11,6 +11,7 @@ from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
 from capacity_pipeline.defs.jobs import NIGHTLY_JOB_NAME, NIGHTLY_OP_NAME
 from capacity_pipeline.domain.periods import PeriodType, last_window
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
+from capacity_pipeline_tests.e2e.conftest import wait_until
 
 TODAY = date(2026, 7, 2)
 TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
@@ -28,13 +29,11 @@ def _submit(client: DagsterGraphQLClient, deadline: float, **kwargs) -> str:
 
 
 def _wait_for_run(client: DagsterGraphQLClient, run_id: str, timeout: float = 120) -> DagsterRunStatus:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def finished() -> DagsterRunStatus | None:
         status = client.get_run_status(run_id)
-        if status in TERMINAL:
-            return status
-        time.sleep(0.5)
-    raise AssertionError(f"run {run_id} did not finish in {timeout} s (last status {status})")
+        return status if status in TERMINAL else None
+
+    return wait_until(finished, timeout, f"the end of Dagster run {run_id}", interval=0.5)
 
 
 def test_nightly_job_launched_over_graphql_succeeds_and_writes_rows(dagster_dev, pg_engine, pg_whalefall):

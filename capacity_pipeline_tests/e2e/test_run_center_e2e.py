@@ -16,6 +16,7 @@ from dagster_graphql import DagsterGraphQLClient
 from capacity_pipeline.defs.jobs import NIGHTLY_JOB_NAME, NIGHTLY_OP_NAME
 from capacity_pipeline.domain.runcenter import RunCenter
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
+from capacity_pipeline_tests.e2e.conftest import wait_until
 from capacity_pipeline_tests.e2e.test_dagster_dev import _submit, _wait_for_run
 
 TODAY = date(2026, 7, 2)
@@ -36,22 +37,17 @@ def _launch_slow_nightly(dagster_dev, pg_engine) -> tuple[DagsterGraphQLClient, 
         run_config={"ops": {NIGHTLY_OP_NAME: {"config": {"today": TODAY.isoformat()}}}},
     )
     center = RunCenter(pg_engine)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
+
+    def progressing() -> bool:
         run = center.get_run(run_id)
-        if run is not None and run["progress_completed"] >= 2:
-            return client, run_id, center
-        time.sleep(0.2)
-    raise AssertionError(f"the run never made progress:\n{dagster_dev.log.read_text()[-3000:]}")
+        return run is not None and run["progress_completed"] >= 2
+
+    wait_until(progressing, 90, f"progress of run {run_id} (log: {dagster_dev.log})")
+    return client, run_id, center
 
 
-def _wait_for_task_run(center: RunCenter, run_id: str, status: str, timeout: float) -> float:
-    started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if center.status(run_id) == status:
-            return time.monotonic() - started
-        time.sleep(0.2)
-    raise AssertionError(f"TaskRun {run_id} is {center.status(run_id)!r}, not {status!r}, after {timeout} s")
+def _wait_for_task_run(center: RunCenter, run_id: str, status: str, timeout: float) -> None:
+    wait_until(lambda: center.status(run_id) == status, timeout, f"TaskRun {run_id} becoming {status}")
 
 
 def _assert_cancelled_with_batches_intact(center: RunCenter, run_id: str, whalefall) -> None:
