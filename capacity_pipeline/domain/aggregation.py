@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, Engine, TextClause, bindparam, text
@@ -232,8 +233,7 @@ class _BatchWriter:
         self.report = report
         self.now = now
         self.postgresql = engine.dialect.name == "postgresql"
-        sql = SqlMath(engine.dialect.name)
-        self.statements = {level: _LEVEL_BUILDERS[level](sql).statements(sql) for level in report.scope.levels}
+        self.statements = {level: _statements(engine.dialect.name, level) for level in report.scope.levels}
 
     def write(self, batch: Sequence[ActiveInstance]) -> list[InstanceOutcome]:
         try:
@@ -536,6 +536,13 @@ class _LevelSql:
             f"RETURNING instance_id, {self.records_read} AS records"
         )
         return [text(write).bindparams(bindparam("ids", expanding=True))]
+
+
+@cache
+def _statements(dialect: str, level: Level) -> tuple[TextClause, ...]:
+    """A level's statements, built once per dialect (the nightly job calls the engine per batch)."""
+    sql = SqlMath(dialect)
+    return tuple(_LEVEL_BUILDERS[level](sql).statements(sql))
 
 
 _LEVEL_BUILDERS = {
