@@ -151,8 +151,10 @@ class RunCenter:
                 .values(summary_json=summary, updated_at=_now())
             )
 
-    def cancel_run(self, run_id: str) -> bool:
+    def cancel_run(self, run_id: str, *, cancelled_by: int | None = None) -> bool:
         """WhaleFall's cancel (spec 7.3): the run and its open items become cancelled.
+
+        `cancelled_by` is the user who asked (None: WhaleFall's own endpoint, or Dagster).
 
         WhaleFall accepts only `running`; a run created ahead of its execution is `pending`
         here, and cancelling it must also work, so both open states are accepted.
