@@ -16,6 +16,7 @@ from typing import Protocol
 
 from flask import g, request
 
+from capacity_pipeline.api.body import form_csrf_token
 from capacity_pipeline.api.envelopes import (
     authentication_required,
     csrf_invalid,
@@ -72,7 +73,9 @@ class HostSessionAuth:
         from flask_wtf.csrf import validate_csrf
         from wtforms.validators import ValidationError
 
-        token = request.headers.get("X-CSRFToken") or request.form.get("csrf_token")
+        # The form field is read from the body this blueprint caches, never via request.form, which
+        # would consume the stream and leave the body looking empty (scope `all`) afterwards.
+        token = request.headers.get("X-CSRFToken") or form_csrf_token()
         if not token:
             raise csrf_missing()
         try:

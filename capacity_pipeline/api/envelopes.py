@@ -10,6 +10,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 from flask import Response, g, has_request_context, jsonify, request
 
@@ -35,16 +36,25 @@ def success(message: str, data: dict[str, Any] | None = None) -> tuple[Response,
     return jsonify(body), 200
 
 
+def safe_path(limit: int = 512) -> str:
+    """The request's path, percent-encoded and bounded: no query string, nothing raw reflected."""
+    path = quote(request.script_root + request.path, safe="/-._~!$&'()*+,;=:@")
+    return path if len(path) <= limit else path[:limit] + "..."
+
+
 def _request_context() -> dict[str, Any]:
-    """WhaleFall's public error context: request id, user id, URL, method, client."""
+    """WhaleFall's public error context: request id, user id, URL, method, client.
+
+    Deliberately narrower than WhaleFall's: the URL is the path only (a query string may carry a
+    token) and no header value is echoed (not X-Request-ID, not User-Agent, not Host).
+    """
     if not has_request_context():
         return {}
-    request_id = request.headers.get("X-Request-ID") or f"req_{uuid.uuid4().hex}"
-    meta = {"ip_address": request.remote_addr, "user_agent": request.user_agent.string or None}
+    meta = {"ip_address": request.remote_addr}
     return {
-        "request_id": request_id,
+        "request_id": f"req_{uuid.uuid4().hex}",  # never a client's X-Request-ID
         "user_id": getattr(g, "capacity_user_id", None),
-        "url": request.url,
+        "url": safe_path(),
         "method": request.method,
         "meta": {key: value for key, value in meta.items() if value is not None},
     }
@@ -110,9 +120,9 @@ def payload_too_large(limit: int) -> ApiError:
     return validation_error(f"request body is larger than {limit} bytes", "PAYLOAD_TOO_LARGE", 413)
 
 
-def unsupported_media_type(mimetype: str | None) -> ApiError:
-    message = f"Content-Type {mimetype or '(none)'} is not supported; send application/json"
-    return validation_error(message, "UNSUPPORTED_MEDIA_TYPE", 415)
+def unsupported_media_type() -> ApiError:
+    """The Content-Type is not quoted back: it is a header value."""
+    return validation_error("request body must be JSON (Content-Type: application/json)", "UNSUPPORTED_MEDIA_TYPE", 415)
 
 
 def http_error(status: int, name: str, description: str) -> ApiError:

@@ -7,7 +7,8 @@ from sqlalchemy import Engine
 from werkzeug.exceptions import HTTPException
 
 from capacity_pipeline.api.auth import AuthBackend
-from capacity_pipeline.api.blueprint import MAX_BODY_BYTES, create_blueprint
+from capacity_pipeline.api.blueprint import create_blueprint
+from capacity_pipeline.api.body import MAX_BODY_BYTES
 from capacity_pipeline.api.envelopes import http_error
 
 

@@ -5,84 +5,19 @@ from __future__ import annotations
 import logging
 
 import pytest
-from flask import Flask
-from flask_login import LoginManager, UserMixin, login_user
-from flask_wtf.csrf import generate_csrf
-from sqlalchemy import func, select
 
-from capacity_pipeline.api.auth import BearerTokenAuth, Caller, HostSessionAuth
-from capacity_pipeline.api.blueprint import create_blueprint
-from capacity_pipeline.api.server import create_app
+from capacity_pipeline.api.auth import BearerTokenAuth
 from capacity_pipeline.domain.runcenter import RunCenter
-from capacity_pipeline.domain.tables import tables_for
 from capacity_pipeline.domain.taskrun_payloads import current_summary
-
-CURRENT = "/api/v1/capacity/aggregations/current"
-ERROR_KEYS = {
-    "success", "error", "error_id", "category", "severity", "message_code", "message",
-    "timestamp", "recoverable", "suggestions", "context",
-}  # fmt: skip
-ADMIN_TOKEN, VIEWER_TOKEN = "tok-admin-7f3a9c", "tok-viewer-22b1"
-
-
-class User(UserMixin):
-    def __init__(self, user_id: int, role: str) -> None:
-        self.id, self.role = user_id, role
-
-
-@pytest.fixture
-def host_client(engine):
-    """WhaleFall's side: Flask-Login session, Flask-WTF CSRF, the blueprint mounted."""
-    app = Flask("whalefall")
-    app.config.update(SECRET_KEY="whalefall-test-secret", TESTING=True)
-    users = {1: User(1, "admin"), 2: User(2, "user")}
-    login_manager = LoginManager(app)
-    login_manager.user_loader(lambda user_id: users.get(int(user_id)))
-
-    @app.get("/test/login/<int:user_id>")
-    def login(user_id: int) -> str:
-        login_user(users[user_id])
-        return "ok"
-
-    @app.get("/test/csrf-token")
-    def csrf_token() -> str:
-        return generate_csrf()
-
-    app.register_blueprint(create_blueprint(engine, HostSessionAuth()))
-    return app.test_client()
-
-
-@pytest.fixture
-def bearer_client(engine):
-    auth = BearerTokenAuth({ADMIN_TOKEN: Caller(9, "admin"), VIEWER_TOKEN: Caller(10, "user")})
-    return create_app(engine, auth).test_client()
-
-
-def _task_runs(engine) -> int:
-    with engine.connect() as connection:
-        return connection.execute(select(func.count()).select_from(tables_for(engine).tables["task_runs"])).scalar()
+from capacity_pipeline_tests.api.support import ADMIN_TOKEN, CURRENT, VIEWER_TOKEN
+from capacity_pipeline_tests.api.support import error as _error
+from capacity_pipeline_tests.api.support import task_runs as _task_runs
+from capacity_pipeline_tests.api.whalefall_host import csrf_header
 
 
 def _admin_with_csrf(client) -> dict[str, str]:
     client.get("/test/login/1")
-    return {"X-CSRFToken": client.get("/test/csrf-token").get_data(as_text=True)}
-
-
-def _error(response, status: int, code: str, message: str, category: str) -> dict:
-    body = response.get_json()
-    assert response.status_code == status, body
-    assert set(body) == ERROR_KEYS
-    assert (body["success"], body["error"], body["message_code"], body["message"], body["category"]) == (
-        False,
-        True,
-        code,
-        message,
-        category,
-    )
-    assert len(body["error_id"]) == 32 and body["timestamp"].endswith("+00:00")
-    assert body["recoverable"] is (body["severity"] in ("low", "medium"))
-    assert body["context"]["method"] == response.request.method
-    return body
+    return csrf_header(client)
 
 
 # -- spec 7.1: the checks, in order --------------------------------------------------------------
@@ -230,7 +165,7 @@ def test_task_run_endpoints_check_login_admin_csrf_and_existence(host_client):
         "缺少 CSRF 令牌",
         "authorization",
     )
-    headers = {"X-CSRFToken": host_client.get("/test/csrf-token").get_data(as_text=True)}
+    headers = csrf_header(host_client)
     _error(
         host_client.post("/api/v1/task-runs/nope/actions/cancel", headers=headers),
         404,
