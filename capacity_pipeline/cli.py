@@ -119,8 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve_api = commands.add_parser(
         "serve-api", parents=[database], help="serve the HTTP API with bearer tokens ($CAPACITY_API_TOKENS)"
     )
+
+    def port_number(value: str) -> int:
+        """A TCP port, 1..65535; anything else would wrap around or pick a random port."""
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if not 1 <= number <= 65535:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a port number; allowed: 1..65535")
+        return number
+
     serve_api.add_argument("--host", default="127.0.0.1")
-    serve_api.add_argument("--port", type=_positive_int, default=8080)
+    serve_api.add_argument("--port", type=port_number, default=8080, help="1..65535 (default: 8080)")
 
     demo = commands.add_parser("demo", help="seed SQLite, materialize every period through Dagster, show the results")
     demo.add_argument("--folder", type=Path, default=Path(".demo"), help="where the demo database and Dagster home go")
@@ -236,15 +247,20 @@ def _request(args: argparse.Namespace) -> int:
 
 def _serve_api(args: argparse.Namespace) -> int:
     from capacity_pipeline.api.auth import BearerTokenAuth
-    from capacity_pipeline.api.server import serve
+    from capacity_pipeline.api.server import BindError, bind, create_app, run
 
     try:
         auth = BearerTokenAuth.from_env()
     except ValueError as error:
         raise UsageError(str(error)) from None
     engine = _engine(args)
-    print(f"serving the capacity API on http://{args.host}:{args.port}", flush=True)
-    serve(engine, auth, args.host, args.port)
+    try:
+        server = bind(create_app(engine, auth), args.host, args.port)  # before saying "serving"
+    except BindError as error:
+        raise RunFailed(str(error)) from None
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"serving the capacity API on http://{host}:{args.port}", flush=True)
+    run(server)
     return 0
 
 

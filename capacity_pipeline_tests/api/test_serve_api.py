@@ -1,0 +1,108 @@
+"""`capacity-pipeline serve-api` as a real process: port validation, binding before "serving",
+one-line bind errors."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from capacity_pipeline.domain.database import make_engine
+from capacity_pipeline.domain.tables import create_schema
+
+TOKEN = "serve-api-token-8c2f"
+CLI = [sys.executable, "-m", "capacity_pipeline.cli", "serve-api"]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    database = tmp_path / "whalefall.db"
+    engine = make_engine(f"sqlite:///{database}")
+    create_schema(engine)
+    engine.dispose()
+    return {
+        **os.environ,
+        "WHALEFALL_DATABASE_URL": f"sqlite:///{database}",
+        "CAPACITY_API_TOKENS": json.dumps({TOKEN: {"user_id": 7, "role": "admin"}}),
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextmanager
+def serving(env: dict[str, str], port: int) -> Iterator[subprocess.Popen]:
+    """The server on `port`, answering; stopped (SIGINT, as Ctrl-C) when the block ends."""
+    process = subprocess.Popen(
+        [*CLI, "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, process.communicate()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "serve-api did not start listening"
+                time.sleep(0.1)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
+
+
+@pytest.mark.parametrize("port", ["70000", "65536", "0", "-1", "http"])
+def test_a_port_outside_1_to_65535_is_a_usage_error_naming_the_option_and_range(env, port):
+    result = subprocess.run([*CLI, "--port", port], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"capacity-pipeline serve-api: error: argument --port: '{port}' is not a port number; allowed: 1..65535\n"
+    )
+
+
+def test_a_port_in_use_is_one_line_on_stderr_and_exit_1_without_saying_serving(env):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        result = subprocess.run([*CLI, "--port", str(port)], env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == f"capacity-pipeline serve-api: failed: port {port} on 127.0.0.1 is in use\n"
+
+
+def test_a_host_that_is_not_local_is_one_line_too(env):
+    result = subprocess.run(
+        [*CLI, "--host", "192.0.2.1", "--port", str(_free_port())], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == "capacity-pipeline serve-api: failed: 192.0.2.1 is not an address of this machine\n"
+
+
+def test_it_says_serving_once_bound_answers_and_stops_quietly_on_ctrl_c(env):
+    port = _free_port()
+    with serving(env, port) as process:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/api/v1/task-runs/nope", headers={"Authorization": f"Bearer {TOKEN}"})
+        response = connection.getresponse()
+        assert (response.status, json.loads(response.read())["message"]) == (404, "任务运行不存在")
+    stdout, stderr = process.communicate()
+    assert stdout == f"serving the capacity API on http://127.0.0.1:{port}\n"
+    assert process.returncode == 0
+    assert "Traceback" not in stderr and TOKEN not in stderr
