@@ -13,11 +13,18 @@ from datetime import date, datetime
 from typing import Any
 
 from flask import Blueprint, Response
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from capacity_pipeline.api.auth import AuthBackend, require_admin, require_login
 from capacity_pipeline.api.body import limit_request_body, scope_from_body
-from capacity_pipeline.api.envelopes import ApiError, internal_error, not_found, success, validation_error
+from capacity_pipeline.api.envelopes import (
+    ApiError,
+    internal_error,
+    not_found,
+    service_unavailable,
+    success,
+    validation_error,
+)
 from capacity_pipeline.domain.runcenter import RunCenter
 from capacity_pipeline.domain.triggers import InvalidScope, normalise_scope, request_current_aggregation
 
@@ -28,6 +35,8 @@ TRIGGER_FAILED_MESSAGE = "触发当前周期数据聚合失败"
 RUN_NOT_FOUND_MESSAGE = "任务运行不存在"
 CANCELLED_MESSAGE = "任务已取消"
 CANCEL_FAILED_MESSAGE = "取消任务失败,任务不存在或已结束"
+HEALTHY_MESSAGE = "服务正常"
+DATABASE_UNAVAILABLE_MESSAGE = "数据库不可用"
 # Task run ids are uuid4 strings in their canonical form (WhaleFall's and Dagster's alike).
 RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -37,6 +46,14 @@ def _known_shape(run_id: str) -> str:
     if not RUN_ID.fullmatch(run_id):
         raise not_found(RUN_NOT_FOUND_MESSAGE)
     return run_id
+
+
+def _reason(error: BaseException, engine: Engine | None) -> str:
+    """One line on why the database failed, for the log: the driver's message without the password."""
+    detail = str(getattr(error, "orig", None) or error).strip().splitlines()
+    reason = f"{type(error).__name__}: {detail[0]}" if detail else type(error).__name__
+    password = engine.url.password if engine is not None else None
+    return reason.replace(str(password), "***") if password else reason
 
 
 def _json_ready(value: Any) -> Any:
@@ -61,6 +78,20 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
     @blueprint.errorhandler(ApiError)
     def api_error(error: ApiError) -> tuple[Response, int]:
         return error.response()
+
+    @blueprint.get("/api/v1/health")
+    def health() -> tuple[Response, int]:
+        """No login: for load balancers and monitors. 503 when `SELECT 1` fails; the answer never
+        names the database (URL, host or password), the log says why."""
+        engine_used = None
+        try:
+            engine_used = current_engine()
+            with engine_used.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception as error:
+            log.warning("health check: the database is unavailable (%s)", _reason(error, engine_used))
+            raise service_unavailable(DATABASE_UNAVAILABLE_MESSAGE, "DATABASE_UNAVAILABLE") from None
+        return success(HEALTHY_MESSAGE, {"database": "ok"})
 
     @blueprint.post("/api/v1/capacity/aggregations/current")
     def trigger_current_aggregation() -> tuple[Response, int]:

@@ -125,6 +125,10 @@ def unsupported_media_type() -> ApiError:
     return validation_error("request body must be JSON (Content-Type: application/json)", "UNSUPPORTED_MEDIA_TYPE", 415)
 
 
+def service_unavailable(message: str, code: str) -> ApiError:
+    return ApiError(503, code, message, category="system", severity="high")
+
+
 def http_error(status: int, name: str, description: str) -> ApiError:
     """Werkzeug's own errors (unknown route, wrong method, body too large) in the same envelope."""
     code = name.upper().replace(" ", "_")

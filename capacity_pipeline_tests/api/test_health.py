@@ -1,0 +1,54 @@
+"""GET /api/v1/health: no login, 200 when the database answers, 503 (without naming it) when not."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from capacity_pipeline.api.auth import BearerTokenAuth, Caller
+from capacity_pipeline.api.server import create_app
+from capacity_pipeline.domain.database import make_engine
+from capacity_pipeline_tests.api.support import ADMIN_TOKEN, HEALTH, SUCCESS_KEYS, error
+from capacity_pipeline_tests.api.whalefall_host import create_host_app
+
+PASSWORD = "s3cret-pw-91x"
+
+
+def _apps(engine):
+    return {
+        "standalone": create_app(engine, BearerTokenAuth({ADMIN_TOKEN: Caller(9, "admin")})),
+        "whalefall": create_host_app(engine),
+    }
+
+
+@pytest.mark.parametrize("mounted", ["standalone", "whalefall"])
+def test_health_is_200_with_the_database_ok_without_login(engine, mounted):
+    response = _apps(engine)[mounted].test_client().get(HEALTH)
+    body = response.get_json()
+    assert response.status_code == 200, body
+    assert set(body) == SUCCESS_KEYS | {"data"}
+    assert (body["success"], body["error"], body["message"]) == (True, False, "服务正常")
+    assert body["data"] == {"database": "ok"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"postgresql://capacity:{PASSWORD}@127.0.0.1:1/whalefall",  # nothing listens on port 1
+        "sqlite:////nonexistent-directory-3f1/whalefall.db",
+    ],
+)
+@pytest.mark.parametrize("mounted", ["standalone", "whalefall"])
+def test_health_is_503_without_naming_the_database_when_it_is_unreachable(url, mounted, caplog):
+    caplog.set_level(logging.INFO)
+    unreachable = make_engine(url)
+    response = _apps(unreachable)[mounted].test_client().get(HEALTH)
+    body = error(response, 503, "DATABASE_UNAVAILABLE", "数据库不可用", "system")
+    assert (body["severity"], body["recoverable"]) == ("high", False)
+    text = response.get_data(as_text=True)
+    for secret in (PASSWORD, "postgresql", "sqlite", "127.0.0.1:1", "nonexistent-directory", "whalefall.db"):
+        assert secret not in text
+    assert "health check: the database is unavailable (OperationalError: " in caplog.text
+    assert PASSWORD not in caplog.text
+    unreachable.dispose()
