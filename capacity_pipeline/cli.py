@@ -247,13 +247,14 @@ def _request(args: argparse.Namespace) -> int:
 
 def _serve_api(args: argparse.Namespace) -> int:
     from capacity_pipeline.api.auth import BearerTokenAuth
-    from capacity_pipeline.api.server import BindError, bind, create_app, run
+    from capacity_pipeline.api.server import BindError, bind, configure_logging, create_app, run
 
     try:
         auth = BearerTokenAuth.from_env()
     except ValueError as error:
         raise UsageError(str(error)) from None
     engine = _engine(args)
+    configure_logging()  # the access log and the cancels go to stderr
     try:
         server = bind(create_app(engine, auth), args.host, args.port)  # before saying "serving"
     except BindError as error:

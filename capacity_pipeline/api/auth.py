@@ -18,6 +18,7 @@ from flask import g, request
 
 from capacity_pipeline.api.body import form_csrf_token
 from capacity_pipeline.api.envelopes import (
+    USER_ID_ENVIRON,
     authentication_required,
     csrf_invalid,
     csrf_missing,
@@ -47,6 +48,7 @@ def require_login(auth: AuthBackend) -> Caller:
     if caller is None:
         raise authentication_required()
     g.capacity_user_id = caller.user_id  # for the error envelope's context
+    request.environ[USER_ID_ENVIRON] = caller.user_id  # for the access log, which runs outside Flask
     return caller
 
 

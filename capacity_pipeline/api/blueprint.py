@@ -28,7 +28,7 @@ from capacity_pipeline.api.envelopes import (
 from capacity_pipeline.domain.runcenter import RunCenter
 from capacity_pipeline.domain.triggers import InvalidScope, normalise_scope, request_current_aggregation
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("capacity_pipeline.api")
 
 STARTED_MESSAGE = "任务已在后台启动,请稍后在运行中心查看进度."
 TRIGGER_FAILED_MESSAGE = "触发当前周期数据聚合失败"
@@ -105,6 +105,7 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
         except Exception:
             log.exception("capacity trigger failed")  # the database URL is not in the message
             raise internal_error(TRIGGER_FAILED_MESSAGE) from None
+        log.info("task run %s requested by user %s (scope %s)", run_id, caller.user_id, scope)
         return success(STARTED_MESSAGE, {"run_id": run_id})
 
     @blueprint.get("/api/v1/task-runs/<run_id>")
@@ -120,13 +121,14 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
 
     @blueprint.post("/api/v1/task-runs/<run_id>/actions/cancel")
     def cancel_task_run(run_id: str) -> tuple[Response, int]:
-        require_admin(auth)
+        caller = require_admin(auth)
         run_id = _known_shape(run_id)
         center = RunCenter(current_engine())
         if center.get_run(run_id) is None:
             raise not_found(RUN_NOT_FOUND_MESSAGE)
-        if not center.cancel_run(run_id):  # only an open (pending or running) run can be cancelled
+        if not center.cancel_run(run_id, cancelled_by=caller.user_id):  # only an open run can be cancelled
             raise not_found(CANCEL_FAILED_MESSAGE)
+        log.info("task run %s cancelled by user %s", run_id, caller.user_id)
         return success(CANCELLED_MESSAGE)
 
     return blueprint

@@ -14,6 +14,10 @@ from urllib.parse import quote
 
 from flask import Response, g, has_request_context, jsonify, request
 
+# Per-request facts the standalone server's access log (a WSGI middleware) reads back from environ.
+REQUEST_ID_ENVIRON = "capacity_pipeline.request_id"
+USER_ID_ENVIRON = "capacity_pipeline.user_id"
+
 # WhaleFall's get_error_suggestions(category)
 SUGGESTIONS = {
     "validation": ["检查输入数据", "根据提示修正请求参数"],
@@ -52,7 +56,8 @@ def _request_context() -> dict[str, Any]:
         return {}
     meta = {"ip_address": request.remote_addr}
     return {
-        "request_id": f"req_{uuid.uuid4().hex}",  # never a client's X-Request-ID
+        # The access log's id when there is one (to find the log line), never a client's X-Request-ID.
+        "request_id": request.environ.get(REQUEST_ID_ENVIRON) or f"req_{uuid.uuid4().hex}",
         "user_id": getattr(g, "capacity_user_id", None),
         "url": safe_path(),
         "method": request.method,

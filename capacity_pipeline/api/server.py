@@ -3,26 +3,92 @@
 from __future__ import annotations
 
 import errno
+import logging
 import socket
-from typing import TYPE_CHECKING
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from flask import Flask, Response
 from sqlalchemy import Engine
 from werkzeug.exceptions import HTTPException
+from werkzeug.wsgi import ClosingIterator
 
 from capacity_pipeline.api.auth import AuthBackend
 from capacity_pipeline.api.blueprint import create_blueprint
 from capacity_pipeline.api.body import MAX_BODY_BYTES
-from capacity_pipeline.api.envelopes import http_error
+from capacity_pipeline.api.envelopes import REQUEST_ID_ENVIRON, USER_ID_ENVIRON, http_error
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from waitress.server import BaseWSGIServer, MultiSocketServer
+
+access_log = logging.getLogger("capacity_pipeline.api.access")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class AccessLog:
+    """WSGI middleware: one line per request on `capacity_pipeline.api.access`.
+
+    `GET /api/v1/task-runs/<id> 404 user=9 1.4ms req_<hex>`: method, path without the query string
+    (percent-encoded, so a request cannot forge a line), status, the authenticated user id or `-`,
+    milliseconds, and the request id the error envelope's context carries. Never a header value, a
+    token, a cookie or a query string.
+    """
+
+    def __init__(self, app: WSGIApplication) -> None:
+        self.app = app
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        started = time.perf_counter()
+        environ[REQUEST_ID_ENVIRON] = f"req_{uuid.uuid4().hex}"
+        status = ["-"]
+
+        def recording_start_response(status_line: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
+            status[0] = status_line.split(" ", 1)[0]
+            return start_response(status_line, headers, *exc_info)
+
+        try:
+            body = self.app(environ, recording_start_response)
+        except BaseException:
+            self._log(environ, "500", started)
+            raise
+        return ClosingIterator(body, lambda: self._log(environ, status[0], started))
+
+    @staticmethod
+    def _log(environ: WSGIEnvironment, status: str, started: float) -> None:
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        raw_path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1", "replace")
+        path = quote(raw_path, safe="/-._~!$&'()*+,;=:@")
+        path = path if len(path) <= 512 else path[:512] + "..."
+        method = quote(environ.get("REQUEST_METHOD", "-")[:16], safe="")
+        user = environ.get(USER_ID_ENVIRON)
+        access_log.info(
+            "%s %s %s user=%s %.1fms %s",
+            method,
+            path,
+            status,
+            "-" if user is None else user,
+            elapsed_ms,
+            environ.get(REQUEST_ID_ENVIRON, "-"),
+        )
+
+
+def configure_logging() -> None:
+    """Where serve-api's logs go: stderr, INFO for this package (access log, cancels), WARNING for
+    the rest (waitress' own notices, other libraries)."""
+    logging.basicConfig(level=logging.WARNING, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("capacity_pipeline").setLevel(logging.INFO)
 
 
 def create_app(engine: Engine, auth: AuthBackend) -> Flask:
     app = Flask("capacity_pipeline_api")
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # also bounds bodies without Content-Length
     app.register_blueprint(create_blueprint(engine, auth))
+    app.wsgi_app = AccessLog(app.wsgi_app)
 
     @app.errorhandler(HTTPException)
     def http_exception(error: HTTPException) -> tuple[Response, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -95,14 +96,19 @@ def test_a_host_that_is_not_local_is_one_line_too(env):
     assert result.stderr == "capacity-pipeline serve-api: failed: 192.0.2.1 is not an address of this machine\n"
 
 
-def test_it_says_serving_once_bound_answers_and_stops_quietly_on_ctrl_c(env):
-    port = _free_port()
+def test_it_says_serving_once_bound_answers_logs_each_request_and_stops_quietly_on_ctrl_c(env):
+    port, secret = _free_port(), "qs-secret-0d4e"
     with serving(env, port) as process:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        connection.request("GET", "/api/v1/task-runs/nope", headers={"Authorization": f"Bearer {TOKEN}"})
+        connection.request(
+            "GET", f"/api/v1/task-runs/nope?token={secret}", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
         response = connection.getresponse()
         assert (response.status, json.loads(response.read())["message"]) == (404, "任务运行不存在")
     stdout, stderr = process.communicate()
     assert stdout == f"serving the capacity API on http://127.0.0.1:{port}\n"
     assert process.returncode == 0
-    assert "Traceback" not in stderr and TOKEN not in stderr
+    assert re.search(
+        r" INFO capacity_pipeline\.api\.access: GET /api/v1/task-runs/nope 404 user=7 \d+\.\dms req_", stderr
+    )
+    assert "Traceback" not in stderr and TOKEN not in stderr and secret not in stderr
