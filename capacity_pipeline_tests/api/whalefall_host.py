@@ -29,7 +29,7 @@ class User(UserMixin):
 USERS = {ADMIN_ID: User(ADMIN_ID, "admin"), VIEWER_ID: User(VIEWER_ID, "user")}
 
 
-def create_host_app(engine: Engine, *, exempt: bool = True) -> Flask:
+def create_host_app(engine: Engine, *, exempt: bool = True, name: str | None = None) -> Flask:
     app = Flask("whalefall")
     app.config.update(SECRET_KEY="whalefall-test-secret", TESTING=True)
     csrf = CSRFProtect(app)
@@ -53,7 +53,7 @@ def create_host_app(engine: Engine, *, exempt: bool = True) -> Flask:
     capacity_api = create_blueprint(lambda: engine, HostSessionAuth())
     if exempt:
         csrf.exempt(capacity_api)  # the blueprint runs WhaleFall's checks itself, in WhaleFall's order
-    app.register_blueprint(capacity_api)
+    app.register_blueprint(capacity_api, **({"name": name} if name else {}))
     return app
 
 
