@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, text
 
-from capacity_pipeline.domain.aggregation import Level
+from capacity_pipeline.domain.instances import active_instance_sql
+from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window
 
 _ORDERING = {
@@ -45,10 +46,10 @@ _NEGATIVE_COUNTS = {
         ORDER BY instance_id""",
 }
 
-_MISSING = {
+_MISSING_TEMPLATE = {
     Level.DATABASE: """
         SELECT i.id AS instance_id, i.name FROM instances AS i
-        WHERE i.is_active IS TRUE AND i.deleted_at IS NULL
+        WHERE {active}
           AND EXISTS (SELECT 1 FROM database_size_stats AS s
                       WHERE s.instance_id = i.id AND s.collected_date BETWEEN :start AND :end)
           AND NOT EXISTS (SELECT 1 FROM database_size_aggregations AS a
@@ -57,7 +58,7 @@ _MISSING = {
         ORDER BY i.id""",
     Level.INSTANCE: """
         SELECT i.id AS instance_id, i.name FROM instances AS i
-        WHERE i.is_active IS TRUE AND i.deleted_at IS NULL
+        WHERE {active}
           AND EXISTS (SELECT 1 FROM instance_size_stats AS s
                       WHERE s.instance_id = i.id AND s.is_deleted IS FALSE
                         AND s.collected_date BETWEEN :start AND :end)
@@ -66,6 +67,8 @@ _MISSING = {
                             AND a.period_start = :start)
         ORDER BY i.id""",
 }
+
+_MISSING = {level: sql.format(active=active_instance_sql("i")) for level, sql in _MISSING_TEMPLATE.items()}
 
 SAMPLE_SIZE = 20
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-# spec 6.1: status vocabulary
-PENDING, RUNNING, COMPLETED, FAILED, CANCELLED = "pending", "running", "completed", "failed", "cancelled"
-IN_PROGRESS = (PENDING, RUNNING)
-TERMINAL = (COMPLETED, "completed_with_errors", FAILED, CANCELLED)
+# The status vocabulary (spec 6.1) is model.TaskStatus.
 
 TASK_CATEGORY = "aggregation"  # spec 6.2 / 6.3
 ITEM_TYPE = "instance"  # spec 6.2 step 3

@@ -7,16 +7,12 @@ unless the caller asks for the corrected one.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
 CHINA_TZ = ZoneInfo("Asia/Shanghai")
-
-# Setting that turns on the corrected previous quarter (spec Q1). Off by default: parity first.
-CORRECTED_QUARTER_ENV = "CAPACITY_CORRECTED_PREVIOUS_QUARTER"
 
 
 class PeriodType(StrEnum):
@@ -53,18 +49,19 @@ def china_today(now: datetime | None = None) -> date:
     return moment.astimezone(CHINA_TZ).date()
 
 
-def corrected_quarter_from_env() -> bool:
-    """Whether the documented setting asks for the corrected previous quarter."""
-    return os.environ.get(CORRECTED_QUARTER_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _month_start(day: date) -> date:
-    return day.replace(day=1)
-
-
-def _add_months(first_of_month: date, months: int) -> date:
+def add_months(first_of_month: date, months: int) -> date:
+    """The first day of the month `months` after (or before) the month of `first_of_month`."""
     index = first_of_month.year * 12 + (first_of_month.month - 1) + months
     return date(index // 12, index % 12 + 1, 1)
+
+
+def months_between(first: date, last: date) -> list[date]:
+    """First days of every month touched by [first, last]."""
+    months, month = [], first.replace(day=1)
+    while month <= last:
+        months.append(month)
+        month = add_months(month, 1)
+    return months
 
 
 def _quarter_start(day: date) -> date:
@@ -79,10 +76,10 @@ def window_containing(period: PeriodType, day: date) -> Window:
         monday = day - timedelta(days=day.weekday())
         return Window(monday, monday + timedelta(days=6))
     if period is PeriodType.MONTHLY:
-        start = _month_start(day)
-        return Window(start, _add_months(start, 1) - timedelta(days=1))
+        start = day.replace(day=1)
+        return Window(start, add_months(start, 1) - timedelta(days=1))
     start = _quarter_start(day)
-    return Window(start, _add_months(start, 3) - timedelta(days=1))
+    return Window(start, add_months(start, 3) - timedelta(days=1))
 
 
 def current_window(period: PeriodType, today: date) -> Window:
@@ -103,10 +100,10 @@ def previous_window(period: PeriodType, window: Window, *, corrected_quarter: bo
         end = window.start - timedelta(days=1)
         return Window(end - (window.end - window.start), end)
     if period is PeriodType.MONTHLY:
-        start = _add_months(_month_start(window.start), -1)
-        return Window(start, _add_months(start, 1) - timedelta(days=1))
-    previous_start = _add_months(_quarter_start(window.start), -3)
+        start = add_months(window.start.replace(day=1), -1)
+        return Window(start, add_months(start, 1) - timedelta(days=1))
+    previous_start = add_months(_quarter_start(window.start), -3)
     if corrected_quarter or window.start.month <= 3:
-        return Window(previous_start, _add_months(previous_start, 3) - timedelta(days=1))
+        return Window(previous_start, add_months(previous_start, 3) - timedelta(days=1))
     # spec Q1: outside Q1 WhaleFall ends the previous quarter the day before its third month.
-    return Window(previous_start, _add_months(previous_start, 2) - timedelta(days=1))
+    return Window(previous_start, add_months(previous_start, 2) - timedelta(days=1))

@@ -7,7 +7,7 @@ from datetime import date
 import pandas as pd
 from sqlalchemy import Engine, text
 
-from capacity_pipeline.domain.aggregation import Level
+from capacity_pipeline.domain.model import Level
 
 _TOP_GROWTH = {
     Level.DATABASE: """

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, func, insert, select, text
 
-from capacity_pipeline.domain.partitions import ensure_month_partitions, months_between
+from capacity_pipeline.domain.month_partitions import ensure_month_partitions
+from capacity_pipeline.domain.periods import months_between
 from capacity_pipeline.domain.tables import tables_for
 
 DB_TYPES = ("mysql", "postgresql", "sqlserver", "oracle")

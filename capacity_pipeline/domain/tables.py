@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Connection,
     Date,
     DateTime,
     Engine,
@@ -341,11 +342,29 @@ def whalefall_metadata(dialect: str) -> MetaData:
         Index("ix_task_run_items_status", "status"),
         Index("ix_task_run_items_run_id_status", "run_id", "status"),
     )
+    # Not WhaleFall's: which Dagster run works for which TaskRun, and whether that run is alive.
+    Table(
+        "capacity_task_run_links",
+        metadata,
+        Column("task_run_id", String(36), primary_key=True),  # task_runs.run_id
+        # The run that will claim the TaskRun: the trigger sensor's run key, or a Dagster run id.
+        Column("claim_key", String(255), nullable=False),
+        # Equal requests (scope, period, partition) share one run while it has not started.
+        Column("request_key", String(255), nullable=True),
+        Column("dagster_run_id", String(64), nullable=True),
+        Column("claimed_at", _TIMESTAMPTZ, nullable=True),
+        Column("heartbeat_at", _TIMESTAMPTZ, nullable=True),
+        Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=now),
+        Index("ix_capacity_task_run_links_claim_key", "claim_key"),
+        Index("ix_capacity_task_run_links_dagster_run_id", "dagster_run_id"),
+        Index("ix_capacity_task_run_links_request_key", "request_key"),
+        comment="capacity_pipeline: the Dagster run doing each TaskRun's work, and its heartbeat",
+    )
     return metadata
 
 
-def tables_for(engine: Engine) -> MetaData:
-    return whalefall_metadata(engine.dialect.name)
+def tables_for(bind: Engine | Connection) -> MetaData:
+    return whalefall_metadata(bind.dialect.name)
 
 
 def create_schema(engine: Engine) -> list[str]:

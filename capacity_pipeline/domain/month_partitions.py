@@ -15,6 +15,8 @@ from datetime import date
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from capacity_pipeline.domain.dialects import dialect_of
+from capacity_pipeline.domain.periods import add_months
 from capacity_pipeline.domain.tables import PARTITIONED_TABLES
 
 _ALREADY_COVERED = re.compile(r"would overlap partition|default partition", re.IGNORECASE)
@@ -24,24 +26,14 @@ def partition_name(table: str, month: date) -> str:
     return f"{table}_{month.year:04d}_{month.month:02d}"
 
 
-def _next_month(month: date) -> date:
-    return date(month.year + month.month // 12, month.month % 12 + 1, 1)
-
-
-def months_between(first: date, last: date) -> list[date]:
-    """First days of every month touched by [first, last]."""
-    months = []
-    month = first.replace(day=1)
-    while month <= last:
-        months.append(month)
-        month = _next_month(month)
-    return months
-
-
 def ensure_month_partitions(engine: Engine, tables: Iterable[str], months: Iterable[date]) -> list[str]:
-    """Create the missing month partitions; returns the names created. A no-op on SQLite."""
-    if engine.dialect.name != "postgresql":
-        return []
+    """Create the missing month partitions; returns the names created. A no-op where tables are not
+    partitioned (SQLite)."""
+    return dialect_of(engine).ensure_month_partitions(engine, tables, months)
+
+
+def create_missing_partitions(engine: Engine, tables: Iterable[str], months: Iterable[date]) -> list[str]:
+    """PostgreSQL: create the missing month partitions of the partitioned parents; the names created."""
     first_days = {month.replace(day=1) for month in months}  # `months` may be a one-shot iterable
     wanted = sorted({(table, month) for table in tables for month in first_days})
     for table, _ in wanted:
@@ -76,7 +68,7 @@ def _create_partition(engine: Engine, table: str, name: str, month: date) -> boo
         _, display_name = PARTITIONED_TABLES[table]
         connection.exec_driver_sql(
             f'CREATE TABLE IF NOT EXISTS "{name}" PARTITION OF "{table}" '
-            f"FOR VALUES FROM ('{month.isoformat()}') TO ('{_next_month(month).isoformat()}')"
+            f"FOR VALUES FROM ('{month.isoformat()}') TO ('{add_months(month, 1).isoformat()}')"
         )
         comment = f"{display_name}分区表 - {month.year:04d}-{month.month:02d}"
         connection.exec_driver_sql(f"COMMENT ON TABLE \"{name}\" IS '{comment}'")

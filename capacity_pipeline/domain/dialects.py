@@ -1,0 +1,412 @@
+"""Everything that differs between PostgreSQL and SQLite, behind one object per dialect.
+
+The shape follows Dagster's own storage (a SQL base class, a PostgreSQL subclass): callers ask
+`dialect_of(engine)` and never branch on the dialect's name. What differs:
+
+* WhaleFall's Python arithmetic as SQL fragments (spec Q2, Q3). PostgreSQL does it in pure SQL on
+  float8; SQLite calls the reference Python functions registered on each connection (sqlmath).
+* How a batch is written: PostgreSQL computes rows with a parallel-capable CREATE TEMP TABLE AS
+  and upserts from it, under an advisory lock per period and level (spec Q17); SQLite runs one
+  INSERT ... SELECT under its database-wide write lock.
+* Connections: timeouts, cancelling a statement from another thread, what a waiting session
+  waits for, and which errors mean "retry" rather than "this instance is broken".
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date
+from enum import Enum
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Select, Table, TextClause, bindparam, create_engine, event, text
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from capacity_pipeline.domain import sqlmath
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    """How long any database operation may wait (seconds); every connection gets them."""
+
+    connect_timeout: float = 10.0
+    statement_timeout: float = 600.0
+    lock_timeout: float = 60.0
+
+
+class ErrorKind(Enum):
+    """What a database error means for the work in progress."""
+
+    RETRY = "retry"  # deadlock or serialization failure: the same transaction may simply be run again
+    LOCK_TIMEOUT = "lock timeout"
+    STATEMENT_TIMEOUT = "statement timeout"
+    CANCELLED = "cancelled"
+    CONNECTION = "connection lost"
+    DATA = "data"  # anything else: a problem of the rows at hand (spec Q11: isolate the instance)
+
+
+def first_line(error: BaseException) -> str:
+    """The driver's own first line, without SQLAlchemy's statement dump (which can be huge)."""
+    original = getattr(error, "orig", None) or error
+    message = str(original).strip()
+    return message.splitlines()[0] if message else type(error).__name__
+
+
+class SqlDialect:
+    """The operations whose SQL or driver calls differ by database; see the subclasses."""
+
+    name: str
+
+    # -- WhaleFall's Python arithmetic (sqlmath) ------------------------------------------------
+
+    def as_float(self, expr: str) -> str:
+        """Python float(expr) of an integer-valued expression."""
+        raise NotImplementedError
+
+    def trunc_int(self, expr: str) -> str:
+        """Python int(x) of a float: truncation toward zero, as a bigint."""
+        raise NotImplementedError
+
+    def avg_truncated(self, column: str, where: str) -> str:
+        """int(AVG(column)) over the rows `where` holds (spec 4.1); NULL over no values."""
+        raise NotImplementedError
+
+    def avg_as_float(self, column: str, where: str) -> str:
+        """float(AVG(column)) over the rows `where` holds, as WhaleFall's driver hands it over."""
+        raise NotImplementedError
+
+    def py_round2(self, x: str) -> str:
+        """Python round(x, 2) of a float8, as a numeric with two decimals (spec Q3)."""
+        raise NotImplementedError
+
+    def pg_numeric2(self, x: str) -> str:
+        """A float8 stored into numeric(10,2): PostgreSQL rounds half away from zero (spec 4.2)."""
+        raise NotImplementedError
+
+    # -- writing a batch ------------------------------------------------------------------------
+
+    def in_batch(self) -> str:
+        """The SQL condition "instance_id is one of the batch's :ids"."""
+        raise NotImplementedError
+
+    def bind_batch(self, statement: TextClause) -> TextClause:
+        return statement
+
+    def window_columns(self) -> str:
+        return ":period_type AS period_type, :start AS period_start, :end AS period_end"
+
+    def timestamp_columns(self) -> str:
+        return ":now AS calculated_at, :now AS created_at"
+
+    def upsert_statements(
+        self, table: str, ctes: str, final: str, upsert: str, records_read: str, temporary: str
+    ) -> list[TextClause]:
+        """A level's statements; the last one yields the per-instance counts (see per_instance_counts)."""
+        raise NotImplementedError
+
+    def per_instance_counts(self, result: Any) -> list[tuple[int, int, int]]:
+        """(instance_id, rows written, records read) from the last statement's result."""
+        raise NotImplementedError
+
+    def begin_batch(self, connection: Connection) -> None:
+        """Per-transaction settings of a batch."""
+
+    def lock_period(self, connection: Connection, key: str) -> None:
+        """Serialise writers of one period and level for the rest of the transaction (spec Q17)."""
+
+    # -- the run center ---------------------------------------------------------------------------
+
+    def insert_ignoring_conflicts(self, table: Table) -> Any:
+        """The dialect's INSERT that knows ON CONFLICT DO NOTHING."""
+        raise NotImplementedError
+
+    def for_update(self, query: Select) -> Select:
+        """Lock the selected rows until the transaction ends (a no-op where writers are serialised)."""
+        return query
+
+    # -- schema -----------------------------------------------------------------------------------
+
+    def ensure_month_partitions(self, engine: Engine, tables: Iterable[str], months: Iterable[date]) -> list[str]:
+        """Create the month partitions a write needs (spec Q16); the names created."""
+        return []
+
+    def serialise(self, connection: Connection, key: str) -> None:
+        """A transaction-long mutex named `key` (SQLite: the write lock taken at BEGIN does it)."""
+
+    # -- connections ------------------------------------------------------------------------------
+
+    def create_engine(self, url: URL, limits: ConnectionLimits, **kwargs: Any) -> Engine:
+        raise NotImplementedError
+
+    def backend_id(self, connection: Connection) -> int | None:
+        """The server session behind a connection, as other sessions see it."""
+        return None
+
+    def cancel(self, connection: Connection) -> None:
+        """Cancel the statement running on `connection`; safe to call from another thread."""
+        raise NotImplementedError
+
+    def describe_wait(self, connection: Connection, backend: int) -> str | None:
+        """What session `backend` is waiting for, in words, or None when it is not waiting on a lock."""
+        return None
+
+    def classify(self, error: SQLAlchemyError) -> ErrorKind:
+        raise NotImplementedError
+
+
+class SqliteDialect(SqlDialect):
+    """The embedded default: one file, a database-wide write lock, Python functions for the math."""
+
+    name = "sqlite"
+
+    def as_float(self, expr: str) -> str:
+        return f"CAST({expr} AS REAL)"
+
+    def trunc_int(self, expr: str) -> str:
+        return f"CAST({expr} AS INTEGER)"
+
+    def avg_truncated(self, column: str, where: str) -> str:
+        # SQLite's SUM of integers is exact and integer division truncates toward zero.
+        return f"(sum({column}) FILTER (WHERE {where}) / count({column}) FILTER (WHERE {where}))"
+
+    def avg_as_float(self, column: str, where: str) -> str:
+        return f"pg_numeric_avg_float(sum({column}) FILTER (WHERE {where}), count({column}) FILTER (WHERE {where}))"
+
+    def py_round2(self, x: str) -> str:
+        return f"py_round2({x})"
+
+    def pg_numeric2(self, x: str) -> str:
+        return f"pg_numeric2({x})"
+
+    def in_batch(self) -> str:
+        return "instance_id IN :ids"
+
+    def bind_batch(self, statement: TextClause) -> TextClause:
+        return statement.bindparams(bindparam("ids", expanding=True))
+
+    def upsert_statements(
+        self, table: str, ctes: str, final: str, upsert: str, records_read: str, temporary: str
+    ) -> list[TextClause]:
+        write = (
+            f"WITH {ctes}, batch_rows AS ({final}) {upsert.format(source='batch_rows')} "
+            f"RETURNING instance_id, {records_read} AS records"
+        )
+        return [self.bind_batch(text(write))]
+
+    def per_instance_counts(self, result: Any) -> list[tuple[int, int, int]]:
+        counts: dict[int, list[int]] = {}
+        for instance_id, records in result:
+            tally = counts.setdefault(instance_id, [0, 0])
+            tally[0] += 1
+            tally[1] += records
+        return [(instance_id, rows, records) for instance_id, (rows, records) in counts.items()]
+
+    def insert_ignoring_conflicts(self, table: Table) -> Any:
+        return sqlite_insert(table)
+
+    def create_engine(self, url: URL, limits: ConnectionLimits, **kwargs: Any) -> Engine:
+        # The busy timeout is SQLite's lock timeout; it has no statement timeout.
+        engine = create_engine(url, connect_args={"timeout": limits.lock_timeout}, **kwargs)
+        busy_ms = int(limits.lock_timeout * 1000)
+
+        def prepare(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+            dbapi_connection.isolation_level = None  # the "begin" listener issues BEGIN itself
+            dbapi_connection.execute("PRAGMA foreign_keys = ON")
+            dbapi_connection.execute("PRAGMA journal_mode = WAL")
+            dbapi_connection.execute(f"PRAGMA busy_timeout = {busy_ms}")
+            sqlmath.register_sqlite_functions(dbapi_connection)
+
+        event.listen(engine, "connect", prepare)
+        # pysqlite would defer BEGIN; take the write lock at BEGIN instead, so that two writers wait
+        # for each other rather than failing mid-transaction.
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        return engine
+
+    def cancel(self, connection: Connection) -> None:
+        connection.connection.dbapi_connection.interrupt()
+
+    def classify(self, error: SQLAlchemyError) -> ErrorKind:
+        message = first_line(error).lower()
+        if "database is locked" in message:
+            return ErrorKind.LOCK_TIMEOUT
+        if "interrupted" in message:
+            return ErrorKind.CANCELLED
+        return ErrorKind.DATA
+
+
+# SQLSTATE classes and codes (PostgreSQL appendix A)
+_RETRY_STATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
+_LOCK_TIMEOUT_STATE = "55P03"  # lock_not_available
+_QUERY_CANCELED_STATE = "57014"  # statement timeout or a cancel request
+_CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
+
+
+class PostgresDialect(SqlDialect):
+    """WhaleFall's production database: pure SQL math, parallel-capable batches, advisory locks."""
+
+    name = "postgresql"
+    _VELTKAMP_SPLITTER = "134217729::float8"  # 2**27 + 1
+    # Per batch transaction: a batch's GROUP BYs fit in memory instead of spilling to disk, and
+    # sub-second statements do not pay JIT compilation, which costs more than it saves here.
+    _BATCH_SETTINGS = ("work_mem = '64MB'", "jit = off")
+
+    def as_float(self, expr: str) -> str:
+        return f"CAST({expr} AS float8)"
+
+    def trunc_int(self, expr: str) -> str:
+        return f"CAST(trunc({expr}) AS bigint)"
+
+    def avg_truncated(self, column: str, where: str) -> str:
+        return f"CAST(trunc(avg({column}) FILTER (WHERE {where})) AS bigint)"
+
+    def avg_as_float(self, column: str, where: str) -> str:
+        return f"CAST(avg({column}) FILTER (WHERE {where}) AS float8)"
+
+    def py_round2(self, x: str) -> str:
+        scaled = f"({x} * 100::float8)"
+        whole = f"floor({scaled})"
+        # Fast path: x*100 is at least 0.001 away from a half, far more than its rounding error
+        # (below 2**-11 for |x*100| < 1e12), so float rounding decides like exact rounding.
+        clear_of_half = f"abs({scaled}) < 1e12::float8 AND abs(({scaled} - {whole}) - 0.5::float8) > 0.001::float8"
+        # Near a half: x*100 == scaled + error exactly (Dekker's error-free product, a Veltkamp
+        # split of x; 100 needs no split); the error's sign decides, an exact half goes to even.
+        splitter = self._VELTKAMP_SPLITTER
+        high = f"({splitter} * {x} - ({splitter} * {x} - {x}))"
+        error = f"(({high} * 100::float8 - {scaled}) + ({x} - {high}) * 100::float8)"
+        above_half = f"((({scaled} - {whole}) - 0.5::float8) + {error})"
+        exact = (
+            f"{whole} + CASE WHEN {above_half} > 0 THEN 1 WHEN {above_half} < 0 THEN 0 "
+            f"WHEN {whole} = 2 * floor({whole} / 2) THEN 0 ELSE 1 END"
+        )
+        return f"(CAST(CASE WHEN {clear_of_half} THEN round({scaled}) ELSE {exact} END AS numeric) / 100)"
+
+    def pg_numeric2(self, x: str) -> str:
+        return f"round(CAST({x} AS numeric), 2)"
+
+    def in_batch(self) -> str:
+        return "instance_id = ANY(:ids)"  # one array parameter, however large the batch
+
+    def window_columns(self) -> str:
+        # typed, so that CREATE TABLE AS gets the target's column types
+        return (
+            "CAST(:period_type AS varchar(20)) AS period_type, "
+            "CAST(:start AS date) AS period_start, CAST(:end AS date) AS period_end"
+        )
+
+    def timestamp_columns(self) -> str:
+        return "CAST(:now AS timestamptz) AS calculated_at, CAST(:now AS timestamptz) AS created_at"
+
+    def upsert_statements(
+        self, table: str, ctes: str, final: str, upsert: str, records_read: str, temporary: str
+    ) -> list[TextClause]:
+        # CREATE TEMP TABLE AS may use parallel workers; an INSERT ... SELECT never does.
+        compute = f"CREATE TEMP TABLE {temporary} ON COMMIT DROP AS WITH {ctes} {final}"
+        # Every computed row is written (inserted or updated), so the counts come from them.
+        counts = f"SELECT instance_id, count(*), sum({records_read}) FROM {temporary} GROUP BY instance_id"
+        return [text(compute), text(upsert.format(source=temporary)), text(counts)]
+
+    def per_instance_counts(self, result: Any) -> list[tuple[int, int, int]]:
+        # PostgreSQL's sum() of integers is numeric, hence int()
+        return [(int(instance_id), int(rows), int(records)) for instance_id, rows, records in result]
+
+    def begin_batch(self, connection: Connection) -> None:
+        for setting in self._BATCH_SETTINGS:
+            connection.exec_driver_sql(f"SET LOCAL {setting}")
+
+    def lock_period(self, connection: Connection, key: str) -> None:
+        self.serialise(connection, key)
+
+    def insert_ignoring_conflicts(self, table: Table) -> Any:
+        return postgresql_insert(table)
+
+    def for_update(self, query: Select) -> Select:
+        return query.with_for_update()
+
+    def ensure_month_partitions(self, engine: Engine, tables: Iterable[str], months: Iterable[date]) -> list[str]:
+        from capacity_pipeline.domain.month_partitions import create_missing_partitions
+
+        return create_missing_partitions(engine, tables, months)
+
+    def serialise(self, connection: Connection, key: str) -> None:
+        connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+
+    def create_engine(self, url: URL, limits: ConnectionLimits, **kwargs: Any) -> Engine:
+        options = (
+            f"-c statement_timeout={int(limits.statement_timeout * 1000)} "
+            f"-c lock_timeout={int(limits.lock_timeout * 1000)}"
+        )
+        connect_args = {
+            "connect_timeout": max(1, round(limits.connect_timeout)),
+            "options": options,
+            "application_name": "capacity_pipeline",
+            # A database host that vanishes mid-statement is noticed within about a minute.
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+        }
+        kwargs.setdefault("pool_pre_ping", True)
+        return create_engine(url, connect_args=connect_args, **kwargs)
+
+    def backend_id(self, connection: Connection) -> int | None:
+        return connection.connection.dbapi_connection.info.backend_pid
+
+    def cancel(self, connection: Connection) -> None:
+        connection.connection.dbapi_connection.cancel_safe(timeout=5)
+
+    def describe_wait(self, connection: Connection, backend: int) -> str | None:
+        row = connection.execute(
+            text(
+                """
+                SELECT a.wait_event, extract(epoch FROM now() - a.query_start) AS seconds,
+                       (SELECT string_agg(b.pid || ' (' || coalesce(nullif(b.application_name, ''), b.usename)
+                                          || ': ' || left(regexp_replace(b.query, '\\s+', ' ', 'g'), 80) || ')',
+                                          ', ')
+                        FROM pg_stat_activity AS b WHERE b.pid = ANY(pg_blocking_pids(a.pid))) AS holders,
+                       (SELECT string_agg(DISTINCT c.relname, ', ')
+                        FROM pg_locks AS l JOIN pg_class AS c ON c.oid = l.relation
+                        WHERE l.pid = a.pid AND NOT l.granted) AS relations
+                FROM pg_stat_activity AS a
+                WHERE a.pid = :pid AND a.wait_event_type = 'Lock'
+                """
+            ),
+            {"pid": backend},
+        ).first()
+        if row is None:
+            return None
+        what = f"a lock on {row.relations}" if row.relations else f"a {row.wait_event} lock"
+        holders = f" held by {row.holders}" if row.holders else ""
+        return f"waiting {row.seconds:.0f} s for {what}{holders}"
+
+    def classify(self, error: SQLAlchemyError) -> ErrorKind:
+        state = getattr(getattr(error, "orig", None), "sqlstate", None) or ""
+        if state in _RETRY_STATES:
+            return ErrorKind.RETRY
+        if state == _LOCK_TIMEOUT_STATE:
+            return ErrorKind.LOCK_TIMEOUT
+        if state == _QUERY_CANCELED_STATE:
+            return ErrorKind.STATEMENT_TIMEOUT if "timeout" in first_line(error) else ErrorKind.CANCELLED
+        if state.startswith(_CONNECTION_STATES) or (isinstance(error, DBAPIError) and error.connection_invalidated):
+            return ErrorKind.CONNECTION
+        return ErrorKind.DATA
+
+
+_DIALECTS: dict[str, SqlDialect] = {"sqlite": SqliteDialect(), "postgresql": PostgresDialect()}
+
+
+@cache
+def dialect_named(name: str) -> SqlDialect:
+    try:
+        return _DIALECTS[name]
+    except KeyError:
+        raise ValueError(f"dialect: unsupported {name!r}; allowed: {', '.join(sorted(_DIALECTS))}") from None
+
+
+def dialect_of(bind: Engine | Connection) -> SqlDialect:
+    return dialect_named(bind.dialect.name)

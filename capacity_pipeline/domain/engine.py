@@ -1,0 +1,270 @@
+"""The one batching loop behind every path (asset, nightly job, command line): WhaleFall's numbers,
+computed set-based inside the database.
+
+Instances go in batches (default 250); per batch, each window is written in one transaction that
+runs its levels' statements (level_sql). A batch that fails on its data is rolled back whole and
+retried one instance at a time, so one bad instance fails alone (fixes spec Q11) and committed
+batches stay committed. A failure of the database as a whole (a lock or statement timeout, a
+cancel, a lost connection) stops the work instead: retrying instance by instance cannot help.
+
+The caller sees every batch before and after it is written (items, progress, cancellation), and
+a `BatchControl` lets another thread watch the session in use and stop the work at once.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from capacity_pipeline.domain.dialects import ErrorKind, SqlDialect, dialect_of, first_line
+from capacity_pipeline.domain.instances import list_active_instances
+from capacity_pipeline.domain.level_sql import level_statements
+from capacity_pipeline.domain.model import (
+    ActiveInstance,
+    AggregationReport,
+    InstanceOutcome,
+    Level,
+    Scope,
+    WindowPlan,
+)
+from capacity_pipeline.domain.periods import PeriodType, Window
+
+DEFAULT_BATCH_SIZE = 250
+RETRY_ATTEMPTS = 3  # a deadlock or serialization failure is retried this many times in all
+
+
+class AggregationStopped(Exception):
+    """The work was stopped through its BatchControl (a cancel); the batch in progress was rolled back."""
+
+
+class AggregationAborted(RuntimeError):
+    """The database refused the work as a whole; `kind` says how (a timeout, a cancel, a lost connection)."""
+
+    def __init__(self, kind: ErrorKind, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class BatchControl:
+    """Shared by the thread that runs batches and a watcher thread.
+
+    The watcher sees which database session is busy and for how long, and may `stop` the work:
+    the engine stops before its next batch, and a statement in progress is cancelled on the server
+    at once (so a stop also ends a long lock wait).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._busy: tuple[SqlDialect, Connection, int | None, float] | None = None
+        self.stop_reason: str | None = None
+        self.last_wait: str | None = None  # what the watcher last saw the session waiting for
+
+    def stop(self, reason: str) -> None:
+        with self._lock:
+            if self.stop_reason is None:
+                self.stop_reason = reason
+            if self._busy is not None:
+                dialect, connection, _, _ = self._busy
+                with suppress(Exception):  # the statement may just have ended; stopping goes on
+                    dialect.cancel(connection)
+
+    def busy_session(self) -> tuple[int, float] | None:
+        """(server session id, seconds busy) of the batch in progress, if the dialect has sessions."""
+        with self._lock:
+            if self._busy is None or self._busy[2] is None:
+                return None
+            return self._busy[2], time.monotonic() - self._busy[3]
+
+    @contextmanager
+    def session(self, dialect: SqlDialect, connection: Connection) -> Iterator[None]:
+        with self._lock:
+            if self.stop_reason is not None:
+                raise AggregationStopped(self.stop_reason)
+            self._busy = (dialect, connection, dialect.backend_id(connection), time.monotonic())
+            self.last_wait = None
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._busy = None
+
+
+@dataclass
+class Batch:
+    """One written batch: its instances and, per window, what happened to each instance."""
+
+    number: int
+    total: int
+    instances: Sequence[ActiveInstance]
+    outcomes: dict[WindowPlan, list[InstanceOutcome]]
+
+
+BeforeBatch = Callable[[Sequence[ActiveInstance]], None]
+AfterBatch = Callable[[Batch], bool | None]  # returning False stops the work
+
+
+def aggregate_windows(
+    engine: Engine,
+    plans: Sequence[WindowPlan],
+    *,
+    instances: Sequence[ActiveInstance] | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    before_batch: BeforeBatch | None = None,
+    after_batch: AfterBatch | None = None,
+    control: BatchControl | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> list[AggregationReport]:
+    """Aggregate each window of `plans` for the given (default: active) instances; one report per plan.
+
+    Batches go outside, windows inside: a batch's instances are done in every window before the
+    next batch starts, so its items can be settled at once.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
+    started = time.perf_counter()
+    targets = list_active_instances(engine) if instances is None else list(instances)
+    batches = [targets[first : first + batch_size] for first in range(0, len(targets), batch_size)]
+    reports = {plan: AggregationReport(plan, len(targets), batches_total=len(batches)) for plan in plans}
+    dialect = dialect_of(engine)
+    if targets:
+        tables = sorted({level.table for plan in plans for level in plan.levels})
+        dialect.ensure_month_partitions(engine, tables, [plan.window.start for plan in plans])
+    writers = [_WindowWriter(engine, dialect, plan, now, control) for plan in plans]
+    try:
+        for number, batch in enumerate(batches, start=1):
+            if control is not None and control.stop_reason is not None:
+                raise AggregationStopped(control.stop_reason)
+            if before_batch is not None:
+                before_batch(batch)
+            written = Batch(number, len(batches), batch, {writer.plan: writer.write(batch) for writer in writers})
+            for plan, outcomes in written.outcomes.items():
+                reports[plan].outcomes.extend(outcomes)
+                reports[plan].batches_done += 1
+            if after_batch is not None and after_batch(written) is False:
+                raise AggregationStopped("stopped after a batch")
+    except AggregationStopped:
+        for report in reports.values():
+            report.stopped = report.batches_done < report.batches_total
+    seconds = time.perf_counter() - started
+    for report in reports.values():
+        report.seconds = seconds
+    return list(reports.values())
+
+
+def aggregate_period(
+    engine: Engine,
+    period_type: PeriodType,
+    window: Window,
+    *,
+    scope: Scope = Scope.ALL,
+    corrected_quarter: bool = False,
+    **options: object,
+) -> AggregationReport:
+    """One window at the scope's levels (the command line's `aggregate`); options as aggregate_windows."""
+    plan = WindowPlan(period_type, window, scope.levels, corrected_quarter)
+    [report] = aggregate_windows(engine, [plan], **options)  # type: ignore[arg-type]
+    return report
+
+
+class _WindowWriter:
+    """Writes one window for a batch per transaction; isolates a batch that fails on its data."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        dialect: SqlDialect,
+        plan: WindowPlan,
+        now: Callable[[], datetime],
+        control: BatchControl | None,
+    ) -> None:
+        self.engine = engine
+        self.dialect = dialect
+        self.plan = plan
+        self.now = now
+        self.control = control
+        self.statements = {level: level_statements(dialect.name, level) for level in plan.levels}
+        self.parameters = {
+            "period_type": plan.period.value,
+            "start": plan.window.start,
+            "end": plan.window.end,
+            "previous_start": plan.previous.start,
+            "previous_end": plan.previous.end,
+        }
+
+    def write(self, batch: Sequence[ActiveInstance]) -> list[InstanceOutcome]:
+        error: SQLAlchemyError | None = None
+        for _ in range(RETRY_ATTEMPTS):
+            try:
+                return self._write_in_one_transaction(batch)
+            except SQLAlchemyError as failure:
+                error = failure
+                kind = self.dialect.classify(failure)
+                if self.control is not None and self.control.stop_reason is not None:
+                    raise AggregationStopped(self.control.stop_reason) from None
+                if kind is ErrorKind.RETRY:
+                    continue
+                if kind is not ErrorKind.DATA:
+                    raise AggregationAborted(kind, self._explain(kind, failure)) from None
+                break
+        assert error is not None
+        if len(batch) == 1:
+            return [InstanceOutcome(batch[0], error=first_line(error))]
+        return [outcome for instance in batch for outcome in self.write([instance])]
+
+    def _explain(self, kind: ErrorKind, error: SQLAlchemyError) -> str:
+        where = f"{self.plan.period.value} {self.plan.window}"
+        seen = self.control.last_wait if self.control is not None else None
+        return f"{kind.value} while writing {where}: {first_line(error)}" + (f" ({seen})" if seen else "")
+
+    def _write_in_one_transaction(self, batch: Sequence[ActiveInstance]) -> list[InstanceOutcome]:
+        outcomes = {instance.id: InstanceOutcome(instance) for instance in batch}
+        parameters = {**self.parameters, "ids": [instance.id for instance in batch], "now": self.now()}
+        with self.engine.connect() as connection:
+            watched = self.control.session(self.dialect, connection) if self.control else _unwatched()
+            with watched:
+                transaction = connection.begin()
+                try:
+                    self.dialect.begin_batch(connection)
+                    for level, statements in self.statements.items():
+                        self.dialect.lock_period(connection, self._lock_key(level))
+                        for statement in statements[:-1]:
+                            connection.execute(statement, parameters)
+                        counts = self.dialect.per_instance_counts(connection.execute(statements[-1], parameters))
+                        for instance_id, rows, records in counts:
+                            outcomes[instance_id].rows_written[level] = rows
+                            outcomes[instance_id].records_read[level] = records
+                    transaction.commit()
+                except Exception:
+                    transaction.rollback()
+                    raise
+                except BaseException:
+                    # An interrupt (a terminated run): the driver may leave the statement running on the
+                    # server, holding its locks. Cancel it there and drop the connection.
+                    _abandon(self.dialect, connection)
+                    raise
+        for outcome in outcomes.values():
+            for level in self.statements:
+                outcome.rows_written.setdefault(level, 0)
+                outcome.records_read.setdefault(level, 0)
+        return list(outcomes.values())
+
+    def _lock_key(self, level: Level) -> str:
+        return f"capacity_pipeline.{level.table}.{self.plan.period.value}.{self.plan.window.start}"
+
+
+def _abandon(dialect: SqlDialect, connection: Connection) -> None:
+    with suppress(Exception):  # the connection is dropped below either way
+        dialect.cancel(connection)
+    connection.invalidate()
+
+
+@contextmanager
+def _unwatched() -> Iterator[None]:
+    yield
