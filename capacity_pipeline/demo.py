@@ -14,8 +14,8 @@ from pathlib import Path
 
 import dagster as dg
 
-from capacity_pipeline.domain.aggregation import Level
 from capacity_pipeline.domain.database import make_engine
+from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, china_today, last_window, window_containing
 from capacity_pipeline.domain.queries import top_growth
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data

@@ -18,14 +18,16 @@ from capacity_pipeline.defs.jobs import (  # noqa: E402
     capacity_aggregate_current_job,
 )
 from capacity_pipeline.defs.resources import whalefall_from_env  # noqa: E402
-from capacity_pipeline.defs.runcenter import run_center_reconciler  # noqa: E402
-from capacity_pipeline.defs.sensors import capacity_current_trigger  # noqa: E402
+from capacity_pipeline.defs.sensors import SENSORS  # noqa: E402
 
 defs = dg.Definitions(
     assets=list(AGGREGATION_ASSETS.values()),
     asset_checks=AGGREGATION_CHECKS,
     jobs=[capacity_aggregate_current_job, calculate_database_job],
     schedules=[calculate_database_schedule],
-    sensors=[capacity_current_trigger, run_center_reconciler],
+    sensors=SENSORS,
     resources={"whalefall": whalefall_from_env()},
+    # Steps of one run go in one process, in WhaleFall's order (database level, then instance
+    # level), and a run starts no extra process per step.
+    executor=dg.in_process_executor,
 )

@@ -10,7 +10,7 @@ from capacity_pipeline.defs.assets import AGGREGATION_ASSETS
 from capacity_pipeline.defs.partitions import PARTITIONS, window_for_key
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.domain import checks
-from capacity_pipeline.domain.aggregation import Level
+from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window
 
 DomainCheck = Callable[[Engine, Level, PeriodType, Window], checks.CheckOutcome]

@@ -17,26 +17,32 @@ from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key
 from capacity_pipeline.defs.metadata import failure_description, growth_metadata, report_metadata
 from capacity_pipeline.defs.partitions import PARTITIONS, key_for_window
 from capacity_pipeline.defs.resources import WhaleFallDatabase
-from capacity_pipeline.defs.runcenter import StepMirror, dagster_link, mirrored
-from capacity_pipeline.domain.aggregation import AggregationReport, Level, Status, aggregate_period
-from capacity_pipeline.domain.periods import PeriodType, china_today, corrected_quarter_from_env, last_window
-from capacity_pipeline.domain.runcenter import ItemOutcome
-from capacity_pipeline.domain.taskrun_payloads import (
-    nightly_item_payload,
+from capacity_pipeline.defs.run_center_mirror import (
+    CURRENT_JOB_NAME,
+    NIGHTLY_JOB_NAME,
+    RUN_CENTER_HOOKS,
+    InstancesFailed,
+    RunCenterStep,
+    nightly_initial_summary,
+    task_of_run,
+)
+from capacity_pipeline.domain.engine import Batch
+from capacity_pipeline.domain.model import AggregationReport, Level, TaskStatus, WindowPlan
+from capacity_pipeline.domain.periods import PeriodType, china_today, last_window
+from capacity_pipeline.domain.run_center import ItemPhase
+from capacity_pipeline.domain.run_center_payloads import (
+    NIGHTLY_PHASE,
+    nightly_item_result,
     nightly_period_result,
     nightly_summary,
 )
 
-CURRENT_JOB_NAME = "capacity_aggregate_current"
-NIGHTLY_JOB_NAME = "calculate_database"
 NIGHTLY_OP_NAME = "aggregate_last_periods"
 
 capacity_aggregate_current_job = dg.define_asset_job(
     name=CURRENT_JOB_NAME,
     selection=dg.AssetSelection.assets(*(AGGREGATION_ASSETS[level, PeriodType.DAILY] for level in Level)),
     description="Aggregate today's daily period (Asia/Shanghai) at the selected levels.",
-    # One process, steps in order (database level, then instance level, as WhaleFall runs them).
-    executor_def=dg.in_process_executor,
 )
 
 
@@ -57,94 +63,72 @@ def _today(config: NightlyConfig) -> date:
 
 @dg.op(name=NIGHTLY_OP_NAME, description="Last complete daily, weekly, monthly and quarterly periods.")
 def calculate_database_op(context: dg.OpExecutionContext, config: NightlyConfig, whalefall: WhaleFallDatabase) -> None:
+    """Spec 8: per batch of instances (name order), every period at both levels, then the items."""
     today = _today(config)
-    engine = whalefall.engine()
-    mirror = StepMirror(context, engine, whalefall)
-    with mirrored(mirror):
-        _run_nightly(context, engine, whalefall, mirror, today)
+    task = task_of_run(context.run)
+    plans = [
+        WindowPlan(period, last_window(period, today), tuple(Level), whalefall.corrected_quarter)
+        for period in PeriodType
+    ]
 
-
-def _run_nightly(
-    context: dg.OpExecutionContext,
-    engine: Engine,
-    whalefall: WhaleFallDatabase,
-    mirror: StepMirror,
-    today: date,
-) -> None:
-    """Spec 8, per batch of instances (name order): every period at both levels, then the items."""
-    instances = mirror.open_nightly()
-    windows = {period: last_window(period, today) for period in PeriodType}
-    reports: dict[PeriodType, list[AggregationReport]] = {period: [] for period in PeriodType}
-    batches = [instances[i : i + whalefall.batch_size] for i in range(0, len(instances), whalefall.batch_size)]
-    for number, batch in enumerate(batches, start=1):
-        mirror.before_batch(batch)
-        results: dict[int, dict[PeriodType, dict]] = {instance.id: {} for instance in batch}
-        for period, window in windows.items():
-            report = aggregate_period(
-                engine,
-                period,
-                window,
-                instances=batch,
-                batch_size=len(batch),
-                corrected_quarter=corrected_quarter_from_env(),
-            )
-            reports[period].append(report)
-            for outcome in report.outcomes:
-                results[outcome.instance.id][period] = nightly_period_result(outcome, period, window)
-        outcomes = [
-            ItemOutcome(instance.id, *nightly_item_payload(instance.id, instance.name, results[instance.id]))
-            for instance in batch
+    def phase_results(batch: Batch) -> list[ItemPhase]:
+        periods: dict[int, dict[PeriodType, dict]] = {instance.id: {} for instance in batch.instances}
+        for plan, outcomes in batch.outcomes.items():
+            for outcome in outcomes:
+                periods[outcome.instance.id][plan.period] = nightly_period_result(outcome, plan.period, plan.window)
+        return [
+            ItemPhase(instance.id, NIGHTLY_PHASE, nightly_item_result(instance.id, instance.name, periods[instance.id]))
+            for instance in batch.instances
         ]
-        if not mirror.after_batch(outcomes, f"nightly: batch {number}/{len(batches)}"):
-            mirror.stop_for_cancel()
-    merged = {period: AggregationReport.merge(r) for period, r in reports.items() if r}
-    _report_materializations(context, engine, merged)
-    _finalize_nightly(mirror, instances, merged)
-    failed = [report for report in merged.values() if report.count(Status.FAILED)]
+
+    run_id = context.run.run_id
+    with RunCenterStep(
+        context, whalefall, task, initial_summary=lambda: nightly_initial_summary(whalefall, run_id), by_name=True
+    ) as step:
+        reports = step.aggregate(plans, phase_results, [NIGHTLY_PHASE])
+        step.write_summaries(lambda task_run_id: _final_summary(step, task_run_id, reports, whalefall.run_url(run_id)))
+    _report_materializations(context, step.engine, reports)
+    failed = [report for report in reports if report.failures]
     if failed:
-        raise dg.Failure(description="; ".join(failure_description(report) for report in failed))
+        raise InstancesFailed(description="; ".join(failure_description(report) for report in failed))
 
 
-def _report_materializations(
-    context: dg.OpExecutionContext, engine: Engine, reports: dict[PeriodType, AggregationReport]
-) -> None:
+def _report_materializations(context: dg.OpExecutionContext, engine: Engine, reports: list[AggregationReport]) -> None:
     """Each asset partition written without failures shows as a materialization of that asset."""
-    for period, report in reports.items():
+    for report in reports:
         partition_key = key_for_window(report.window)
-        if report.count(Status.FAILED) or not PARTITIONS[period].has_partition_key(partition_key):
+        if report.failures or not PARTITIONS[report.period_type].has_partition_key(partition_key):
             continue
-        growth = growth_metadata(engine, report)
         for level in Level:
             context.log_event(
                 dg.AssetMaterialization(
-                    asset_key=asset_key(level, period),
+                    asset_key=asset_key(level, report.period_type),
                     partition=partition_key,
-                    metadata={**report_metadata(report, level), **growth},
+                    metadata={**report_metadata(report, level), **growth_metadata(engine, report, level)},
                 )
             )
 
 
-def _finalize_nightly(mirror: StepMirror, instances: list, reports: dict[PeriodType, AggregationReport]) -> None:
+def _final_summary(step: RunCenterStep, task_run_id: str, reports: list[AggregationReport], link: dict) -> dict:
     """The final summary (spec 6.4): instances by item status, records by level."""
-    items = mirror.center.get_items(mirror.task_run_id)
-    successful = sum(1 for item in items if item["status"] == "completed")
-    failed = sum(1 for item in items if item["status"] == "failed")
+    items = step.center.get_items(task_run_id)
+    successful = sum(1 for item in items if item["status"] == TaskStatus.COMPLETED)
+    failed = sum(1 for item in items if item["status"] == TaskStatus.FAILED)
     instance_records = sum((item["metrics_json"] or {}).get("aggregated_count", 0) for item in items)
-    database_records = sum(report.rows_written(Level.DATABASE) for report in reports.values())
-    summary = nightly_summary(
-        periods_executed=[period.value for period in reports],
-        instances={"total": len(instances), "successful": successful, "failed": failed},
+    database_records = sum(report.rows_written(Level.DATABASE) for report in reports)
+    return nightly_summary(
+        periods_executed=[report.period_type.value for report in reports],
+        instances={"total": len(items), "successful": successful, "failed": failed},
         records={
             "instance": instance_records,
             "database": database_records,
             "total": instance_records + database_records,
         },
-        extra=dagster_link(mirror.context.run.run_id),
+        extra=link,
     )
-    mirror.center.finalize_run(mirror.task_run_id, summary)
 
 
-@dg.job(name=NIGHTLY_JOB_NAME, tags={"capacity/job": NIGHTLY_JOB_NAME}, executor_def=dg.in_process_executor)
+@dg.job(name=NIGHTLY_JOB_NAME, tags={"capacity/job": NIGHTLY_JOB_NAME}, hooks=RUN_CENTER_HOOKS)
 def calculate_database_job() -> None:
     calculate_database_op()
 

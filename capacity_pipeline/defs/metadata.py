@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 from sqlalchemy import Engine
 
-from capacity_pipeline.domain.aggregation import AggregationReport, Level, Status
+from capacity_pipeline.domain.model import AggregationReport, Level
 from capacity_pipeline.domain.queries import top_growth
 
 
@@ -37,7 +37,7 @@ def report_metadata(report: AggregationReport, level: Level) -> dict[str, Any]:
 
 
 def failures_metadata(report: AggregationReport) -> dict[str, Any]:
-    failed = [o for o in report.outcomes if o.status is Status.FAILED]
+    failed = report.failures
     if not failed:
         return {}
     frame = pd.DataFrame(
@@ -46,18 +46,14 @@ def failures_metadata(report: AggregationReport) -> dict[str, Any]:
     return {"failures": dg.MetadataValue.md(markdown_table(frame))}
 
 
-def growth_metadata(engine: Engine, report: AggregationReport) -> dict[str, Any]:
-    """The ten databases and the ten instances that grew most in the period."""
-    return {
-        f"top_growing_{level.value}s": dg.MetadataValue.md(
-            markdown_table(top_growth(engine, level, report.period_type.value, report.window.start, limit=10))
-        )
-        for level in Level
-    }
+def growth_metadata(engine: Engine, report: AggregationReport, level: Level) -> dict[str, Any]:
+    """The ten rows of this level (databases, or instances) that grew most in the period written."""
+    frame = top_growth(engine, level, report.period_type.value, report.window.start, limit=10)
+    return {f"top_growing_{level.value}s": dg.MetadataValue.md(markdown_table(frame))}
 
 
 def failure_description(report: AggregationReport) -> str:
-    failed = [o for o in report.outcomes if o.status is Status.FAILED]
+    failed = report.failures
     first = failed[0]
     return (
         f"{len(failed)} of {report.instances_total} instances failed in {report.period_type.value} "

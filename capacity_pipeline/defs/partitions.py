@@ -2,31 +2,22 @@
 
 Weeks start on Monday, quarters on Jan/Apr/Jul/Oct 1, all in Asia/Shanghai. The daily partitions
 include today (the manual "current period" run); the others end at the last complete period.
-The first partition is set by CAPACITY_PARTITIONS_START (default 2025-07-01, WhaleFall's
-earliest capacity partitions), moved back to the start of its period.
+The first partition is the setting CAPACITY_PARTITIONS_START (default 2025-07-01, WhaleFall's
+earliest capacity partitions), moved back to the start of its period; partitions are fixed when
+the code location loads, so this one setting cannot be a resource field.
 """
 
 from __future__ import annotations
 
-import os
 from datetime import date, timedelta
 
 import dagster as dg
 
 from capacity_pipeline.domain.periods import PeriodType, Window, window_containing
+from capacity_pipeline.settings import read_setting
 
-PARTITIONS_START_ENV = "CAPACITY_PARTITIONS_START"
-DEFAULT_PARTITIONS_START = "2025-07-01"
 TIMEZONE = "Asia/Shanghai"
 KEY_FORMAT = "%Y-%m-%d"
-
-
-def partitions_start() -> date:
-    raw = os.environ.get(PARTITIONS_START_ENV, DEFAULT_PARTITIONS_START).strip()
-    try:
-        return date.fromisoformat(raw)
-    except ValueError:
-        raise ValueError(f"{PARTITIONS_START_ENV}: {raw!r} is not a date; expected YYYY-MM-DD") from None
 
 
 def build_partitions(period: PeriodType, start: date) -> dg.TimeWindowPartitionsDefinition:
@@ -43,7 +34,7 @@ def build_partitions(period: PeriodType, start: date) -> dg.TimeWindowPartitions
 
 
 PARTITIONS: dict[PeriodType, dg.TimeWindowPartitionsDefinition] = {
-    period: build_partitions(period, partitions_start()) for period in PeriodType
+    period: build_partitions(period, read_setting("partitions_start")) for period in PeriodType
 }
 
 

@@ -1,61 +1,80 @@
-"""The WhaleFall database as a Dagster resource, configured from WHALEFALL_DATABASE_URL."""
+"""The `whalefall` resource: WhaleFall's database and every setting a run needs, as typed fields.
+
+The fields' values are read once, from the settings table (capacity_pipeline/settings.py), when
+the code location loads; the URL stays an EnvVar so that it never shows in the UI.
+"""
 
 from __future__ import annotations
 
-import os
 from functools import cache
 
 import dagster as dg
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from capacity_pipeline.domain.aggregation import DEFAULT_BATCH_SIZE
-from capacity_pipeline.domain.database import (
-    DATABASE_URL_ENV,
-    DatabaseConfigError,
-    make_engine,
-    normalise_url,
-)
+from capacity_pipeline.domain.database import DatabaseConfigError, make_engine, normalise_url
+from capacity_pipeline.domain.dialects import ConnectionLimits, first_line
+from capacity_pipeline.settings import SETTINGS, read_settings
+
+DATABASE_URL_ENV = SETTINGS["url"].env
 
 
 @cache
-def _engine_for(url: str) -> Engine:
-    # One engine (and pool) per process and URL: steps and sensor ticks reuse connections.
-    return make_engine(normalise_url(url))
+def _engine_for(url: str, limits: ConnectionLimits) -> Engine:
+    # One engine (and pool) per process, URL and limits: steps and sensor ticks reuse connections.
+    return make_engine(normalise_url(url), limits)
 
 
 class WhaleFallDatabase(dg.ConfigurableResource):
-    """Where WhaleFall's tables live. The URL is a secret: it never reaches logs, tags or metadata.
+    """Where WhaleFall's tables live, and how runs treat them (README: Settings).
 
-    `batch_size` instances go into one transaction; `batch_pause_seconds` waits between batches
-    (a throttle that leaves room to other work on a busy production database).
+    The URL is a secret: it never reaches logs, tags or metadata.
     """
 
     url: str
-    batch_size: int = DEFAULT_BATCH_SIZE
-    batch_pause_seconds: float = 0.0
+    batch_size: int = SETTINGS["batch_size"].default
+    batch_pause_seconds: float = SETTINGS["batch_pause_seconds"].default
+    connect_timeout_seconds: float = SETTINGS["connect_timeout_seconds"].default
+    statement_timeout_seconds: float = SETTINGS["statement_timeout_seconds"].default
+    lock_timeout_seconds: float = SETTINGS["lock_timeout_seconds"].default
+    heartbeat_seconds: float = SETTINGS["heartbeat_seconds"].default
+    heartbeat_timeout_seconds: float = SETTINGS["heartbeat_timeout_seconds"].default
+    trigger_pickup_timeout_seconds: float = SETTINGS["trigger_pickup_timeout_seconds"].default
+    corrected_quarter: bool = SETTINGS["corrected_quarter"].default
+    webserver_url: str = SETTINGS["webserver_url"].default
+
+    @property
+    def limits(self) -> ConnectionLimits:
+        return ConnectionLimits(
+            connect_timeout=self.connect_timeout_seconds,
+            statement_timeout=self.statement_timeout_seconds,
+            lock_timeout=self.lock_timeout_seconds,
+        )
 
     def engine(self) -> Engine:
         """A connected engine, or a Failure that names WHALEFALL_DATABASE_URL (never the password)."""
         try:
-            engine = _engine_for(self.url)
+            engine = _engine_for(self.url, self.limits)
         except DatabaseConfigError as error:
             raise dg.Failure(description=str(error)) from None
         try:
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
         except DBAPIError as error:
-            first_line = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else ""
             raise dg.Failure(
-                description=f"{DATABASE_URL_ENV}: cannot connect to the WhaleFall database: {first_line}"
+                description=f"{DATABASE_URL_ENV}: cannot connect to the WhaleFall database: {first_line(error)}"
             ) from None
         return engine
 
+    def run_url(self, dagster_run_id: str) -> dict[str, str]:
+        """The run's id and its page in the Dagster UI, for the run center's summary."""
+        return {
+            "dagster_run_id": dagster_run_id,
+            "dagster_run_url": f"{self.webserver_url.rstrip('/')}/runs/{dagster_run_id}",
+        }
+
 
 def whalefall_from_env() -> WhaleFallDatabase:
-    """URL from WHALEFALL_DATABASE_URL (resolved at run time); throttles from CAPACITY_BATCH_*."""
-    return WhaleFallDatabase(
-        url=dg.EnvVar(DATABASE_URL_ENV),
-        batch_size=int(os.environ.get("CAPACITY_BATCH_SIZE", DEFAULT_BATCH_SIZE)),
-        batch_pause_seconds=float(os.environ.get("CAPACITY_BATCH_PAUSE_SECONDS", 0)),
-    )
+    """The resource with every setting read once from the environment (the URL at run time)."""
+    values = read_settings(tuple(name for name in SETTINGS if name not in {"url", "partitions_start"}))
+    return WhaleFallDatabase(url=dg.EnvVar(DATABASE_URL_ENV), **values)
