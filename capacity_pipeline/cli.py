@@ -16,32 +16,32 @@ from pathlib import Path
 from typing import NoReturn
 
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
-from capacity_pipeline.domain.aggregation import (
-    DEFAULT_BATCH_SIZE,
-    Scope,
-    Status,
-    aggregate_period,
-)
 from capacity_pipeline.domain.database import (
     DATABASE_URL_ENV,
     DatabaseConfigError,
     make_engine,
+    normalise_url,
     safe_url,
-    url_from_env,
 )
-from capacity_pipeline.domain.periods import (
-    PeriodType,
-    china_today,
-    corrected_quarter_from_env,
-    window_containing,
-)
+from capacity_pipeline.domain.dialects import ConnectionLimits, first_line
+from capacity_pipeline.domain.engine import AggregationAborted, aggregate_period
+from capacity_pipeline.domain.model import InvalidScope, Outcome, Scope
+from capacity_pipeline.domain.periods import PeriodType, china_today, window_containing
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.tables import create_schema
-from capacity_pipeline.domain.triggers import InvalidScope, normalise_scope, request_current_aggregation
+from capacity_pipeline.domain.triggers import request_current_aggregation
+from capacity_pipeline.settings import SETTINGS, SettingError, read_setting
 
 PROG = "capacity-pipeline"
+# Timeout settings every command that connects takes as options (seconds).
+_TIMEOUT_OPTIONS = {
+    "connect_timeout_seconds": "--connect-timeout",
+    "statement_timeout_seconds": "--statement-timeout",
+    "lock_timeout_seconds": "--lock-timeout",
+}
 
 
 class UsageError(Exception):
@@ -75,6 +75,16 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _positive_seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds above 0")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="WhaleFall capacity aggregation.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -83,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--db-url",
         help="WhaleFall database URL (default: $WHALEFALL_DATABASE_URL); postgresql:// or sqlite:///",
     )
+    for name, option in _TIMEOUT_OPTIONS.items():
+        setting = SETTINGS[name]
+        database.add_argument(
+            option,
+            type=_positive_seconds,
+            default=None,
+            help=f"{setting.meaning} (default: ${setting.env} or {setting.default})",
+        )
 
     commands.add_parser("init-db", parents=[database], help="create the missing tables (never alters existing ones)")
 
@@ -92,7 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate.add_argument("--period", required=True, choices=[p.value for p in PeriodType])
     aggregate.add_argument("--date", required=True, type=_iso_date, help="YYYY-MM-DD")
     aggregate.add_argument("--scope", default=Scope.ALL.value, choices=[s.value for s in Scope])
-    aggregate.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE)
+    aggregate.add_argument(
+        "--batch-size", type=_positive_int, default=None, help=f"default: ${SETTINGS['batch_size'].env} or 250"
+    )
     aggregate.add_argument(
         "--corrected-quarter",
         action="store_true",
@@ -114,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
         "request", parents=[database], help="request a current-period aggregation, as the API does"
     )
     trigger.add_argument("--scope", default="all", help="all, database or instance (default: all)")
+    trigger.add_argument(
+        "--period",
+        default=PeriodType.DAILY.value,
+        choices=[p.value for p in PeriodType],
+        help="the period whose current window runs (default: daily, as WhaleFall's button)",
+    )
     trigger.add_argument("--created-by", type=int, default=None, help="the requesting user's id")
 
     serve_api = commands.add_parser(
@@ -142,9 +168,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return _COMMANDS[args.command](args)
-    except (UsageError, DatabaseConfigError) as error:
+    except (UsageError, DatabaseConfigError, SettingError) as error:
         print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except AggregationAborted as error:
+        print(f"{PROG} {args.command}: failed: {error}", file=sys.stderr)
+        return 1
     except RunFailed as error:
         print(f"{PROG} {args.command}: failed: {error}", file=sys.stderr)
         return 1
@@ -154,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _database_error(error: DBAPIError, args: argparse.Namespace) -> str:
-    detail = str(error.orig).strip().splitlines()[0] if str(error.orig).strip() else "unknown error"
+    detail = first_line(error)
     missing_table = "no such table" in detail or (
         isinstance(error, ProgrammingError) and "relation" in detail and "does not exist" in detail
     )
@@ -166,18 +195,31 @@ def _database_error(error: DBAPIError, args: argparse.Namespace) -> str:
     return detail
 
 
+def _database_url(explicit: str | None, option: str = "--db-url") -> URL:
+    """The URL given through `option`, else the setting WHALEFALL_DATABASE_URL."""
+    if explicit:
+        return normalise_url(explicit, source=option)
+    raw = read_setting("url")
+    if raw is None:
+        raise DatabaseConfigError(
+            f"{DATABASE_URL_ENV} is not set: give the WhaleFall database URL "
+            f"(for example postgresql://user@127.0.0.1:5432/whalefall) or pass {option}"
+        )
+    return normalise_url(raw)
+
+
 def _engine(args: argparse.Namespace, *, create: bool = False) -> Engine:
     """The engine for --db-url / WHALEFALL_DATABASE_URL, checked to answer.
 
     Only commands that create a schema may create a new SQLite file; the others refuse a path
     that does not exist instead of aggregating an empty database.
     """
-    url = url_from_env(args.db_url)
+    url = _database_url(args.db_url)
     database = url.database or ""
     is_file = url.get_backend_name() == "sqlite" and database not in ("", ":memory:")
     if is_file and not create and not Path(database).exists():
         raise UsageError(f"SQLite file {database} does not exist (run '{PROG} init-db' to create it)")
-    engine = make_engine(url)
+    engine = make_engine(url, _limits(args))
     with engine.connect() as connection:  # fail here, clearly, when the database is unreachable
         connection.execute(text("SELECT 1"))
     return engine
@@ -189,19 +231,32 @@ def _init_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limits(args: argparse.Namespace) -> ConnectionLimits:
+    """Each timeout from its option, else from its setting (environment or default)."""
+    seconds = {
+        name: getattr(args, option.lstrip("-").replace("-", "_")) or read_setting(name)
+        for name, option in _TIMEOUT_OPTIONS.items()
+    }
+    return ConnectionLimits(
+        connect_timeout=seconds["connect_timeout_seconds"],
+        statement_timeout=seconds["statement_timeout_seconds"],
+        lock_timeout=seconds["lock_timeout_seconds"],
+    )
+
+
 def _aggregate(args: argparse.Namespace) -> int:
     period = PeriodType(args.period)
-    corrected = corrected_quarter_from_env() if args.corrected_quarter is None else True
+    corrected = read_setting("corrected_quarter") if args.corrected_quarter is None else True
     report = aggregate_period(
         _engine(args),
         period,
         window_containing(period, args.date),
         scope=Scope(args.scope),
-        batch_size=args.batch_size,
+        batch_size=args.batch_size or read_setting("batch_size"),
         corrected_quarter=corrected,
     )
     print(json.dumps(report.summary(), ensure_ascii=False, indent=2))
-    failed = report.count(Status.FAILED)
+    failed = report.count(Outcome.FAILED)
     if failed:
         first = next(o for o in report.outcomes if o.error is not None)
         raise RunFailed(
@@ -238,10 +293,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _request(args: argparse.Namespace) -> int:
     try:
-        scope = normalise_scope(args.scope)  # bad input fails before any connection
+        scope = Scope.from_request(args.scope)  # bad input fails before any connection
     except InvalidScope as error:
         raise UsageError(f"--scope: {error}") from None
-    print(request_current_aggregation(_engine(args), scope, created_by=args.created_by))
+    print(request_current_aggregation(_engine(args), scope, created_by=args.created_by, period_type=args.period))
     return 0
 
 
