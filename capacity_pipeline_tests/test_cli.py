@@ -11,7 +11,7 @@ from sqlalchemy import func, inspect, select, text
 from capacity_pipeline.cli import main
 from capacity_pipeline.domain.database import make_engine
 from capacity_pipeline.domain.tables import create_schema
-from capacity_pipeline_tests.conftest import WhaleFallData, row_trigger
+from capacity_pipeline_tests.support import WhaleFallData, row_trigger
 
 DAY = date(2026, 6, 10)
 DAY_BEFORE = date(2026, 6, 9)
@@ -26,6 +26,7 @@ ALL_TABLES = sorted(
         "instance_size_aggregations",
         "task_runs",
         "task_run_items",
+        "capacity_task_run_links",  # the pipeline's own, beside the run center
     ]
 )
 

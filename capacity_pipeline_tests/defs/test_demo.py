@@ -6,7 +6,7 @@ import dagster as dg
 
 from capacity_pipeline.cli import main
 from capacity_pipeline.defs.assets import asset_key
-from capacity_pipeline.domain.aggregation import Level
+from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType
 
 

@@ -1,35 +1,34 @@
-"""Every aggregation run shows in WhaleFall's run center (spec 6), whichever way it was launched.
+"""Every aggregation run shows in WhaleFall's run center (spec 6), whichever way it was launched,
+and is final there as soon as its work ends: the steps' hooks settle it, with no daemon running.
 
-Real Dagster runs on a real instance, against PostgreSQL; the reconciler is the function the
-`run_center_reconciler` sensor runs (one test evaluates the sensor itself).
+Real Dagster runs on a real instance, against PostgreSQL. The reconciler (`reconcile`, what the
+`run_center_reconciler` sensor runs) is only exercised for what hooks cannot see.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-import uuid
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
+from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
+from sqlalchemy import update
 
 from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key
 from capacity_pipeline.defs.jobs import calculate_database_schedule
-from capacity_pipeline.defs.runcenter import (
-    CREATED_BY_TAG,
-    SCOPE_TAG,
-    TASK_RUN_TAG,
-    reconcile,
-    run_center_reconciler,
-)
-from capacity_pipeline.domain.aggregation import Level
+from capacity_pipeline.defs.resources import WhaleFallDatabase
+from capacity_pipeline.defs.run_center_mirror import CLAIM_TAG, CREATED_BY_TAG, SCOPE_TAG, TASK_RUN_TAG
+from capacity_pipeline.defs.sensors import reconcile, run_center_reconciler
+from capacity_pipeline.domain.model import Level, Scope
 from capacity_pipeline.domain.periods import PeriodType
-from capacity_pipeline.domain.runcenter import RunCenter
+from capacity_pipeline.domain.run_center import RunCenter
+from capacity_pipeline.domain.run_claims import RunClaims
+from capacity_pipeline.domain.tables import tables_for
 from capacity_pipeline.domain.triggers import request_current_aggregation
-from capacity_pipeline_tests.conftest import row_trigger
-from capacity_pipeline_tests.defs.conftest import dagster_resources, resolve_job
+from capacity_pipeline_tests.support import dagster_resources, resolve_job, row_trigger
 
 DAY = date(2026, 7, 1)
 PREVIOUS = date(2026, 6, 30)
@@ -39,10 +38,21 @@ SCOPE_METRICS = [
     {"key": "requested_period_type", "label": "请求周期", "value": "daily", "unit": None, "tone": "info"},
     {"key": "effective_period_type", "label": "生效周期", "value": "daily", "unit": None, "tone": "info"},
 ]
+WHALEFALL_ITEM_KEYS = {
+    "status",
+    "processed_records",
+    "message",
+    "errors",
+    "period_type",
+    "period_start",
+    "period_end",
+    "instance_id",
+    "instance_name",
+}
 
 
 @pytest.fixture
-def seeded(pg_whalefall):
+def two_instances_and_one_without_data(pg_whalefall):
     """zeta (id 1, two databases), alpha (id 2, one), an inactive one (3), delta (4, no stats)."""
     w = pg_whalefall
     w.instance(1, "zeta")
@@ -56,6 +66,9 @@ def seeded(pg_whalefall):
     return w
 
 
+seeded = two_instances_and_one_without_data  # the name the tests use: the seeded WhaleFall data
+
+
 def _without_times(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in {"id", "started_at", "completed_at", "created_at", "updated_at"}}
 
@@ -64,17 +77,18 @@ def _item_view(item: dict) -> tuple:
     return (item["item_type"], item["item_key"], item["item_name"], item["instance_id"], item["status"])
 
 
-def test_current_job_writes_spec_6_2_rows(pg_engine, seeded, dagster_instance):
-    result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
-        partition_key=KEY, instance=dagster_instance
+def _current(engine, instance, **kwargs):  # noqa: ANN001, ANN202
+    return resolve_job(engine, "capacity_aggregate_current").execute_in_process(
+        partition_key=KEY, instance=instance, **kwargs
     )
+
+
+def test_current_job_writes_spec_6_2_rows_final_when_the_run_returns(pg_engine, seeded, dagster_instance):
+    result = _current(pg_engine, dagster_instance)
+
     assert result.success
     center = RunCenter(pg_engine)
-    assert center.get_run(result.run_id)["status"] == "running"  # until the reconciler sees the end
-
-    reconcile(dagster_instance, center)
-
-    run = center.get_run(result.run_id)
+    run = center.get_run(result.run_id)  # final already: the hooks settled it, no daemon involved
     assert _without_times(run) == {
         "run_id": result.run_id,
         "task_key": "capacity_aggregate_current",
@@ -129,7 +143,9 @@ def test_current_job_writes_spec_6_2_rows(pg_engine, seeded, dagster_instance):
         "scope": "all",
         "period_type": "daily",
     }
-    assert zeta["details_json"] == {
+    details = dict(zeta["details_json"])
+    phases = details.pop("phases")
+    assert details == {
         "status": "completed",
         "processed_records": 1,
         "message": "实例 zeta 的 daily 实例聚合完成 (处理 1 条记录)",
@@ -140,24 +156,27 @@ def test_current_job_writes_spec_6_2_rows(pg_engine, seeded, dagster_instance):
         "instance_id": 1,
         "instance_name": "zeta",
     }
+    # Spec Q10: both phases beside WhaleFall's final payload.
+    assert phases["instance"]["details_json"] == details
+    assert phases["database"]["details_json"]["message"] == "实例 zeta 的 daily 数据库聚合完成 (处理 2 个数据库)"
+    assert phases["database"]["metrics_json"]["runner"] == "database"
     assert delta["details_json"]["status"] == "skipped"
     assert delta["details_json"]["message"] == f"实例 delta 在 {KEY} 至 {KEY} 没有实例统计数据,跳过聚合"
     assert all(i["started_at"] and i["completed_at"] and i["error_message"] is None for i in items)
 
 
-def test_database_scope_selection_and_an_api_task_run_are_adopted(pg_engine, seeded, dagster_instance):
+def test_database_scope_and_a_task_run_named_by_tag_are_adopted(pg_engine, seeded, dagster_instance):
     center = RunCenter(pg_engine)
-    task_run_id = request_current_aggregation(pg_engine, "database", created_by=7)  # what the API writes
+    task_run_id = request_current_aggregation(pg_engine, Scope.DATABASE, created_by=7)  # what the API writes
 
-    result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
-        partition_key=KEY,
-        instance=dagster_instance,
+    result = _current(
+        pg_engine,
+        dagster_instance,
         asset_selection=[asset_key(Level.DATABASE, PeriodType.DAILY)],
         tags={TASK_RUN_TAG: task_run_id, SCOPE_TAG: "database", CREATED_BY_TAG: "7"},
     )
-    assert result.success
-    reconcile(dagster_instance, center)
 
+    assert result.success
     assert center.get_run(result.run_id) is None  # adopted, not duplicated
     run = center.get_run(task_run_id)
     assert (run["status"], run["created_by"], run["result_url"]) == ("completed", 7, "/capacity/databases")
@@ -169,6 +188,8 @@ def test_database_scope_selection_and_an_api_task_run_are_adopted(pg_engine, see
         "scope": "database",
         "period_type": "daily",
     }
+    # One phase only: the item is exactly WhaleFall's, with nothing added.
+    assert set(zeta["details_json"]) == WHALEFALL_ITEM_KEYS
     assert zeta["details_json"]["message"] == "实例 zeta 的 daily 数据库聚合完成 (处理 2 个数据库)"
 
 
@@ -185,7 +206,7 @@ def test_scheduled_nightly_run_writes_spec_6_3_rows(pg_engine, seeded, dagster_i
     )
     assert result.success
     center = RunCenter(pg_engine)
-    run = center.get_run(result.run_id)  # the nightly run finalizes itself
+    run = center.get_run(result.run_id)
 
     assert (run["task_key"], run["task_name"], run["task_category"]) == (
         "calculate_database",
@@ -273,7 +294,6 @@ def test_hand_made_materialization_and_backfill_get_a_task_run(pg_engine, seeded
         tags={"dagster/asset_partition_range_start": "2026-06-29", "dagster/asset_partition_range_end": KEY},
     )
     assert materialized.success and backfill.success
-    reconcile(dagster_instance, center)
 
     for result, scope, start, end in (
         (materialized, "all", "2026-06-29", "2026-07-05"),
@@ -291,71 +311,61 @@ def test_hand_made_materialization_and_backfill_get_a_task_run(pg_engine, seeded
         )
         assert [i["status"] for i in center.get_items(result.run_id)] == ["completed"] * 3
     assert center.get_run(materialized.run_id)["summary_json"]["ext"]["data"]["effective_period_type"] == "weekly"
+    # The backfill ran three days in one step: one result per instance over the range.
+    zeta = center.get_items(backfill.run_id)[0]
+    assert (zeta["details_json"]["period_start"], zeta["details_json"]["period_end"]) == ("2026-06-29", KEY)
 
 
-def test_progress_moves_between_batches_seen_from_another_connection(pg_engine, seeded, dagster_instance):
+def test_progress_moves_per_batch_and_never_completes_an_item_before_its_last_phase(
+    pg_engine, seeded, dagster_instance
+):
     center = RunCenter(pg_engine)
-    task_run_id = str(uuid.uuid4())
-    job = resolve_job(pg_engine, "capacity_aggregate_current", batch_size=1, batch_pause_seconds=0.6)
+    task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
+    job = resolve_job(pg_engine, "capacity_aggregate_current", batch_size=1, batch_pause_seconds=0.4)
     runner = threading.Thread(
         target=job.execute_in_process,
-        kwargs={
-            "partition_key": KEY,
-            "instance": dagster_instance,
-            "asset_selection": [asset_key(Level.INSTANCE, PeriodType.DAILY)],
-            "tags": {TASK_RUN_TAG: task_run_id},
-        },
+        kwargs={"partition_key": KEY, "instance": dagster_instance, "tags": {TASK_RUN_TAG: task_run_id}},
     )
     runner.start()
     seen = []
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while runner.is_alive() and time.monotonic() < deadline:
-        run = center.get_run(task_run_id)
-        if run is not None:
-            statuses = [i["status"] for i in center.get_items(task_run_id)]
-            seen.append((run["status"], run["progress_completed"], run["progress_total"], tuple(statuses)))
-        time.sleep(0.1)
+        run, items = center.get_run(task_run_id), center.get_items(task_run_id)
+        seen.append((run["status"], run["progress_completed"], run["progress_total"], items))
+        time.sleep(0.05)
     runner.join()
 
-    paused = [s for s in seen if s[0] == "running" and 0 < s[1] < s[2]]
-    assert paused, seen
-    assert any("completed" in s[3] and ("pending" in s[3] or "running" in s[3]) for s in paused)
+    for status, completed, total, items in seen:
+        final = [i for i in items if i["status"] in ("completed", "failed")]
+        assert completed == len(final)  # the counters are the items'
+        for item in final:  # an item is final only once both phases are in (fixes spec Q10's 100 %)
+            assert set(item["details_json"]["phases"]) == {"database", "instance"}
+    halfway = [
+        s for s in seen if s[0] == "running" and s[2] == 3 and s[1] == 0 and all(i["details_json"] for i in s[3])
+    ]
+    assert halfway, "never saw the database phase done with the instance phase still to run"
     assert [s[1] for s in seen] == sorted(s[1] for s in seen)  # only ever moves forward
-    assert seen[-1][1] == 3
+    assert center.get_run(task_run_id)["progress_completed"] == 3
 
 
 def test_status_only_moves_forward_whatever_order_events_arrive(pg_engine, seeded, dagster_instance):
     center = RunCenter(pg_engine)
-    result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
-        partition_key=KEY, instance=dagster_instance
-    )
-    # A cancel lands before the reconciler has seen the run's success...
-    assert center.cancel_run(result.run_id)
-    reconcile(dagster_instance, center)  # ...and the late SUCCESS must not resurrect it
-    run = center.get_run(result.run_id)
-    assert run["status"] == "cancelled" and run["completed_at"] is not None
-    assert (run["progress_completed"], run["progress_failed"]) == (3, 0)
-
-    finished = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
-        partition_key=KEY, instance=dagster_instance
-    )
-    reconcile(dagster_instance, center)
+    finished = _current(pg_engine, dagster_instance)
     before = center.get_run(finished.run_id)
     assert before["status"] == "completed"
+
     assert not center.cancel_run(finished.run_id)
     assert not center.mark_run_failed(finished.run_id, "late failure")
-    reconcile(dagster_instance, center)
+    reconcile(dagster_instance, dagster_resources(pg_engine)["whalefall"])
+
     assert center.get_run(finished.run_id) == before
 
 
 def test_one_failing_instance_fails_its_item_and_the_run(pg_engine, seeded, dagster_instance):
     with row_trigger(pg_engine, "instance_size_aggregations", "NEW.instance_id = 2", error="disk quota exceeded"):
-        result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
-            partition_key=KEY, instance=dagster_instance, raise_on_error=False
-        )
+        result = _current(pg_engine, dagster_instance, raise_on_error=False)
     assert not result.success
     center = RunCenter(pg_engine)
-    reconcile(dagster_instance, center)
 
     run = center.get_run(result.run_id)
     assert (run["status"], run["error_message"]) == ("failed", None)  # spec 6.2: finalize, not mark-failed
@@ -366,6 +376,7 @@ def test_one_failing_instance_fails_its_item_and_the_run(pg_engine, seeded, dags
     assert alpha["error_message"] == "实例 alpha 的 daily 聚合失败"
     assert "disk quota exceeded" in alpha["details_json"]["error"]
     assert alpha["details_json"]["errors"] == [alpha["details_json"]["error"]]
+    assert alpha["metrics_json"]["runner"] == "database"  # its database phase completed (spec 6.1 fail_item)
     assert (run["progress_completed"], run["progress_failed"]) == (2, 1)
 
 
@@ -382,7 +393,6 @@ def test_a_failure_outside_the_per_instance_isolation_fails_the_run_and_open_ite
         )
     assert not result.success
     center = RunCenter(pg_engine)
-    reconcile(dagster_instance, center)
 
     run = center.get_run(result.run_id)
     assert run["status"] == "failed" and "run center storage unavailable" in run["error_message"]
@@ -395,24 +405,24 @@ def test_a_failure_outside_the_per_instance_isolation_fails_the_run_and_open_ite
     assert {r["instance_id"] for r in seeded.rows("instance_size_aggregations")} >= {1, 2}
 
 
-def test_a_task_run_cancelled_before_its_run_starts_never_runs(pg_engine, seeded, dagster_instance):
+def test_a_task_run_cancelled_before_its_run_starts_never_runs_and_ends_canceled(pg_engine, seeded, dagster_instance):
     center = RunCenter(pg_engine)
-    task_run_id = request_current_aggregation(pg_engine, "all", created_by=None)
-    assert center.cancel_run(task_run_id)
+    task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
+    assert center.cancel_run(task_run_id, cancelled_by=5)  # what WhaleFall's cancel endpoint does
 
-    result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
-        partition_key=KEY, instance=dagster_instance, tags={TASK_RUN_TAG: task_run_id}, raise_on_error=False
-    )
+    result = _current(pg_engine, dagster_instance, tags={TASK_RUN_TAG: task_run_id}, raise_on_error=False)
 
-    assert not result.success
+    assert dagster_instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.CANCELED
     assert center.get_run(task_run_id)["status"] == "cancelled"
     assert center.get_items(task_run_id) == []
     assert seeded.rows("database_size_aggregations") == [] and seeded.rows("instance_size_aggregations") == []
+    messages = [entry.message for entry in dagster_instance.all_logs(result.run_id)]
+    assert any("cancelled in the run center" in message for message in messages)
 
 
-def test_cancel_from_the_run_center_stops_between_batches(pg_engine, seeded, dagster_instance):
+def test_cancel_from_the_run_center_stops_between_batches_and_ends_canceled(pg_engine, seeded, dagster_instance):
     center = RunCenter(pg_engine)
-    task_run_id = str(uuid.uuid4())
+    task_run_id = request_current_aggregation(pg_engine, Scope.INSTANCE, created_by=None)
     job = resolve_job(pg_engine, "capacity_aggregate_current", batch_size=1, batch_pause_seconds=0.8)
     outcome = {}
     runner = threading.Thread(
@@ -433,9 +443,10 @@ def test_cancel_from_the_run_center_stops_between_batches(pg_engine, seeded, dag
         if run and run["progress_completed"] >= 1:
             break
         time.sleep(0.05)
-    assert center.cancel_run(task_run_id)
+    assert center.cancel_run(task_run_id, cancelled_by=9)
     runner.join(timeout=60)
 
+    assert dagster_instance.get_run_by_id(outcome["result"].run_id).status == dg.DagsterRunStatus.CANCELED
     run = center.get_run(task_run_id)
     items = center.get_items(task_run_id)
     assert run["status"] == "cancelled" and run["completed_at"] is not None
@@ -444,35 +455,113 @@ def test_cancel_from_the_run_center_stops_between_batches(pg_engine, seeded, dag
     assert (run["progress_completed"], run["progress_failed"]) == (len(completed), len(items) - len(completed))
     written = {r["instance_id"] for r in seeded.rows("instance_size_aggregations")}
     assert written == {i["instance_id"] for i in completed if i["details_json"]["status"] == "completed"}
-    assert not outcome["result"].success
-
-
-def test_the_reconciler_sensor_finalizes_finished_runs(pg_engine, seeded, dagster_instance):
-    result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
-        partition_key=KEY, instance=dagster_instance
-    )
-    context = dg.build_sensor_context(instance=dagster_instance, resources=dagster_resources(pg_engine))
-
-    evaluation = run_center_reconciler(context)
-
-    assert isinstance(evaluation, dg.SkipReason)
-    assert f"{result.run_id}: completed" in evaluation.skip_message
-    assert RunCenter(pg_engine).get_run(result.run_id)["status"] == "completed"
+    messages = [entry.message for entry in dagster_instance.all_logs(outcome["result"].run_id)]
+    assert any("cancelled in the run center by user 9" in message for message in messages)
 
 
 def test_a_re_execution_of_a_finished_api_run_gets_its_own_task_run(pg_engine, seeded, dagster_instance):
     """A re-execution inherits the run's tags; it must not reopen the finished TaskRun."""
     center = RunCenter(pg_engine)
-    task_run_id = request_current_aggregation(pg_engine, "all", created_by=None)
-    job = resolve_job(pg_engine, "capacity_aggregate_current")
-    first = job.execute_in_process(partition_key=KEY, instance=dagster_instance, tags={TASK_RUN_TAG: task_run_id})
-    reconcile(dagster_instance, center)
+    task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
+    first = _current(pg_engine, dagster_instance, tags={TASK_RUN_TAG: task_run_id})
     finished = center.get_run(task_run_id)
     assert finished["status"] == "completed"
 
-    again = job.execute_in_process(partition_key=KEY, instance=dagster_instance, tags={TASK_RUN_TAG: task_run_id})
-    reconcile(dagster_instance, center)
+    again = _current(pg_engine, dagster_instance, tags={TASK_RUN_TAG: task_run_id})
 
     assert first.success and again.success
     assert center.get_run(task_run_id) == finished
     assert center.get_run(again.run_id)["status"] == "completed"
+
+
+# -- the reconciler: what hooks cannot see --------------------------------------------------------
+
+
+def test_the_reconciler_settles_a_finished_run_whose_hook_could_not_write(pg_engine, seeded, dagster_instance):
+    completing = "NEW.status = 'completed' AND OLD.status = 'running'"
+    with row_trigger(pg_engine, "task_runs", completing, event="UPDATE", error="run center unavailable"):
+        result = _current(pg_engine, dagster_instance)
+    assert result.success  # a hook that fails does not fail the run
+    center = RunCenter(pg_engine)
+    assert center.get_run(result.run_id)["status"] == "running"
+
+    context = dg.build_sensor_context(instance=dagster_instance, resources=dagster_resources(pg_engine))
+    evaluation = run_center_reconciler(context)
+
+    assert f"{result.run_id}: completed" in evaluation.skip_message
+    run = center.get_run(result.run_id)
+    assert run["status"] == "completed" and run["summary_json"]["ext"]["data"]["status"] == "completed"
+
+
+def _started_run(instance: dg.DagsterInstance, engine, tags: dict | None = None) -> dg.DagsterRun:  # noqa: ANN001
+    """A run Dagster believes STARTED, with no process behind it (its worker is gone)."""
+    job = resolve_job(engine, "capacity_aggregate_current")
+    run = instance.create_run_for_job(job_def=job, tags=tags or {}, status=dg.DagsterRunStatus.NOT_STARTED)
+    instance.report_dagster_event(
+        dg.DagsterEvent(event_type_value=dg.DagsterEventType.RUN_START.value, job_name=job.name), run.run_id
+    )
+    return instance.get_run_by_id(run.run_id)
+
+
+def test_a_run_whose_worker_stopped_heartbeating_is_failed_in_dagster_and_the_run_center(
+    pg_engine, seeded, dagster_instance
+):
+    center, claims = RunCenter(pg_engine), RunClaims(pg_engine)
+    task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
+    run = _started_run(dagster_instance, pg_engine)
+    assert claims.adopt(task_run_id, run.run_id)
+    center.snapshot_items(task_run_id)
+    links = tables_for(pg_engine).tables["capacity_task_run_links"]
+    silent_since = datetime.now(UTC) - timedelta(seconds=30)
+    with pg_engine.begin() as connection:
+        connection.execute(update(links).values(heartbeat_at=silent_since))
+    whalefall = dagster_resources(pg_engine, heartbeat_timeout_seconds=60)["whalefall"]
+
+    assert reconcile(dagster_instance, whalefall) == []  # 30 s of silence is within the limit
+
+    whalefall = dagster_resources(pg_engine, heartbeat_timeout_seconds=10)["whalefall"]
+    assert reconcile(dagster_instance, whalefall) == [f"{run.run_id}: worker dead, run failed"]
+
+    assert dagster_instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
+    task_run = center.get_run(task_run_id)
+    assert task_run["status"] == "failed" and "stopped heartbeating" in task_run["error_message"]
+    assert {i["status"] for i in center.get_items(task_run_id)} == {"failed"}
+
+
+def _origin(job: dg.JobDefinition) -> RemoteJobOrigin:
+    """Where a queued run would be launched from (Dagster requires one for a queued run)."""
+    location = RegisteredCodeLocationOrigin("capacity_pipeline")
+    return RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), job.name)
+
+
+def test_a_queued_run_whose_task_runs_were_all_cancelled_is_cancelled_before_it_starts(pg_engine, seeded):
+    queued = {"run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}}
+    with dg.instance_for_test(overrides=queued) as instance:
+        center, claims = RunCenter(pg_engine), RunClaims(pg_engine)
+        ids = [request_current_aggregation(pg_engine, Scope.ALL, created_by=None) for _ in range(2)]
+        claim_key = f"capacity_aggregate_current:{ids[0]}"
+        for task_run_id in ids:
+            assert claims.link(task_run_id, claim_key, "all:daily:" + KEY)
+        job = resolve_job(pg_engine, "capacity_aggregate_current")
+        run = instance.create_run_for_job(
+            job_def=job, tags={CLAIM_TAG: claim_key}, status=dg.DagsterRunStatus.QUEUED, remote_job_origin=_origin(job)
+        )
+        whalefall = dagster_resources(pg_engine)["whalefall"]
+
+        center.cancel_run(ids[0])
+        assert reconcile(instance, whalefall) == []  # one of its requests still wants it
+        center.cancel_run(ids[1])
+        assert reconcile(instance, whalefall) == [f"{claim_key}: queued Dagster run {run.run_id} cancelled"]
+
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
+
+
+def test_the_reconciler_logs_one_line_when_whalefall_is_unreachable(dagster_instance):
+    resources = {"whalefall": WhaleFallDatabase(url="postgresql://nobody@127.0.0.1:1/none", connect_timeout_seconds=1)}
+    context = dg.build_sensor_context(instance=dagster_instance, resources=resources)
+
+    evaluation = run_center_reconciler(context)
+
+    assert isinstance(evaluation, dg.SkipReason)
+    assert evaluation.skip_message.startswith("WHALEFALL_DATABASE_URL: cannot connect to the WhaleFall database")
+    assert "\n" not in evaluation.skip_message

@@ -1,57 +1,89 @@
-"""The trigger sensor, evaluated through build_sensor_context on a real Dagster instance."""
+"""The trigger launcher, evaluated through build_sensor_context on a real Dagster instance: each
+trigger is launched once, equal requests share a run that has not started, a bad or stale trigger
+fails alone and says why."""
 
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import pytest
+from sqlalchemy import update
 
 from capacity_pipeline.defs.assets import asset_key
+from capacity_pipeline.defs.resources import WhaleFallDatabase
+from capacity_pipeline.defs.run_center_mirror import CLAIM_TAG, TASK_RUN_TAG
 from capacity_pipeline.defs.sensors import capacity_current_trigger
-from capacity_pipeline.domain.aggregation import Level
+from capacity_pipeline.domain import constants as c
+from capacity_pipeline.domain.model import Level, Scope
 from capacity_pipeline.domain.periods import PeriodType, china_today
-from capacity_pipeline.domain.runcenter import RunCenter
-from capacity_pipeline.domain.taskrun_payloads import current_summary
+from capacity_pipeline.domain.run_center import RunCenter
+from capacity_pipeline.domain.run_center_payloads import current_summary
+from capacity_pipeline.domain.tables import tables_for
 from capacity_pipeline.domain.triggers import current_task_run_spec, request_current_aggregation
-from capacity_pipeline_tests.defs.conftest import dagster_resources, resolve_job
+from capacity_pipeline_tests.support import dagster_resources, resolve_job
 
 
-def _evaluate(instance, engine, cursor=None):
-    with dg.build_sensor_context(instance=instance, resources=dagster_resources(engine), cursor=cursor) as context:
+def _evaluate(instance, engine, cursor=None, **settings):  # noqa: ANN001, ANN202
+    resources = dagster_resources(engine, **settings)
+    with dg.build_sensor_context(instance=instance, resources=resources, cursor=cursor) as context:
         return capacity_current_trigger(context)
 
 
-def _bad_trigger(engine, scope: str) -> str:
-    """A pending TaskRun whose scope no API would have accepted (written by hand)."""
+def _bad_trigger(engine, scope: str) -> str:  # noqa: ANN001
+    """A trigger whose scope no API would have accepted (written by hand into task_runs)."""
     run_id = str(uuid.uuid4())
-    spec = current_task_run_spec("all", None)
-    spec = type(spec)(**{**spec.__dict__, "summary_json": current_summary("capacity_aggregate_current", scope)})
-    RunCenter(engine).create_run(run_id, spec, status="pending")
+    spec = current_task_run_spec(Scope.ALL, None)
+    spec = type(spec)(**{**spec.__dict__, "summary_json": current_summary(c.CURRENT_TASK_KEY, Scope.ALL)})
+    spec.summary_json["common"]["inputs"]["scope"] = scope
+    RunCenter(engine).create_run(run_id, spec)
     return run_id
 
 
-def test_each_trigger_becomes_one_run_request_and_a_bad_one_is_rejected(pg_engine, dagster_instance):
-    first = request_current_aggregation(pg_engine, "all", created_by=3)
+def _request(engine, scope: Scope, created_by: int | None = None) -> str:  # noqa: ANN001
+    return request_current_aggregation(engine, scope, created_by=created_by)
+
+
+def test_the_trigger_row_is_written_as_whalefall_writes_it(engine):
+    run_id = request_current_aggregation(engine, Scope.DATABASE, created_by=5)
+
+    run = RunCenter(engine).get_run(run_id)
+    # spec 6.1 start_run: `running` from the start, so WhaleFall's own cancel works at once
+    assert (run["status"], run["task_key"], run["task_name"], run["trigger_source"]) == (
+        "running",
+        "capacity_aggregate_current",
+        "容量统计(当前周期)",
+        "manual",
+    )
+    assert (run["created_by"], run["result_url"], run["progress_total"]) == (5, "/capacity/databases", 0)
+    assert run["summary_json"] == current_summary("capacity_aggregate_current", Scope.DATABASE)
+    assert run["summary_json"]["common"]["inputs"] == {"scope": "database"}
+
+
+def test_each_request_gets_one_run_request_and_a_bad_one_is_rejected(pg_engine, dagster_instance):
+    first = _request(pg_engine, Scope.ALL, created_by=3)
     bad = _bad_trigger(pg_engine, "everything")
-    last = request_current_aggregation(pg_engine, " Database ", created_by=None)
+    last = _request(pg_engine, Scope.DATABASE)
 
     result = _evaluate(dagster_instance, pg_engine)
 
     today = china_today().isoformat()
-    assert [(r.run_key, r.partition_key, r.asset_selection, r.tags) for r in result.run_requests] == [
+    assert [(r.run_key, r.partition_key, r.asset_selection) for r in result.run_requests] == [
         (
             f"capacity_aggregate_current:{first}",
             today,
             [asset_key(Level.DATABASE, PeriodType.DAILY), asset_key(Level.INSTANCE, PeriodType.DAILY)],
-            {"capacity/task_run_id": first, "capacity/scope": "all", "capacity/created_by": "3"},
         ),
-        (
-            f"capacity_aggregate_current:{last}",
-            today,
-            [asset_key(Level.DATABASE, PeriodType.DAILY)],
-            {"capacity/task_run_id": last, "capacity/scope": "database"},
-        ),
+        (f"capacity_aggregate_current:{last}", today, [asset_key(Level.DATABASE, PeriodType.DAILY)]),
     ]
+    tags = result.run_requests[0].tags
+    assert tags[CLAIM_TAG] == f"capacity_aggregate_current:{first}" and tags[TASK_RUN_TAG] == first
+    assert (tags["capacity/scope"], tags["capacity/created_by"], tags["capacity/task_key"]) == (
+        "all",
+        "3",
+        "capacity_aggregate_current",
+    )
     rejected = RunCenter(pg_engine).get_run(bad)
     assert rejected["status"] == "failed" and rejected["completed_at"] is not None
     assert rejected["error_message"] == (
@@ -59,30 +91,79 @@ def test_each_trigger_becomes_one_run_request_and_a_bad_one_is_rejected(pg_engin
     )
 
 
-def test_a_launched_trigger_is_never_requested_again(pg_engine, pg_whalefall, dagster_instance):
+def test_equal_requests_share_one_run_until_it_starts(pg_engine, pg_whalefall, dagster_instance):
     pg_whalefall.instance(1)
-    run_id = request_current_aggregation(pg_engine, "instance", created_by=None)
-    [request] = _evaluate(dagster_instance, pg_engine).run_requests
-    repeat = _evaluate(dagster_instance, pg_engine).run_requests  # e.g. a second daemon, before launch
-    assert [r.run_key for r in repeat] == [request.run_key]  # the same key: Dagster launches it once
+    burst = [_request(pg_engine, Scope.INSTANCE) for _ in range(5)]
+    other = _request(pg_engine, Scope.DATABASE)
 
-    job = resolve_job(pg_engine, "capacity_aggregate_current")
-    launched = job.execute_in_process(
+    requests = _evaluate(dagster_instance, pg_engine).run_requests
+
+    assert [r.run_key for r in requests] == [
+        f"capacity_aggregate_current:{burst[0]}",
+        f"capacity_aggregate_current:{other}",
+    ]
+    # Until its run starts, the group takes every equal request; the repeated run key is what
+    # Dagster de-duplicates, so nothing is launched twice.
+    late = _request(pg_engine, Scope.INSTANCE)
+    again = _evaluate(dagster_instance, pg_engine).run_requests
+    assert [r.run_key for r in again] == [r.run_key for r in requests]
+
+    [shared] = [r for r in requests if r.run_key.endswith(burst[0])]
+    result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
         instance=dagster_instance,
-        partition_key=request.partition_key,
-        asset_selection=request.asset_selection,
-        tags=request.tags,
+        partition_key=shared.partition_key,
+        asset_selection=shared.asset_selection,
+        tags=shared.tags,
     )
-    assert launched.success
-    assert RunCenter(pg_engine).get_run(run_id)["status"] == "running"  # the reconciler finalizes later
 
-    for cursor in (None, "reset"):  # next tick, and a cursor reset
-        evaluation = _evaluate(dagster_instance, pg_engine, cursor=cursor)
-        assert isinstance(evaluation, dg.SkipReason) or not evaluation.run_requests
+    assert result.success
+    center = RunCenter(pg_engine)
+    for task_run_id in [*burst, late]:  # one Dagster run, six TaskRuns, each final with its own items
+        run = center.get_run(task_run_id)
+        assert (run["status"], run["progress_total"], run["progress_completed"]) == ("completed", 1, 1)
+        assert run["summary_json"]["ext"]["data"]["dagster_run_id"] == result.run_id
+    # Once the run has claimed its requests, a new equal one needs a run of its own.
+    after = _request(pg_engine, Scope.INSTANCE)
+    keys = [r.run_key for r in _evaluate(dagster_instance, pg_engine).run_requests]
+    assert f"capacity_aggregate_current:{after}" in keys and shared.run_key not in keys
 
 
-def test_cancelled_or_running_task_runs_are_not_triggers(pg_engine, dagster_instance):
-    cancelled = request_current_aggregation(pg_engine, "all", created_by=None)
+def test_a_shared_run_serves_the_requests_still_open_and_leaves_the_cancelled_one(
+    pg_engine, pg_whalefall, dagster_instance
+):
+    pg_whalefall.instance(1)
+    kept, cancelled = _request(pg_engine, Scope.ALL), _request(pg_engine, Scope.ALL)
+    [request] = _evaluate(dagster_instance, pg_engine).run_requests
+    center = RunCenter(pg_engine)
+    assert center.cancel_run(cancelled)
+
+    result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
+        instance=dagster_instance, partition_key=request.partition_key, tags=request.tags
+    )
+
+    assert result.success
+    assert center.get_run(kept)["status"] == "completed"
+    assert center.get_run(cancelled)["status"] == "cancelled" and center.get_items(cancelled) == []
+
+
+def test_a_request_no_daemon_picked_up_in_time_fails_saying_so(pg_engine, dagster_instance):
+    stale, fresh = _request(pg_engine, Scope.ALL), _request(pg_engine, Scope.ALL)
+    runs = tables_for(pg_engine).tables["task_runs"]
+    with pg_engine.begin() as connection:
+        connection.execute(
+            update(runs).where(runs.c.run_id == stale).values(started_at=datetime.now(UTC) - timedelta(minutes=6))
+        )
+
+    result = _evaluate(dagster_instance, pg_engine, trigger_pickup_timeout_seconds=300)
+
+    assert [r.tags[TASK_RUN_TAG] for r in result.run_requests] == [fresh]
+    run = RunCenter(pg_engine).get_run(stale)
+    assert run["status"] == "failed"
+    assert run["error_message"].startswith("no Dagster daemon picked up this request within 300 s")
+
+
+def test_cancelled_requests_are_not_triggers(pg_engine, dagster_instance):
+    cancelled = _request(pg_engine, Scope.ALL)
     assert RunCenter(pg_engine).cancel_run(cancelled)
 
     evaluation = _evaluate(dagster_instance, pg_engine)
@@ -91,16 +172,18 @@ def test_cancelled_or_running_task_runs_are_not_triggers(pg_engine, dagster_inst
     assert RunCenter(pg_engine).get_run(cancelled)["status"] == "cancelled"
 
 
-def test_the_request_writes_a_pending_task_run_as_the_api_does(engine):
-    run_id = request_current_aggregation(engine, "database", created_by=5)
+def test_an_unreachable_whalefall_database_is_one_line_per_tick(dagster_instance):
+    resources = {"whalefall": WhaleFallDatabase(url="postgresql://nobody@127.0.0.1:1/none", connect_timeout_seconds=1)}
+    with dg.build_sensor_context(instance=dagster_instance, resources=resources) as context:
+        evaluation = capacity_current_trigger(context)
 
-    run = RunCenter(engine).get_run(run_id)
-    assert (run["status"], run["task_key"], run["task_name"], run["trigger_source"]) == (
-        "pending",
-        "capacity_aggregate_current",
-        "容量统计(当前周期)",
-        "manual",
-    )
-    assert (run["created_by"], run["result_url"], run["progress_total"]) == (5, "/capacity/databases", 0)
-    assert run["summary_json"] == current_summary("capacity_aggregate_current", "database")
-    assert run["summary_json"]["common"]["inputs"] == {"scope": "database"}
+    assert isinstance(evaluation, dg.SkipReason)
+    assert evaluation.skip_message.startswith("WHALEFALL_DATABASE_URL: cannot connect to the WhaleFall database")
+    assert "\n" not in evaluation.skip_message
+
+
+@pytest.mark.parametrize("scope", list(Scope))
+def test_every_scope_selects_its_levels(pg_engine, dagster_instance, scope):
+    _request(pg_engine, scope)
+    [request] = _evaluate(dagster_instance, pg_engine).run_requests
+    assert request.asset_selection == [asset_key(level, PeriodType.DAILY) for level in scope.levels]

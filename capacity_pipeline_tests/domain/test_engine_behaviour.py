@@ -8,15 +8,11 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from capacity_pipeline.domain.aggregation import (
-    Level,
-    Scope,
-    Status,
-    aggregate_period,
-    list_active_instances,
-)
+from capacity_pipeline.domain.engine import aggregate_period
+from capacity_pipeline.domain.instances import list_active_instances
+from capacity_pipeline.domain.model import Level, Outcome, Scope
 from capacity_pipeline.domain.periods import PeriodType, Window
-from capacity_pipeline_tests.conftest import row_trigger
+from capacity_pipeline_tests.support import row_trigger
 
 DAY = date(2026, 6, 10)
 DAILY = Window(DAY, DAY)
@@ -96,7 +92,7 @@ def test_only_active_instances_are_aggregated(engine, whalefall):
     report = aggregate_period(engine, PeriodType.DAILY, DAILY)
 
     assert [i.id for i in list_active_instances(engine)] == [1, 5]
-    assert {o.instance.id: o.status for o in report.outcomes} == {1: Status.COMPLETED, 5: Status.SKIPPED}
+    assert {o.instance.id: o.status for o in report.outcomes} == {1: Outcome.COMPLETED, 5: Outcome.SKIPPED}
     assert {r["instance_id"] for r in whalefall.rows("database_size_aggregations")} == {1}
     assert {r["instance_id"] for r in whalefall.rows("instance_size_aggregations")} == {1}
 
@@ -130,16 +126,17 @@ def test_scope_selects_the_levels(engine, whalefall, scope, tables):
     assert written == tables
 
 
-def test_checkpoint_sees_progress_and_can_stop_between_batches(engine, whalefall):
+def test_after_batch_sees_each_batch_and_can_stop_the_work(engine, whalefall):
     for instance_id in range(1, 8):
         _seed_instance(whalefall, instance_id)
     seen = []
 
-    def checkpoint(report, batch):
-        seen.append((report.batches_done, report.batches_total, [o.instance.id for o in batch]))
-        return report.batches_done < 2
+    def after_batch(batch):
+        [outcomes] = batch.outcomes.values()
+        seen.append((batch.number, batch.total, [o.instance.id for o in outcomes]))
+        return batch.number < 2
 
-    report = aggregate_period(engine, PeriodType.DAILY, DAILY, batch_size=3, checkpoint=checkpoint)
+    report = aggregate_period(engine, PeriodType.DAILY, DAILY, batch_size=3, after_batch=after_batch)
 
     assert seen == [(1, 3, [1, 2, 3]), (2, 3, [4, 5, 6])]
     assert report.stopped and report.instances_not_run == 1
@@ -169,7 +166,7 @@ def test_failure_in_a_later_batch_keeps_earlier_batches_and_isolates_the_instanc
 
     statuses = {o.instance.id: o.status for o in report.outcomes}
     assert statuses == {1: "completed", 2: "completed", 3: "completed", 4: "failed", 5: "completed"}
-    [failed] = [o for o in report.outcomes if o.status is Status.FAILED]
+    [failed] = [o for o in report.outcomes if o.status is Outcome.FAILED]
     assert "disk quota exceeded" in failed.error
     # Instance 4's database-level rows were in the same transaction: nothing half-written.
     assert {r["instance_id"] for r in whalefall.rows("database_size_aggregations")} == {1, 2, 3, 5}
@@ -196,7 +193,7 @@ def test_concurrent_runs_on_the_same_period_both_succeed(engine, whalefall):
         thread.join()
 
     assert errors == []
-    assert [r.count(Status.FAILED) for r in reports] == [0, 0, 0]
+    assert [r.count(Outcome.FAILED) for r in reports] == [0, 0, 0]
     assert len(whalefall.rows("database_size_aggregations")) == 40
     assert len(whalefall.rows("instance_size_aggregations")) == 40
 

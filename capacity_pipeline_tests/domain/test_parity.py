@@ -10,13 +10,13 @@ from datetime import date
 
 import pytest
 
-from capacity_pipeline.domain.aggregation import aggregate_period
+from capacity_pipeline.domain.engine import aggregate_period
 from capacity_pipeline.domain.database import make_engine
 from capacity_pipeline.domain.periods import PeriodType, current_window, last_window, previous_window
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.tables import create_schema
 from capacity_pipeline_tests import whalefall_reference as reference
-from capacity_pipeline_tests.conftest import WhaleFallData
+from capacity_pipeline_tests.support import WhaleFallData
 
 TODAY = date(2026, 7, 2)  # the spec's worked "today"
 SPEC = SyntheticSpec(instances=30, databases=6, days=220, end_date=TODAY, seed=20260702)

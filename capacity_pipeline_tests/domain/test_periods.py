@@ -10,7 +10,6 @@ from capacity_pipeline.domain.periods import (
     PeriodType,
     Window,
     china_today,
-    corrected_quarter_from_env,
     current_window,
     last_window,
     previous_window,
@@ -115,13 +114,6 @@ def test_previous_window_keeps_whalefall_rules(period, window, expected):
 )
 def test_corrected_previous_quarter_covers_three_months(window, expected):
     assert previous_window(PeriodType.QUARTERLY, window, corrected_quarter=True) == expected
-
-
-def test_corrected_quarter_setting_is_off_unless_set(monkeypatch):
-    monkeypatch.delenv("CAPACITY_CORRECTED_PREVIOUS_QUARTER", raising=False)
-    assert corrected_quarter_from_env() is False
-    monkeypatch.setenv("CAPACITY_CORRECTED_PREVIOUS_QUARTER", "true")
-    assert corrected_quarter_from_env() is True
 
 
 def test_today_is_the_shanghai_date_whatever_the_host_zone():

@@ -16,8 +16,9 @@ import pytest
 from sqlalchemy import Engine, text
 
 from capacity_pipeline.domain import constants as c
-from capacity_pipeline.domain.aggregation import ActiveInstance
-from capacity_pipeline.domain.runcenter import ItemOutcome, Progress, RunCenter, TaskRunSpec
+from capacity_pipeline.domain.model import IN_PROGRESS, TERMINAL, ActiveInstance, TaskStatus
+from capacity_pipeline.domain.run_center import ItemPhase, Progress, RunCenter, TaskRunSpec
+from capacity_pipeline.domain.run_center_payloads import PhaseResult
 
 RUN_ID = "11111111-1111-4111-8111-111111111111"
 OTHER_RUN_ID = "22222222-2222-4222-8222-222222222222"
@@ -59,12 +60,17 @@ def _between(engine: Engine, value: datetime | None, before: datetime, after: da
     return value is not None and before <= _utc(engine, value) <= after
 
 
-def _completed(instance_id: int, metrics=METRICS, details=DETAILS) -> ItemOutcome:  # noqa: ANN001
-    return ItemOutcome(instance_id, c.COMPLETED, metrics, details)
+def _completed(instance_id: int, metrics=METRICS, details=DETAILS, phase: str = "instance") -> ItemPhase:  # noqa: ANN001
+    return ItemPhase(instance_id, phase, PhaseResult(TaskStatus.COMPLETED, metrics, details))
 
 
-def _failed(instance_id: int, message: str = "实例聚合失败", details=None) -> ItemOutcome:  # noqa: ANN001
-    return ItemOutcome(instance_id, c.FAILED, None, details, message)
+def _failed(instance_id: int, message: str = "实例聚合失败", details=None, phase: str = "instance") -> ItemPhase:  # noqa: ANN001
+    return ItemPhase(instance_id, phase, PhaseResult(TaskStatus.FAILED, None, details or {"error": message}, message))
+
+
+def _record(center: RunCenter, results: list[ItemPhase], expected=("instance",), run_ids=(RUN_ID,)) -> Progress | None:  # noqa: ANN001
+    """Record one batch's phase results; the progress of RUN_ID if it is still open."""
+    return center.record_phases(list(run_ids), results, expected).get(RUN_ID)
 
 
 def _items_by_instance(center: RunCenter, run_id: str = RUN_ID) -> dict[int, dict[str, Any]]:
@@ -92,13 +98,13 @@ def three_items(center: RunCenter, whalefall) -> RunCenter:  # noqa: ANN001
 
 def _settle(center: RunCenter, *, status: str) -> None:
     """Bring RUN_ID with three items to a finished or cancelled state."""
-    center.record_outcomes(RUN_ID, [_completed(1)])
-    if status == c.COMPLETED:
-        center.record_outcomes(RUN_ID, [_completed(2), _completed(3)])
-        assert center.finalize_run(RUN_ID) == c.COMPLETED
-    elif status == c.FAILED:
-        center.record_outcomes(RUN_ID, [_completed(2), _failed(3)])
-        assert center.finalize_run(RUN_ID) == c.FAILED
+    _record(center, [_completed(1)])
+    if status == TaskStatus.COMPLETED:
+        _record(center, [_completed(2), _completed(3)])
+        assert center.finalize_run(RUN_ID) == TaskStatus.COMPLETED
+    elif status == TaskStatus.FAILED:
+        _record(center, [_completed(2), _failed(3)])
+        assert center.finalize_run(RUN_ID) == TaskStatus.FAILED
     else:
         assert center.cancel_run(RUN_ID) is True
     assert center.status(RUN_ID) == status
@@ -129,13 +135,12 @@ def test_create_run_inserts_a_running_run_with_zero_progress(engine, center):
     assert run["created_at"] == run["started_at"]
     assert run["updated_at"] == run["started_at"]
     assert center.get_items(RUN_ID) == []
-    assert center.status(RUN_ID) == c.RUNNING
-    assert center.is_cancelled(RUN_ID) is False
+    assert center.status(RUN_ID) == TaskStatus.RUNNING
 
 
 def test_create_run_as_pending_when_asked(engine, center):
     before = datetime.now(UTC)
-    assert center.create_run(RUN_ID, _spec(), status=c.PENDING) is True
+    assert center.create_run(RUN_ID, _spec(), status=TaskStatus.PENDING) is True
     run = center.get_run(RUN_ID)
     assert run["status"] == "pending"
     assert _between(engine, run["started_at"], before, datetime.now(UTC))
@@ -157,7 +162,9 @@ def test_create_run_with_an_existing_run_id_adopts_it(center, whalefall):
     before = center.get_run(RUN_ID)
     _tick()
 
-    assert center.create_run(RUN_ID, _spec(task_name="other", summary_json={"x": 1}), status=c.PENDING) is False
+    assert (
+        center.create_run(RUN_ID, _spec(task_name="other", summary_json={"x": 1}), status=TaskStatus.PENDING) is False
+    )
 
     assert center.get_run(RUN_ID) == before
     assert len(whalefall.rows("task_runs", order_by="id")) == 1
@@ -255,7 +262,7 @@ def test_start_items_moves_pending_items_to_running(engine, three_items):
     center = three_items
     before = datetime.now(UTC)
 
-    center.start_items(RUN_ID, [1, 2])
+    center.start_items([RUN_ID], [1, 2])
 
     after = datetime.now(UTC)
     items = _items_by_instance(center)
@@ -270,11 +277,11 @@ def test_start_items_moves_pending_items_to_running(engine, three_items):
 
 def test_start_items_keeps_the_first_started_at(three_items):
     center = three_items
-    center.start_items(RUN_ID, [1])
+    center.start_items([RUN_ID], [1])
     started_at = _items_by_instance(center)[1]["started_at"]
     _tick()
 
-    center.start_items(RUN_ID, [1])
+    center.start_items([RUN_ID], [1])
 
     item = _items_by_instance(center)[1]
     assert item["status"] == "running"
@@ -283,11 +290,11 @@ def test_start_items_keeps_the_first_started_at(three_items):
 
 def test_start_items_leaves_terminal_items_alone(three_items):
     center = three_items
-    center.record_outcomes(RUN_ID, [_completed(1), _failed(2)])
+    _record(center, [_completed(1), _failed(2)])
     before = _items_by_instance(center)
     _tick()
 
-    center.start_items(RUN_ID, [1, 2, 3])
+    center.start_items([RUN_ID], [1, 2, 3])
 
     after = _items_by_instance(center)
     assert after[1] == before[1]
@@ -301,151 +308,164 @@ def test_start_items_leaves_cancelled_items_alone(three_items):
     before = center.get_items(RUN_ID)
     _tick()
 
-    center.start_items(RUN_ID, [1, 2, 3])
+    center.start_items([RUN_ID], [1, 2, 3])
 
     assert center.get_items(RUN_ID) == before
 
 
-# -- record_outcomes ----------------------------------------------------------------------------
+# -- record_phases ------------------------------------------------------------------------------
 
 
-def test_record_outcomes_completes_items_and_moves_the_counters(engine, three_items):
+def test_record_phases_completes_items_and_moves_the_counters(engine, three_items):
     center = three_items
-    center.start_items(RUN_ID, [1, 2, 3])
+    center.start_items([RUN_ID], [1, 2, 3])
     before = datetime.now(UTC)
 
-    progress = center.record_outcomes(RUN_ID, [_completed(1), _completed(2, {"records": 5}, {"message": "二"})])
+    progress = _record(center, [_completed(1), _completed(2, {"records": 5}, {"message": "二"})])
 
     after = datetime.now(UTC)
     assert progress == Progress(total=3, completed=2, failed=0)
     items = _items_by_instance(center)
     assert items[1]["status"] == "completed"
     assert items[1]["metrics_json"] == METRICS
-    assert items[1]["details_json"] == DETAILS
+    assert items[1]["details_json"] == DETAILS  # one phase: exactly WhaleFall's payload, nothing added
     assert items[1]["error_message"] is None
     assert _between(engine, items[1]["completed_at"], before, after)
-    assert items[2]["status"] == "completed"
-    assert items[2]["metrics_json"] == {"records": 5}
-    assert items[2]["details_json"] == {"message": "二"}
-    assert items[3]["status"] == "running"
-    assert items[3]["completed_at"] is None
+    assert (items[2]["metrics_json"], items[2]["details_json"]) == ({"records": 5}, {"message": "二"})
+    assert items[3]["status"] == "running" and items[3]["completed_at"] is None
     run = center.get_run(RUN_ID)
-    assert _progress(run) == (3, 2, 0)
-    assert run["status"] == "running"
+    assert _progress(run) == (3, 2, 0) and run["status"] == "running"
 
 
-def test_record_outcomes_failure_sets_error_and_details_and_keeps_metrics(engine, three_items):
+def test_record_phases_failure_sets_error_and_details_without_metrics(engine, three_items):
     center = three_items
     before = datetime.now(UTC)
 
-    progress = center.record_outcomes(RUN_ID, [_failed(2, "实例 b 的 daily 聚合失败", {"error": "boom"})])
+    progress = _record(center, [_failed(2, "实例 b 的 daily 聚合失败", {"error": "boom"})])
 
     assert progress == Progress(total=3, completed=0, failed=1)
     item = _items_by_instance(center)[2]
-    assert item["status"] == "failed"
-    assert item["error_message"] == "实例 b 的 daily 聚合失败"
+    assert (item["status"], item["error_message"]) == ("failed", "实例 b 的 daily 聚合失败")
     assert item["details_json"] == {"error": "boom"}
     assert item["metrics_json"] is None
     assert _between(engine, item["completed_at"], before, datetime.now(UTC))
-    assert _progress(center.get_run(RUN_ID)) == (3, 0, 1)
 
 
-def test_record_outcomes_mixed_batch(three_items):
+def test_an_item_waits_for_its_last_phase_and_progress_stays_below_the_total(three_items):
     center = three_items
-    progress = center.record_outcomes(RUN_ID, [_completed(1), _failed(2), _completed(3)])
-    assert progress == Progress(total=3, completed=2, failed=1)
-    assert [i["status"] for i in center.get_items(RUN_ID)] == ["completed", "failed", "completed"]
-    assert _progress(center.get_run(RUN_ID)) == (3, 2, 1)
+    both = ("database", "instance")
+    database = [_completed(i, {"runner": "database"}, {"message": f"db {i}"}, "database") for i in (1, 2, 3)]
+
+    progress = _record(center, database, both)
+
+    assert progress == Progress(total=3, completed=0, failed=0)  # a phase is still to run
+    item = _items_by_instance(center)[1]
+    assert item["status"] == "running" and item["metrics_json"] is None and item["completed_at"] is None
+    assert item["details_json"] == {
+        "phases": {
+            "database": {
+                "status": "completed",
+                "metrics_json": {"runner": "database"},
+                "details_json": {"message": "db 1"},
+                "error_message": None,
+            }
+        }
+    }
+
+    progress = _record(
+        center, [_completed(i, {"runner": "instance"}, {"message": f"inst {i}"}) for i in (1, 2, 3)], both
+    )
+
+    assert progress == Progress(total=3, completed=3, failed=0)
+    item = _items_by_instance(center)[1]
+    # WhaleFall's final payload (the instance phase wrote last, spec 6.2 step 5), both phases beside it (Q10)
+    assert item["status"] == "completed" and item["metrics_json"] == {"runner": "instance"}
+    assert item["details_json"]["message"] == "inst 1"
+    assert set(item["details_json"]["phases"]) == {"database", "instance"}
 
 
-def test_record_outcomes_fail_overrides_completed_but_keeps_its_metrics(engine, three_items):
+@pytest.mark.parametrize("order", [("database", "instance"), ("instance", "database")])
+def test_two_phases_end_as_whalefall_leaves_the_item_whatever_order_they_arrive(three_items, order):
     center = three_items
-    center.record_outcomes(RUN_ID, [_completed(1)])
-    completed_at = _items_by_instance(center)[1]["completed_at"]
+    both = ("database", "instance")
+    results = {
+        "database": [
+            _completed(1, {"runner": "database"}, {"message": "db ok"}, "database"),
+            _failed(2, "db failed", {"error": "db"}, "database"),
+            _completed(3, {"runner": "database"}, {"message": "db ok"}, "database"),
+        ],
+        "instance": [
+            _failed(1, "instance failed", {"error": "inst"}),
+            _completed(2, {"runner": "instance"}, {"message": "inst ok"}),
+            _completed(3, {"runner": "instance"}, {"message": "inst ok"}),
+        ],
+    }
+    for phase in order:
+        _record(center, results[phase], both)
+
+    items = _items_by_instance(center)
+    # database completed, instance failed: fail_item keeps the earlier metrics, takes its own error
+    assert (items[1]["status"], items[1]["error_message"]) == ("failed", "instance failed")
+    assert items[1]["metrics_json"] == {"runner": "database"}
+    assert items[1]["details_json"]["error"] == "inst"
+    # database failed: the instance phase's complete_item is ignored (spec 6.1)
+    assert (items[2]["status"], items[2]["error_message"], items[2]["metrics_json"]) == ("failed", "db failed", None)
+    assert items[2]["details_json"]["error"] == "db"
+    assert (items[3]["status"], items[3]["metrics_json"]) == ("completed", {"runner": "instance"})
+    assert _progress(center.get_run(RUN_ID)) == (3, 1, 2)
+
+
+def test_a_final_item_is_not_rewritten_by_a_later_result(three_items):
+    center = three_items
+    _record(center, [_completed(1), _failed(2)])
+    before = center.get_items(RUN_ID)
     _tick()
 
-    progress = center.record_outcomes(RUN_ID, [_failed(1, "late failure", {"error": "late"})])
+    _record(center, [_failed(1, "late"), _completed(2)])
 
-    assert progress == Progress(total=3, completed=0, failed=1)
-    item = _items_by_instance(center)[1]
-    assert item["status"] == "failed"
-    assert item["error_message"] == "late failure"
-    assert item["details_json"] == {"error": "late"}
-    assert item["metrics_json"] == METRICS
-    assert _utc(engine, item["completed_at"]) > _utc(engine, completed_at)
-    assert _progress(center.get_run(RUN_ID)) == (3, 0, 1)
+    assert center.get_items(RUN_ID) == before
 
 
-def test_record_outcomes_complete_overwrites_an_earlier_complete(three_items):
+def test_results_for_cancelled_items_and_runs_are_ignored(three_items):
     center = three_items
-    center.record_outcomes(RUN_ID, [_completed(1)])
-
-    center.record_outcomes(RUN_ID, [_completed(1, {"records": 9}, {"message": "again"})])
-
-    item = _items_by_instance(center)[1]
-    assert item["status"] == "completed"
-    assert item["metrics_json"] == {"records": 9}
-    assert item["details_json"] == {"message": "again"}
-    assert _progress(center.get_run(RUN_ID)) == (3, 1, 0)
-
-
-def test_record_outcomes_complete_is_ignored_for_a_failed_item(three_items):
-    center = three_items
-    center.record_outcomes(RUN_ID, [_failed(1, "boom", {"error": "boom"})])
-    before = _items_by_instance(center)[1]
-    _tick()
-
-    progress = center.record_outcomes(RUN_ID, [_completed(1)])
-
-    assert progress == Progress(total=3, completed=0, failed=1)
-    assert _items_by_instance(center)[1] == before
-    assert _progress(center.get_run(RUN_ID)) == (3, 0, 1)
-
-
-def test_record_outcomes_are_ignored_for_cancelled_items(three_items):
-    center = three_items
-    center.record_outcomes(RUN_ID, [_completed(1)])
+    _record(center, [_completed(1)])
     center.cancel_run(RUN_ID)
-    items = center.get_items(RUN_ID)
-    run = center.get_run(RUN_ID)
+    items, run = center.get_items(RUN_ID), center.get_run(RUN_ID)
     _tick()
 
-    progress = center.record_outcomes(RUN_ID, [_completed(2), _failed(3, "too late", {"error": "late"})])
+    assert _record(center, [_completed(2), _failed(3, "too late")]) is None  # the run is no longer open
 
-    assert progress == Progress(total=3, completed=1, failed=2)  # failed counts failed + cancelled
     assert center.get_items(RUN_ID) == items
     assert [i["status"] for i in items] == ["completed", "cancelled", "cancelled"]
     assert center.get_run(RUN_ID) == run  # a cancelled run's counters are finalize's business
 
 
-def test_record_outcomes_none_keeps_the_stored_json(engine, three_items):
+def test_one_batch_is_recorded_into_every_run_that_shares_the_work(center, whalefall):
+    for instance_id in (1, 2):
+        whalefall.instance(instance_id)
+    for run_id in (RUN_ID, OTHER_RUN_ID):
+        center.create_run(run_id, _spec())
+        center.snapshot_items(run_id)
+    center.cancel_run(OTHER_RUN_ID)
+
+    progress = center.record_phases([RUN_ID, OTHER_RUN_ID], [_completed(1), _completed(2)], ("instance",))
+
+    assert progress == {RUN_ID: Progress(total=2, completed=2, failed=0)}  # the cancelled one is left alone
+    assert [i["status"] for i in center.get_items(RUN_ID)] == ["completed", "completed"]
+    assert [i["status"] for i in center.get_items(OTHER_RUN_ID)] == ["cancelled", "cancelled"]
+
+
+def test_no_metrics_store_sql_null_not_json_null(engine, three_items):
     center = three_items
-    center.record_outcomes(RUN_ID, [_completed(1), _completed(2)])
-
-    center.record_outcomes(RUN_ID, [_completed(1, None, None), _failed(2, "boom", None)])
-
-    items = _items_by_instance(center)
-    assert items[1]["status"] == "completed"
-    assert items[1]["metrics_json"] == METRICS
-    assert items[1]["details_json"] == DETAILS
-    assert items[2]["status"] == "failed"
-    assert items[2]["metrics_json"] == METRICS
-    assert items[2]["details_json"] == DETAILS
-
-
-def test_record_outcomes_none_on_a_fresh_item_stores_sql_null_not_json_null(engine, three_items):
-    center = three_items
-    center.record_outcomes(RUN_ID, [_completed(1, None, None), _failed(2, "boom", None)])
+    _record(center, [_completed(1, None, {"message": "m"}), _failed(2, "boom")])
 
     with engine.connect() as connection:
         rows = connection.execute(
             text(
-                "SELECT item_key, metrics_json IS NULL, details_json IS NULL FROM task_run_items "
-                "WHERE item_key IN ('1', '2') ORDER BY item_key"
+                "SELECT item_key, metrics_json IS NULL FROM task_run_items WHERE item_key IN ('1', '2') ORDER BY item_key"
             )
         ).all()
-    assert [tuple(row) for row in rows] == [("1", True, True), ("2", True, True)]
-    assert [i["status"] for i in center.get_items(RUN_ID)] == ["completed", "failed", "pending"]
+    assert [tuple(row) for row in rows] == [("1", True), ("2", True)]
 
 
 # -- finalize_run -------------------------------------------------------------------------------
@@ -453,10 +473,10 @@ def test_record_outcomes_none_on_a_fresh_item_stores_sql_null_not_json_null(engi
 
 def test_finalize_run_all_completed_makes_the_run_completed(engine, three_items):
     center = three_items
-    center.record_outcomes(RUN_ID, [_completed(1), _completed(2), _completed(3)])
+    _record(center, [_completed(1), _completed(2), _completed(3)])
     before = datetime.now(UTC)
 
-    assert center.finalize_run(RUN_ID) == c.COMPLETED
+    assert center.finalize_run(RUN_ID) == TaskStatus.COMPLETED
 
     run = center.get_run(RUN_ID)
     assert run["status"] == "completed"
@@ -468,10 +488,10 @@ def test_finalize_run_all_completed_makes_the_run_completed(engine, three_items)
 
 def test_finalize_run_with_a_failed_item_makes_the_run_failed_and_writes_the_summary(engine, three_items):
     center = three_items
-    center.record_outcomes(RUN_ID, [_completed(1), _failed(2), _completed(3)])
+    _record(center, [_completed(1), _failed(2), _completed(3)])
     before = datetime.now(UTC)
 
-    assert center.finalize_run(RUN_ID, FINAL_SUMMARY) == c.FAILED
+    assert center.finalize_run(RUN_ID, FINAL_SUMMARY) == TaskStatus.FAILED
 
     run = center.get_run(RUN_ID)
     assert run["status"] == "failed"
@@ -483,16 +503,16 @@ def test_finalize_run_with_a_failed_item_makes_the_run_failed_and_writes_the_sum
 def test_finalize_run_with_open_items_and_no_failure_is_completed(three_items):
     """Spec 6.1: failed when failed > 0, otherwise completed; counters count what is settled."""
     center = three_items
-    center.record_outcomes(RUN_ID, [_completed(1)])
+    _record(center, [_completed(1)])
 
-    assert center.finalize_run(RUN_ID) == c.COMPLETED
+    assert center.finalize_run(RUN_ID) == TaskStatus.COMPLETED
 
     assert _progress(center.get_run(RUN_ID)) == (3, 1, 0)
 
 
 def test_finalize_run_of_a_pending_run_without_items(center):
-    center.create_run(RUN_ID, _spec(), status=c.PENDING)
-    assert center.finalize_run(RUN_ID) == c.COMPLETED
+    center.create_run(RUN_ID, _spec(), status=TaskStatus.PENDING)
+    assert center.finalize_run(RUN_ID) == TaskStatus.COMPLETED
     run = center.get_run(RUN_ID)
     assert run["status"] == "completed"
     assert _progress(run) == (0, 0, 0)
@@ -505,13 +525,13 @@ def test_finalize_run_of_an_unknown_run_returns_none(center):
 
 def test_finalize_run_of_a_cancelled_run_keeps_it_cancelled_with_consistent_counters(engine, three_items):
     center = three_items
-    center.record_outcomes(RUN_ID, [_completed(1)])
+    _record(center, [_completed(1)])
     center.cancel_run(RUN_ID)
     cancelled = center.get_run(RUN_ID)
     assert _progress(cancelled) == (3, 1, 0)  # cancel does not recompute the counters
     _tick()
 
-    assert center.finalize_run(RUN_ID, FINAL_SUMMARY) == c.CANCELLED
+    assert center.finalize_run(RUN_ID, FINAL_SUMMARY) == TaskStatus.CANCELLED
 
     run = center.get_run(RUN_ID)
     assert run["status"] == "cancelled"
@@ -521,7 +541,7 @@ def test_finalize_run_of_a_cancelled_run_keeps_it_cancelled_with_consistent_coun
     assert _utc(engine, run["updated_at"]) > _utc(engine, cancelled["updated_at"])
 
 
-@pytest.mark.parametrize("finished", [c.COMPLETED, c.FAILED])
+@pytest.mark.parametrize("finished", [TaskStatus.COMPLETED, TaskStatus.FAILED])
 def test_finalize_run_of_a_finished_run_changes_nothing(three_items, finished):
     center = three_items
     _settle(center, status=finished)
@@ -540,8 +560,8 @@ def test_finalize_run_of_a_finished_run_changes_nothing(three_items, finished):
 
 def test_cancel_run_cancels_the_run_and_its_open_items(engine, three_items):
     center = three_items
-    center.record_outcomes(RUN_ID, [_completed(1)])
-    center.start_items(RUN_ID, [2])
+    _record(center, [_completed(1)])
+    center.start_items([RUN_ID], [2])
     completed_item = _items_by_instance(center)[1]
     running_started_at = _items_by_instance(center)[2]["started_at"]
     before = datetime.now(UTC)
@@ -553,7 +573,6 @@ def test_cancel_run_cancels_the_run_and_its_open_items(engine, three_items):
     assert _between(engine, run["completed_at"], before, datetime.now(UTC))
     assert run["error_message"] is None
     assert _progress(run) == (3, 1, 0)  # not recomputed (spec 6.1)
-    assert center.is_cancelled(RUN_ID) is True
     items = _items_by_instance(center)
     assert items[1] == completed_item
     for instance_id in (2, 3):
@@ -565,7 +584,7 @@ def test_cancel_run_cancels_the_run_and_its_open_items(engine, three_items):
 
 
 def test_cancel_run_of_a_pending_run(engine, center):
-    center.create_run(RUN_ID, _spec(), status=c.PENDING)
+    center.create_run(RUN_ID, _spec(), status=TaskStatus.PENDING)
     before = datetime.now(UTC)
 
     assert center.cancel_run(RUN_ID) is True
@@ -575,7 +594,7 @@ def test_cancel_run_of_a_pending_run(engine, center):
     assert _between(engine, run["completed_at"], before, datetime.now(UTC))
 
 
-@pytest.mark.parametrize("finished", [c.COMPLETED, c.FAILED, c.CANCELLED])
+@pytest.mark.parametrize("finished", [TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED])
 def test_cancel_run_of_a_finished_or_cancelled_run_changes_nothing(three_items, finished):
     center = three_items
     _settle(center, status=finished)
@@ -598,8 +617,8 @@ def test_cancel_run_of_an_unknown_run_returns_false(center):
 
 def test_mark_run_failed_fails_the_run_and_its_open_items(engine, three_items):
     center = three_items
-    center.record_outcomes(RUN_ID, [_completed(1)])
-    center.start_items(RUN_ID, [2])
+    _record(center, [_completed(1)])
+    center.start_items([RUN_ID], [2])
     completed_item = _items_by_instance(center)[1]
     before = datetime.now(UTC)
 
@@ -619,13 +638,13 @@ def test_mark_run_failed_fails_the_run_and_its_open_items(engine, three_items):
 
 
 def test_mark_run_failed_of_a_pending_run_without_items(center):
-    center.create_run(RUN_ID, _spec(), status=c.PENDING)
+    center.create_run(RUN_ID, _spec(), status=TaskStatus.PENDING)
     assert center.mark_run_failed(RUN_ID, "never started") is True
     run = center.get_run(RUN_ID)
     assert (run["status"], run["error_message"], _progress(run)) == ("failed", "never started", (0, 0, 0))
 
 
-@pytest.mark.parametrize("finished", [c.CANCELLED, c.COMPLETED, c.FAILED])
+@pytest.mark.parametrize("finished", [TaskStatus.CANCELLED, TaskStatus.COMPLETED, TaskStatus.FAILED])
 def test_mark_run_failed_is_a_no_op_on_a_cancelled_or_finished_run(three_items, finished):
     center = three_items
     _settle(center, status=finished)
@@ -642,7 +661,7 @@ def test_mark_run_failed_is_a_no_op_on_a_cancelled_or_finished_run(three_items, 
 # -- write_summary ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("status", [c.RUNNING, c.PENDING])
+@pytest.mark.parametrize("status", [TaskStatus.RUNNING, TaskStatus.PENDING])
 def test_write_summary_replaces_the_summary_of_an_open_run(engine, center, status):
     center.create_run(RUN_ID, _spec(), status=status)
     before = center.get_run(RUN_ID)
@@ -656,7 +675,7 @@ def test_write_summary_replaces_the_summary_of_an_open_run(engine, center, statu
     assert _utc(engine, run["updated_at"]) > _utc(engine, before["updated_at"])
 
 
-@pytest.mark.parametrize("finished", [c.CANCELLED, c.COMPLETED, c.FAILED])
+@pytest.mark.parametrize("finished", [TaskStatus.CANCELLED, TaskStatus.COMPLETED, TaskStatus.FAILED])
 def test_write_summary_is_ignored_once_cancelled_or_finished(three_items, finished):
     center = three_items
     _settle(center, status=finished)
@@ -668,73 +687,23 @@ def test_write_summary_is_ignored_once_cancelled_or_finished(three_items, finish
     assert center.get_run(RUN_ID) == run
 
 
-# -- start_run ----------------------------------------------------------------------------------
-
-
-def test_start_run_moves_a_pending_run_to_running(engine, center):
-    center.create_run(RUN_ID, _spec(), status=c.PENDING)
-    created = center.get_run(RUN_ID)
-    _tick()
-    before = datetime.now(UTC)
-
-    assert center.start_run(RUN_ID) is True
-
-    run = center.get_run(RUN_ID)
-    assert run["status"] == "running"
-    assert _between(engine, run["started_at"], before, datetime.now(UTC))
-    assert _utc(engine, run["updated_at"]) > _utc(engine, created["updated_at"])
-    assert run["completed_at"] is None
-
-
-def test_start_run_of_a_running_run_changes_nothing(center):
-    center.create_run(RUN_ID, _spec())
-    run = center.get_run(RUN_ID)
-    _tick()
-
-    assert center.start_run(RUN_ID) is True
-
-    assert center.get_run(RUN_ID) == run
-
-
-@pytest.mark.parametrize("finished", [c.CANCELLED, c.COMPLETED, c.FAILED])
-def test_start_run_never_reopens_a_cancelled_or_finished_run(three_items, finished):
-    center = three_items
-    _settle(center, status=finished)
-    run = center.get_run(RUN_ID)
-    _tick()
-
-    assert center.start_run(RUN_ID) is False
-
-    assert center.get_run(RUN_ID) == run
-
-
-def test_start_run_of_a_cancelled_pending_run_returns_false(center):
-    center.create_run(RUN_ID, _spec(), status=c.PENDING)
-    center.cancel_run(RUN_ID)
-
-    assert center.start_run(RUN_ID) is False
-
-    assert center.status(RUN_ID) == c.CANCELLED
-
-
 # -- forward-only under out-of-order calls ------------------------------------------------------
 
 
 def test_late_calls_after_a_cancel_leave_the_run_cancelled(three_items):
     center = three_items
-    center.record_outcomes(RUN_ID, [_completed(1)])
+    _record(center, [_completed(1)])
     center.cancel_run(RUN_ID)
     completed_at = center.get_run(RUN_ID)["completed_at"]
 
-    assert center.finalize_run(RUN_ID, FINAL_SUMMARY) == c.CANCELLED
+    assert center.finalize_run(RUN_ID, FINAL_SUMMARY) == TaskStatus.CANCELLED
     settled = center.get_run(RUN_ID)
     items = center.get_items(RUN_ID)
     _tick()
     assert center.mark_run_failed(RUN_ID, "late failure") is False
-    assert center.start_run(RUN_ID) is False
     center.write_summary(RUN_ID, FINAL_SUMMARY)
-    center.start_items(RUN_ID, [1, 2, 3])
-    center.record_outcomes(RUN_ID, [_completed(2), _failed(3)])
+    center.start_items([RUN_ID], [1, 2, 3])
+    _record(center, [_completed(2), _failed(3)])
     assert center.cancel_run(RUN_ID) is False
 
     run = center.get_run(RUN_ID)
@@ -750,17 +719,16 @@ def test_late_calls_after_a_cancel_leave_the_run_cancelled(three_items):
 
 def test_late_calls_after_finalize_change_nothing(three_items):
     center = three_items
-    center.record_outcomes(RUN_ID, [_completed(1), _completed(2), _completed(3)])
-    assert center.finalize_run(RUN_ID, FINAL_SUMMARY) == c.COMPLETED
+    _record(center, [_completed(1), _completed(2), _completed(3)])
+    assert center.finalize_run(RUN_ID, FINAL_SUMMARY) == TaskStatus.COMPLETED
     run = center.get_run(RUN_ID)
     items = center.get_items(RUN_ID)
     _tick()
 
     assert center.cancel_run(RUN_ID) is False
     assert center.mark_run_failed(RUN_ID, "late failure") is False
-    assert center.start_run(RUN_ID) is False
     center.write_summary(RUN_ID, SUMMARY)
-    assert center.finalize_run(RUN_ID) == c.COMPLETED
+    assert center.finalize_run(RUN_ID) == TaskStatus.COMPLETED
 
     assert center.get_run(RUN_ID) == run
     assert center.get_items(RUN_ID) == items
@@ -769,12 +737,12 @@ def test_late_calls_after_finalize_change_nothing(three_items):
 
 def test_finalize_after_mark_run_failed_keeps_failed(three_items):
     center = three_items
-    center.record_outcomes(RUN_ID, [_completed(1), _completed(2), _completed(3)])
+    _record(center, [_completed(1), _completed(2), _completed(3)])
     center.mark_run_failed(RUN_ID, "worker died")
     run = center.get_run(RUN_ID)
     _tick()
 
-    assert center.finalize_run(RUN_ID, FINAL_SUMMARY) == c.FAILED
+    assert center.finalize_run(RUN_ID, FINAL_SUMMARY) == TaskStatus.FAILED
     assert center.cancel_run(RUN_ID) is False
 
     assert center.get_run(RUN_ID) == run
@@ -786,11 +754,11 @@ def test_finalize_after_mark_run_failed_keeps_failed(three_items):
 
 def test_runs_in_states_filters_by_task_key_and_status(center):
     runs = {
-        "a-current-running": (c.CURRENT_TASK_KEY, c.RUNNING),
-        "b-nightly-pending": (c.NIGHTLY_TASK_KEY, c.PENDING),
-        "c-current-cancelled": (c.CURRENT_TASK_KEY, c.RUNNING),
-        "d-other-running": ("some_other_task", c.RUNNING),
-        "e-current-completed": (c.CURRENT_TASK_KEY, c.RUNNING),
+        "a-current-running": (c.CURRENT_TASK_KEY, TaskStatus.RUNNING),
+        "b-nightly-pending": (c.NIGHTLY_TASK_KEY, TaskStatus.PENDING),
+        "c-current-cancelled": (c.CURRENT_TASK_KEY, TaskStatus.RUNNING),
+        "d-other-running": ("some_other_task", TaskStatus.RUNNING),
+        "e-current-completed": (c.CURRENT_TASK_KEY, TaskStatus.RUNNING),
     }
     for run_id, (task_key, status) in runs.items():
         center.create_run(run_id, _spec(task_key=task_key), status=status)
@@ -801,13 +769,13 @@ def test_runs_in_states_filters_by_task_key_and_status(center):
         return [run["run_id"] for run in center.runs_in_states(task_keys, statuses, **kwargs)]
 
     keys = (c.CURRENT_TASK_KEY, c.NIGHTLY_TASK_KEY)
-    assert found(keys, c.IN_PROGRESS) == ["a-current-running", "b-nightly-pending"]
-    assert found((c.CURRENT_TASK_KEY,), c.IN_PROGRESS) == ["a-current-running"]
-    assert found(keys, (c.CANCELLED,)) == ["c-current-cancelled"]
-    assert found(keys, c.TERMINAL) == ["c-current-cancelled", "e-current-completed"]
-    assert found(("some_other_task",), (c.RUNNING,)) == ["d-other-running"]
-    assert found(("unknown",), c.IN_PROGRESS) == []
-    assert center.runs_in_states(keys, (c.CANCELLED,)) == [center.get_run("c-current-cancelled")]
+    assert found(keys, IN_PROGRESS) == ["a-current-running", "b-nightly-pending"]
+    assert found((c.CURRENT_TASK_KEY,), IN_PROGRESS) == ["a-current-running"]
+    assert found(keys, (TaskStatus.CANCELLED,)) == ["c-current-cancelled"]
+    assert found(keys, TERMINAL) == ["c-current-cancelled", "e-current-completed"]
+    assert found(("some_other_task",), (TaskStatus.RUNNING,)) == ["d-other-running"]
+    assert found(("unknown",), IN_PROGRESS) == []
+    assert center.runs_in_states(keys, (TaskStatus.CANCELLED,)) == [center.get_run("c-current-cancelled")]
 
 
 def test_runs_in_states_updated_since(center):
@@ -821,15 +789,18 @@ def test_runs_in_states_updated_since(center):
     center.cancel_run("new-cancelled")
     center.write_summary("old-running", FINAL_SUMMARY)  # a write brings it past `since`
 
-    assert [r["run_id"] for r in center.runs_in_states((c.CURRENT_TASK_KEY,), (c.CANCELLED,))] == [
+    assert [r["run_id"] for r in center.runs_in_states((c.CURRENT_TASK_KEY,), (TaskStatus.CANCELLED,))] == [
         "old-cancelled",
         "new-cancelled",
     ]
-    assert [r["run_id"] for r in center.runs_in_states((c.CURRENT_TASK_KEY,), (c.CANCELLED,), updated_since=since)] == [
-        "new-cancelled"
-    ]
     assert [
-        r["run_id"] for r in center.runs_in_states((c.CURRENT_TASK_KEY,), (c.CANCELLED, c.RUNNING), updated_since=since)
+        r["run_id"] for r in center.runs_in_states((c.CURRENT_TASK_KEY,), (TaskStatus.CANCELLED,), updated_since=since)
+    ] == ["new-cancelled"]
+    assert [
+        r["run_id"]
+        for r in center.runs_in_states(
+            (c.CURRENT_TASK_KEY,), (TaskStatus.CANCELLED, TaskStatus.RUNNING), updated_since=since
+        )
     ] == ["old-running", "new-cancelled"]
 
 
@@ -846,14 +817,13 @@ def _assert_bumps_updated_at(engine: Engine, center: RunCenter, run_id: str, wri
 def test_every_write_that_changes_a_run_refreshes_updated_at(engine, center, whalefall):
     for instance_id in (1, 2, 3):
         whalefall.instance(instance_id)
-    center.create_run(RUN_ID, _spec(), status=c.PENDING)
+    center.create_run(RUN_ID, _spec(), status=TaskStatus.PENDING)
     bump = lambda write: _assert_bumps_updated_at(engine, center, RUN_ID, write)  # noqa: E731
 
-    bump(lambda: center.start_run(RUN_ID))
     bump(lambda: center.snapshot_items(RUN_ID))
-    bump(lambda: center.record_outcomes(RUN_ID, [_completed(1)]))
+    bump(lambda: _record(center, [_completed(1)]))
     bump(lambda: center.write_summary(RUN_ID, FINAL_SUMMARY))
-    bump(lambda: center.record_outcomes(RUN_ID, [_failed(2)]))
+    bump(lambda: _record(center, [_failed(2)]))
     bump(lambda: center.finalize_run(RUN_ID))
 
     center.create_run(OTHER_RUN_ID, _spec())
@@ -873,10 +843,11 @@ def test_item_writes_refresh_the_items_updated_at(engine, three_items):
     def item_updated_at(instance_id: int) -> datetime:
         return _utc(engine, _items_by_instance(center)[instance_id]["updated_at"])
 
+    both = ("database", "instance")
     for write in (
-        lambda: center.start_items(RUN_ID, [1]),
-        lambda: center.record_outcomes(RUN_ID, [_completed(1)]),
-        lambda: center.record_outcomes(RUN_ID, [_failed(1)]),
+        lambda: center.start_items([RUN_ID], [1]),
+        lambda: _record(center, [_completed(1, phase="database")], both),  # still open after it
+        lambda: _record(center, [_failed(1)], both),  # final
     ):
         before = item_updated_at(1)
         _tick()

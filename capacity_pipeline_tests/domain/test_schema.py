@@ -8,9 +8,11 @@ from datetime import date
 import pytest
 from sqlalchemy import Engine, inspect, text
 
-from capacity_pipeline.domain.aggregation import Status, aggregate_period
+from capacity_pipeline.domain.engine import aggregate_period
+from capacity_pipeline.domain.model import Outcome
 from capacity_pipeline.domain.database import make_engine
-from capacity_pipeline.domain.partitions import ensure_month_partitions, months_between, partition_name
+from capacity_pipeline.domain.month_partitions import ensure_month_partitions, partition_name
+from capacity_pipeline.domain.periods import months_between
 from capacity_pipeline.domain.periods import PeriodType, Window
 from capacity_pipeline.domain.tables import create_schema
 
@@ -152,7 +154,7 @@ def test_aggregating_a_month_without_partition_creates_it(pg_engine, pg_whalefal
 
     report = aggregate_period(pg_engine, PeriodType.DAILY, Window(day, day))
 
-    assert report.count(Status.FAILED) == 0 and report.count(Status.COMPLETED) == 1
+    assert report.count(Outcome.FAILED) == 0 and report.count(Outcome.COMPLETED) == 1
     assert len(pg_whalefall.rows("instance_size_aggregations")) == 1
     assert _scalar(pg_engine, "SELECT to_regclass('database_size_aggregations_2033_05')::text") == (
         "database_size_aggregations_2033_05"

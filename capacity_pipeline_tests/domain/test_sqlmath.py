@@ -9,7 +9,8 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import text
 
-from capacity_pipeline.domain.sqlmath import SqlMath, postgres_numeric_avg_float
+from capacity_pipeline.domain.dialects import dialect_of
+from capacity_pipeline.domain.sqlmath import postgres_numeric_avg_float
 
 
 def _ties_and_neighbours() -> list[float]:
@@ -39,7 +40,7 @@ def _fresh_sample(connection, columns: str) -> None:
 
 
 def _round_in_sql(engine, values: list[float]) -> list[Decimal]:
-    sql = SqlMath(engine.dialect.name)
+    sql = dialect_of(engine)
     with engine.begin() as connection:
         _fresh_sample(connection, "n INTEGER, x DOUBLE PRECISION")
         connection.execute(
@@ -57,7 +58,7 @@ def test_py_round2_matches_python_round(engine, values):
 
 
 def test_pg_numeric2_rounds_half_away_from_zero_like_a_numeric_column(engine):
-    sql = SqlMath(engine.dialect.name)
+    sql = dialect_of(engine)
     values = [10.125, 10.135, 81 / 8, 413 / 40, 31 / 3, -10.125, 2.675, 0.005]
     with engine.begin() as connection:
         _fresh_sample(connection, "n INTEGER, x DOUBLE PRECISION")

@@ -1,0 +1,357 @@
+"""The test toolkit: real databases, real Dagster, real processes, and the helpers every test shares.
+
+Fixtures live in the conftest files and are built from these pieces; tests import helpers from
+here, never from a conftest or from another test module.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import dagster as dg
+from sqlalchemy import Engine, create_engine, insert, make_url, select, text
+
+from capacity_pipeline.defs.resources import WhaleFallDatabase
+from capacity_pipeline.domain.month_partitions import ensure_month_partitions
+from capacity_pipeline.domain.periods import months_between
+from capacity_pipeline.domain.tables import tables_for
+
+REPO = Path(__file__).resolve().parents[1]
+ADMIN_URL = os.environ.get("CAPACITY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+T = TypeVar("T")
+_TABLES = (
+    "capacity_task_run_links",
+    "task_run_items",
+    "task_runs",
+    "database_size_aggregations",
+    "instance_size_aggregations",
+    "database_size_stats",
+    "instance_size_stats",
+    "instances",
+)
+
+
+# -- databases --------------------------------------------------------------------------------------
+
+
+def admin_engine() -> Engine:
+    """The PostgreSQL server's maintenance database, for creating and dropping test databases."""
+    url = make_url(ADMIN_URL).set(drivername="postgresql+psycopg")
+    return create_engine(url, isolation_level="AUTOCOMMIT")
+
+
+@contextmanager
+def scratch_database(prefix: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database for the block; its name is yielded, and it is dropped after."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = admin_engine()
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield name
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def database_url(name: str, driver: str = "postgresql+psycopg") -> str:
+    return make_url(ADMIN_URL).set(drivername=driver, database=name).render_as_string(hide_password=False)
+
+
+def empty_tables(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {', '.join(_TABLES)} RESTART IDENTITY CASCADE"))
+
+
+class WhaleFallData:
+    """Writes WhaleFall rows the way its collector would, and reads tables back typed."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.tables = tables_for(engine).tables
+
+    def instance(self, instance_id: int, name: str | None = None, *, active: bool = True, deleted: bool = False) -> int:
+        with self.engine.begin() as connection:
+            connection.execute(
+                insert(self.tables["instances"]),
+                {
+                    "id": instance_id,
+                    "name": name or f"instance-{instance_id}",
+                    "db_type": "mysql",
+                    "is_active": active,
+                    "deleted_at": datetime(2026, 1, 1, tzinfo=UTC) if deleted else None,
+                },
+            )
+        return instance_id
+
+    def database_stats(
+        self,
+        instance_id: int,
+        database_name: str,
+        samples: list[tuple[date, int, int | None]],
+        log_size_mb: int | None = None,
+    ) -> None:
+        """samples: (collected_date, size_mb, data_size_mb)."""
+        self._partitions("database_size_stats", [day for day, *_ in samples])
+        rows = [
+            {
+                "instance_id": instance_id,
+                "database_name": database_name,
+                "size_mb": size,
+                "data_size_mb": data,
+                "log_size_mb": log_size_mb,
+                "collected_date": day,
+            }
+            for day, size, data in samples
+        ]
+        with self.engine.begin() as connection:
+            connection.execute(insert(self.tables["database_size_stats"]), rows)
+
+    def instance_stats(
+        self, instance_id: int, samples: list[tuple[date, int, int]], *, is_deleted: bool = False
+    ) -> None:
+        """samples: (collected_date, total_size_mb, database_count)."""
+        self._partitions("instance_size_stats", [day for day, *_ in samples])
+        rows = [
+            {
+                "instance_id": instance_id,
+                "total_size_mb": total,
+                "database_count": count,
+                "collected_date": day,
+                "is_deleted": is_deleted,
+            }
+            for day, total, count in samples
+        ]
+        with self.engine.begin() as connection:
+            connection.execute(insert(self.tables["instance_size_stats"]), rows)
+
+    def _partitions(self, table: str, days: list[date]) -> None:
+        if days:
+            ensure_month_partitions(self.engine, [table], months_between(min(days), max(days)))
+
+    def rows(self, table: str, order_by: str = "instance_id") -> list[dict]:
+        """The table's rows with typed values (dates, Decimals) on both dialects."""
+        query = select(self.tables[table]).order_by(text(order_by))
+        with self.engine.connect() as connection:
+            return [dict(row._mapping) for row in connection.execute(query)]
+
+
+@contextmanager
+def row_trigger(engine: Engine, table: str, condition: str, *, event: str = "INSERT", error: str | None = None):
+    """A real trigger for the length of the block, on rows of `table` where `condition` (SQL over
+    NEW, valid on both dialects) holds: it raises `error`, or without one silently skips the row."""
+    name = f"test_trigger_{uuid.uuid4().hex[:8]}"
+    with engine.begin() as connection:
+        if engine.dialect.name == "sqlite":
+            effect = f"RAISE(ABORT, '{error}')" if error else "RAISE(IGNORE)"
+            connection.exec_driver_sql(
+                f"CREATE TRIGGER {name} BEFORE {event} ON {table} WHEN {condition} BEGIN SELECT {effect}; END"
+            )
+        else:
+            effect = f"RAISE EXCEPTION '{error}'" if error else "RETURN NULL"
+            connection.exec_driver_sql(
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                f"IF {condition} THEN {effect}; END IF; RETURN NEW; END $$"
+            )
+            connection.exec_driver_sql(
+                f"CREATE TRIGGER {name} BEFORE {event} ON {table} FOR EACH ROW EXECUTE FUNCTION {name}()"
+            )
+    try:
+        yield
+    finally:
+        with engine.begin() as connection:
+            if engine.dialect.name == "sqlite":
+                connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name}")
+            else:
+                connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+                connection.exec_driver_sql(f"DROP FUNCTION IF EXISTS {name}()")
+
+
+# -- Dagster --------------------------------------------------------------------------------------
+
+
+def url_of(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=False)
+
+
+def dagster_resources(engine: Engine, **settings: Any) -> dict:
+    """The code location's resources, pointed at a test database, with test-sized settings."""
+    return {"whalefall": WhaleFallDatabase(url=url_of(engine), **settings)}
+
+
+def resolve_job(engine: Engine, name: str, **settings: Any) -> dg.JobDefinition:
+    """One of the code location's jobs (or the implicit asset job), with test resources."""
+    from capacity_pipeline.defs import defs as code_location
+
+    definitions = dg.Definitions(
+        assets=list(code_location.assets or []),
+        asset_checks=list(code_location.asset_checks or []),
+        jobs=[job for job in code_location.jobs or [] if getattr(job, "name", None) == name],
+        resources=dagster_resources(engine, **settings),
+        executor=dg.in_process_executor,
+    )
+    if name == "__ASSET_JOB":
+        return definitions.resolve_implicit_global_asset_job_def()
+    return definitions.resolve_job_def(name)
+
+
+# -- processes --------------------------------------------------------------------------------------
+
+
+def wait_until(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll `probe` until it returns something truthy; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not happen within {timeout} s")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop_group(process: subprocess.Popen, *, sig: int = signal.SIGINT, grace: float = 30) -> None:
+    """Stop a process started in its own session: `sig` to its whole group, SIGKILL if it lingers."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, sig)
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+def kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL the whole process group at once: every process dies without cleaning up."""
+    with_group = process.pid
+    os.killpg(with_group, signal.SIGKILL)
+    process.wait(timeout=10)
+    # Children re-parented to init die with the group; give the kernel a moment to reap sockets.
+    time.sleep(0.5)
+
+
+@dataclass
+class DagsterDev:
+    """A real `dagster dev` (webserver and daemon) with the production dagster.yaml and PostgreSQL
+    storage, in its own process group; it can be killed and started again on the same storage."""
+
+    home: Path
+    log: Path
+    env: dict[str, str]
+    port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+    startup_seconds: float = 120
+
+    @classmethod
+    def prepared(cls, folder: Path, storage_url: str, whalefall_url: str, **extra_env: str) -> DagsterDev:
+        home = folder / "dagster_home"
+        home.mkdir(parents=True)
+        shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+        env = {
+            **os.environ,
+            "DAGSTER_HOME": str(home),
+            "DAGSTER_POSTGRES_URL": storage_url,
+            "WHALEFALL_DATABASE_URL": whalefall_url,
+            **extra_env,
+        }
+        return cls(home=home, log=folder / "dagster-dev.log", env=env)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> DagsterDev:
+        dagster = Path(sys.executable).parent / "dagster"
+        with self.log.open("a") as output:
+            self.process = subprocess.Popen(
+                [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(self.port)],
+                cwd=REPO,
+                env=self.env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._wait_until_serving()
+        return self
+
+    def _wait_until_serving(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + self.startup_seconds
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"dagster dev exited with {self.process.returncode}:\n{self.tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/server_info", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"dagster dev did not answer within {self.startup_seconds} s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process)
+
+    def kill(self) -> None:
+        """Kill the whole group (webserver, daemon, code server, run workers) without warning."""
+        assert self.process is not None
+        kill_group(self.process)
+
+    def tail(self, characters: int = 4000) -> str:
+        return self.log.read_text()[-characters:] if self.log.exists() else ""
+
+    def instance(self) -> dg.DagsterInstance:
+        """The same Dagster instance (PostgreSQL storage), opened from the test process; the storage
+        URL must be in this process's environment (the dagster_dev fixture sets it for the test)."""
+        return dg.DagsterInstance.from_config(str(self.home))
+
+
+def submit_job(client: Any, deadline: float, **kwargs: Any) -> str:
+    """Submit over GraphQL once the code location has loaded (the webserver answers before it has)."""
+    from dagster_graphql import DagsterGraphQLClientError
+
+    while True:
+        try:
+            return client.submit_job_execution(**kwargs)
+        except DagsterGraphQLClientError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)
+
+
+FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+
+
+def wait_for_run(client: Any, run_id: str, timeout: float = 120) -> dg.DagsterRunStatus:
+    """The run's final status, polled over GraphQL."""
+
+    def finished() -> dg.DagsterRunStatus | None:
+        status = client.get_run_status(run_id)
+        return status if status in FINISHED else None
+
+    return wait_until(finished, timeout, f"the end of Dagster run {run_id}", interval=0.5)
