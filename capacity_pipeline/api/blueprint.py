@@ -74,12 +74,14 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
         return engine if isinstance(engine, Engine) else engine()
 
     blueprint.before_request(limit_request_body)
+    # Routes use merge_slashes=False: werkzeug would otherwise answer `/task-runs//x` with an HTML
+    # 308 whose Location echoes the query string (a token may travel there).
 
     @blueprint.errorhandler(ApiError)
     def api_error(error: ApiError) -> tuple[Response, int]:
         return error.response()
 
-    @blueprint.get("/api/v1/health")
+    @blueprint.get("/api/v1/health", merge_slashes=False)
     def health() -> tuple[Response, int]:
         """No login: for load balancers and monitors. 503 when `SELECT 1` fails; the answer never
         names the database (URL, host or password), the log says why."""
@@ -93,7 +95,7 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
             raise service_unavailable(DATABASE_UNAVAILABLE_MESSAGE, "DATABASE_UNAVAILABLE") from None
         return success(HEALTHY_MESSAGE, {"database": "ok"})
 
-    @blueprint.post("/api/v1/capacity/aggregations/current")
+    @blueprint.post("/api/v1/capacity/aggregations/current", merge_slashes=False)
     def trigger_current_aggregation() -> tuple[Response, int]:
         caller = require_admin(auth)
         try:
@@ -108,7 +110,7 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
         log.info("task run %s requested by user %s (scope %s)", run_id, caller.user_id, scope)
         return success(STARTED_MESSAGE, {"run_id": run_id})
 
-    @blueprint.get("/api/v1/task-runs/<run_id>")
+    @blueprint.get("/api/v1/task-runs/<run_id>", merge_slashes=False)
     def get_task_run(run_id: str) -> tuple[Response, int]:
         require_login(auth)
         run_id = _known_shape(run_id)
@@ -119,7 +121,7 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
         items = [_row(item) for item in center.get_items(run_id)]
         return success("获取任务运行详情成功", {"run": _row(run), "items": items})
 
-    @blueprint.post("/api/v1/task-runs/<run_id>/actions/cancel")
+    @blueprint.post("/api/v1/task-runs/<run_id>/actions/cancel", merge_slashes=False)
     def cancel_task_run(run_id: str) -> tuple[Response, int]:
         caller = require_admin(auth)
         run_id = _known_shape(run_id)

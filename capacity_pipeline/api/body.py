@@ -5,8 +5,9 @@ clearly instead of reaching the JSON decoder's recursion limit or being silently
 
 * more than MAX_BODY_BYTES -> 413; a body that cannot be read whole -> 400;
 * JSON nested deeper than MAX_JSON_DEPTH, or not JSON at all under a JSON type -> 400;
-* any other non-empty body -> 415, except a form whose only field is `csrf_token` (WhaleFall's
-  host pages may post the token that way): that is an empty request, i.e. scope `all`.
+* any other non-empty body -> 415, except a well-formed form with no field, or whose only field
+  is a token-shaped `csrf_token` (WhaleFall's host pages may post the token that way): that is an
+  empty request, i.e. scope `all`.
 
 Error messages never quote the body or a header.
 """
@@ -73,9 +74,13 @@ def _form_fields(raw: bytes) -> list[tuple[str, str]] | None:
     if request.mimetype == "multipart/form-data":
         boundary = params.get("boundary", "").encode("latin-1", "replace")
         closing = b"--" + boundary + b"--"
-        # werkzeug skips a preamble and an epilogue silently; a real form has neither.
-        framed = raw.startswith(b"--" + boundary + b"\r\n") and raw.removesuffix(b"\r\n").endswith(closing)
-        if not boundary or not framed or raw.count(closing) != 1:
+        # werkzeug skips a preamble and an epilogue silently; a real form has neither (RFC 2046
+        # allows one CRLF before the first delimiter, which some clients send).
+        framed = raw.removeprefix(b"\r\n").removesuffix(b"\r\n")
+        if boundary and framed == closing:
+            return []  # an empty FormData: the closing delimiter alone
+        opened = framed.startswith(b"--" + boundary + b"\r\n") and framed.endswith(closing)
+        if not boundary or not opened or raw.count(closing) != 1:
             return None
     parser = FormDataParser(silent=False, max_form_memory_size=MAX_BODY_BYTES, max_form_parts=16)
     try:
@@ -130,8 +135,10 @@ def scope_from_body() -> Any:
         return None
     if not request.is_json:
         fields = _form_fields(raw)
-        if fields is not None and len(fields) == 1 and fields[0][0] == CSRF_FIELD and _TOKEN.fullmatch(fields[0][1]):
-            return None  # a form carrying only the CSRF token: an empty request
+        if fields == [] or (
+            fields is not None and len(fields) == 1 and fields[0][0] == CSRF_FIELD and _TOKEN.fullmatch(fields[0][1])
+        ):
+            return None  # a form with no field, or carrying only the CSRF token: an empty request
         raise unsupported_media_type()
     try:
         text = raw.decode(json.detect_encoding(raw))

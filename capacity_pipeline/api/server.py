@@ -85,7 +85,7 @@ def configure_logging() -> None:
 
 
 def create_app(engine: Engine, auth: AuthBackend) -> Flask:
-    app = Flask("capacity_pipeline_api")
+    app = Flask("capacity_pipeline_api", static_folder=None)  # no /static route (it would serve ./static)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES  # also bounds bodies without Content-Length
     app.register_blueprint(create_blueprint(engine, auth))
     app.wsgi_app = AccessLog(app.wsgi_app)

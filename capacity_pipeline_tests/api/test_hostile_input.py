@@ -149,9 +149,15 @@ def test_non_json_bodies_are_415_and_never_run_scope_all(bearer_client, engine, 
 
 
 @pytest.mark.parametrize(
-    ("data", "content_type"), [(b"csrf_token=abc", None), (_multipart(_field("csrf_token", "abc")))]
+    ("data", "content_type"),
+    [
+        (b"csrf_token=abc", None),
+        _multipart(_field("csrf_token", "abc")),
+        (b"--b0undary--\r\n", _multipart()[1]),  # an empty FormData
+        (b"&", None),
+    ],
 )
-def test_a_form_with_only_a_csrf_token_is_an_empty_request(bearer_client, engine, data, content_type):
+def test_a_form_with_only_a_csrf_token_or_nothing_is_an_empty_request(bearer_client, engine, data, content_type):
     content_type = content_type or "application/x-www-form-urlencoded"
     response = bearer_client.post(CURRENT, data=data, content_type=content_type, headers=ADMIN)
     assert response.status_code == 200, response.get_json()
@@ -235,3 +241,12 @@ def test_the_error_url_is_percent_encoded_and_bounded(bearer_client):
     response = bearer_client.get("/api/v1/task-runs/%00%0Aa" + "b" * 1000, headers=ADMIN)
     url = response.get_json()["context"]["url"]
     assert url.startswith("/api/v1/task-runs/%00%0Aabbb") and url.endswith("...") and len(url) == 515
+
+
+def test_doubled_slashes_are_not_redirected_with_the_query_string_in_location(bearer_client, host_client):
+    secret = "qs-secret-c41d"
+    for path in ("/api/v1/task-runs//x", "/api/v1//health", "//api/v1/capacity/aggregations/current"):
+        response = bearer_client.get(f"{path}?token={secret}", headers=ADMIN)
+        assert (response.status_code, response.get_json()["message_code"]) == (404, "NOT_FOUND")
+        assert "Location" not in response.headers and secret not in response.get_data(as_text=True)
+        assert host_client.get(f"{path}?token={secret}").status_code == 404  # the host's own 404, no 308
