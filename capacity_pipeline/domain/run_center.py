@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Connection, Engine, bindparam, case, func, insert, select, update
+from sqlalchemy import JSON, Connection, Engine, bindparam, case, func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 
 from capacity_pipeline.domain import constants as c
@@ -326,7 +326,9 @@ class RunCenter:
             if updates:
                 connection.execute(
                     update(items)
-                    .where(items.c.id == bindparam("item_id"))
+                    # The run row lock keeps a cancel out; the status guard says so once more
+                    # (spelled without IN, which executemany cannot take).
+                    .where(items.c.id == bindparam("item_id"), or_(*(items.c.status == s for s in IN_PROGRESS)))
                     .values(
                         status=bindparam("new_status"),
                         metrics_json=bindparam("metrics", type_=_JSON_OR_NULL),
