@@ -25,8 +25,9 @@ from capacity_pipeline.api.envelopes import (
     success,
     validation_error,
 )
-from capacity_pipeline.domain.runcenter import RunCenter
-from capacity_pipeline.domain.triggers import InvalidScope, normalise_scope, request_current_aggregation
+from capacity_pipeline.domain.model import InvalidScope, Scope
+from capacity_pipeline.domain.run_center import RunCenter
+from capacity_pipeline.domain.triggers import request_current_aggregation
 
 log = logging.getLogger("capacity_pipeline.api")
 
@@ -99,7 +100,7 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
     def trigger_current_aggregation() -> tuple[Response, int]:
         caller = require_admin(auth)
         try:
-            scope = normalise_scope(scope_from_body())  # period_type is accepted and ignored
+            scope = Scope.from_request(scope_from_body())  # period_type is accepted and ignored (spec Q18)
         except InvalidScope as error:
             raise validation_error(str(error)) from None
         try:
@@ -107,7 +108,7 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
         except Exception:
             log.exception("capacity trigger failed")  # the database URL is not in the message
             raise internal_error(TRIGGER_FAILED_MESSAGE) from None
-        log.info("task run %s requested by user %s (scope %s)", run_id, caller.user_id, scope)
+        log.info("task run %s requested by user %s (scope %s)", run_id, caller.user_id, scope.value)
         return success(STARTED_MESSAGE, {"run_id": run_id})
 
     @blueprint.get("/api/v1/task-runs/<run_id>", merge_slashes=False)

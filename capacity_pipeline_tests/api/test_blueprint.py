@@ -7,8 +7,9 @@ import logging
 import pytest
 
 from capacity_pipeline.api.auth import BearerTokenAuth
-from capacity_pipeline.domain.runcenter import RunCenter
-from capacity_pipeline.domain.taskrun_payloads import current_summary
+from capacity_pipeline.domain.model import Scope
+from capacity_pipeline.domain.run_center import RunCenter
+from capacity_pipeline.domain.run_center_payloads import current_summary
 from capacity_pipeline_tests.api.support import ADMIN_TOKEN, CURRENT, VIEWER_TOKEN
 from capacity_pipeline_tests.api.support import error as _error
 from capacity_pipeline_tests.api.support import task_runs as _task_runs
@@ -60,7 +61,7 @@ def test_bad_scope_is_400_and_writes_nothing(host_client, engine):
     assert _task_runs(engine) == 0
 
 
-def test_good_request_writes_the_pending_task_run_and_answers_the_run_id(host_client, engine):
+def test_good_request_writes_the_task_run_and_answers_the_run_id(host_client, engine):
     headers = _admin_with_csrf(host_client)
     response = host_client.post(CURRENT, json={"scope": " Instance ", "period_type": "weekly"}, headers=headers)
 
@@ -74,12 +75,12 @@ def test_good_request_writes_the_pending_task_run_and_answers_the_run_id(host_cl
     )
     run = RunCenter(engine).get_run(body["data"]["run_id"])
     assert (run["status"], run["created_by"], run["task_key"], run["result_url"]) == (
-        "pending",
+        "running",
         1,
         "capacity_aggregate_current",
         "/capacity/instances",
     )
-    assert run["summary_json"] == current_summary("capacity_aggregate_current", "instance")  # period_type ignored
+    assert run["summary_json"] == current_summary("capacity_aggregate_current", Scope.INSTANCE)  # period_type ignored
     assert _task_runs(engine) == 1
 
 
@@ -132,7 +133,7 @@ def test_task_run_detail_and_cancel(host_client, engine, whalefall):
     detail = host_client.get(f"/api/v1/task-runs/{run_id}").get_json()
     assert detail["message"] == "获取任务运行详情成功"
     run, items = detail["data"]["run"], detail["data"]["items"]
-    assert (run["run_id"], run["status"], run["completed_at"]) == (run_id, "pending", None)
+    assert (run["run_id"], run["status"], run["completed_at"]) == (run_id, "running", None)
     assert "T" in run["started_at"] and "T" in run["created_at"]
     assert [(i["item_key"], i["item_name"], i["status"]) for i in items] == [("1", "alpha", "pending")]
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from capacity_pipeline.api.auth import BearerTokenAuth, Caller
 from capacity_pipeline.api.server import create_app
-from capacity_pipeline.domain.runcenter import RunCenter
+from capacity_pipeline.domain.run_center import RunCenter
 from capacity_pipeline_tests.api.support import (
     ADMIN_TOKEN,
     CURRENT,

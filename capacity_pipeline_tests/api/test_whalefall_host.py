@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from capacity_pipeline.domain.runcenter import RunCenter
+from capacity_pipeline.domain.run_center import RunCenter
 from capacity_pipeline_tests.api.support import CURRENT, HEALTH, error, task_runs
 from capacity_pipeline_tests.api.whalefall_host import ADMIN_ID, VIEWER_ID, create_host_app, csrf_header, login
 
