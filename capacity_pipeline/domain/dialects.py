@@ -152,6 +152,10 @@ class SqlDialect:
         """Cancel the statement running on `connection`; safe to call from another thread."""
         raise NotImplementedError
 
+    def cancel_backend(self, engine: Engine, backend: int) -> None:
+        """Cancel whatever server session `backend` runs, from a session of its own (its own
+        connection may be gone already, as after an interrupt)."""
+
     def describe_wait(self, connection: Connection, backend: int) -> str | None:
         """What session `backend` is waiting for, in words, or None when it is not waiting on a lock."""
         return None
@@ -359,6 +363,10 @@ class PostgresDialect(SqlDialect):
 
     def cancel(self, connection: Connection) -> None:
         connection.connection.dbapi_connection.cancel_safe(timeout=5)
+
+    def cancel_backend(self, engine: Engine, backend: int) -> None:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT pg_cancel_backend(:pid)"), {"pid": backend})
 
     def describe_wait(self, connection: Connection, backend: int) -> str | None:
         row = connection.execute(

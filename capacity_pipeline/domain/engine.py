@@ -134,8 +134,7 @@ def aggregate_windows(
     reports = {plan: AggregationReport(plan, len(targets), batches_total=len(batches)) for plan in plans}
     dialect = dialect_of(engine)
     if targets:
-        tables = sorted({level.table for plan in plans for level in plan.levels})
-        dialect.ensure_month_partitions(engine, tables, [plan.window.start for plan in plans])
+        _ensure_partitions(engine, dialect, plans)
     writers = [_WindowWriter(engine, dialect, plan, now, control) for plan in plans]
     try:
         for number, batch in enumerate(batches, start=1):
@@ -227,6 +226,7 @@ class _WindowWriter:
         outcomes = {instance.id: InstanceOutcome(instance) for instance in batch}
         parameters = {**self.parameters, "ids": [instance.id for instance in batch], "now": self.now()}
         with self.engine.connect() as connection:
+            backend = self.dialect.backend_id(connection)
             watched = self.control.session(self.dialect, connection) if self.control else _unwatched()
             with watched:
                 transaction = connection.begin()
@@ -245,9 +245,9 @@ class _WindowWriter:
                     transaction.rollback()
                     raise
                 except BaseException:
-                    # An interrupt (a terminated run): the driver may leave the statement running on the
-                    # server, holding its locks. Cancel it there and drop the connection.
-                    _abandon(self.dialect, connection)
+                    # An interrupt (a terminated run): the driver drops its connection but the server may
+                    # go on running (or waiting in) the statement, holding its locks. Cancel it there.
+                    _abandon(self.engine, self.dialect, connection, backend)
                     raise
         for outcome in outcomes.values():
             for level in self.statements:
@@ -259,10 +259,24 @@ class _WindowWriter:
         return f"capacity_pipeline.{level.table}.{self.plan.period.value}.{self.plan.window.start}"
 
 
-def _abandon(dialect: SqlDialect, connection: Connection) -> None:
-    with suppress(Exception):  # the connection is dropped below either way
-        dialect.cancel(connection)
-    connection.invalidate()
+def _ensure_partitions(engine: Engine, dialect: SqlDialect, plans: Sequence[WindowPlan]) -> None:
+    """The month partitions the plans write into (spec Q16); a locked parent aborts like a batch."""
+    tables = sorted({level.table for plan in plans for level in plan.levels})
+    try:
+        dialect.ensure_month_partitions(engine, tables, [plan.window.start for plan in plans])
+    except SQLAlchemyError as error:
+        kind = dialect.classify(error)
+        if kind is ErrorKind.DATA:
+            raise
+        raise AggregationAborted(kind, f"{kind.value} while creating month partitions: {first_line(error)}") from None
+
+
+def _abandon(engine: Engine, dialect: SqlDialect, connection: Connection, backend: int | None) -> None:
+    if backend is not None:
+        with suppress(Exception):  # best effort: the interrupt goes on either way
+            dialect.cancel_backend(engine, backend)
+    with suppress(Exception):
+        connection.invalidate()
 
 
 @contextmanager

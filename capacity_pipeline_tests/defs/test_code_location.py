@@ -25,8 +25,7 @@ from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, last_window, previous_window, window_containing
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline_tests import whalefall_reference as reference
-from capacity_pipeline_tests.support import row_trigger
-from capacity_pipeline_tests.support import dagster_resources, resolve_job
+from capacity_pipeline_tests.support import dagster_resources, resolve_job, row_trigger
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 TODAY = date(2026, 7, 2)

@@ -335,7 +335,7 @@ def test_progress_moves_per_batch_and_never_completes_an_item_before_its_last_ph
         time.sleep(0.05)
     runner.join()
 
-    for status, completed, total, items in seen:
+    for _status, completed, _total, items in seen:
         final = [i for i in items if i["status"] in ("completed", "failed")]
         assert completed == len(final)  # the counters are the items'
         for item in final:  # an item is final only once both phases are in (fixes spec Q10's 100 %)

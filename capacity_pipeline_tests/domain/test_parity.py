@@ -10,8 +10,8 @@ from datetime import date
 
 import pytest
 
-from capacity_pipeline.domain.engine import aggregate_period
 from capacity_pipeline.domain.database import make_engine
+from capacity_pipeline.domain.engine import aggregate_period
 from capacity_pipeline.domain.periods import PeriodType, current_window, last_window, previous_window
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.tables import create_schema

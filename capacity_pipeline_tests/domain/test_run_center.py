@@ -462,7 +462,8 @@ def test_no_metrics_store_sql_null_not_json_null(engine, three_items):
     with engine.connect() as connection:
         rows = connection.execute(
             text(
-                "SELECT item_key, metrics_json IS NULL FROM task_run_items WHERE item_key IN ('1', '2') ORDER BY item_key"
+                "SELECT item_key, metrics_json IS NULL FROM task_run_items "
+                "WHERE item_key IN ('1', '2') ORDER BY item_key"
             )
         ).all()
     assert [tuple(row) for row in rows] == [("1", True), ("2", True)]

@@ -36,7 +36,8 @@ def slow_item_updates(engine: Engine, seconds: float = 0.02) -> Iterator[None]:
             f"$$ BEGIN PERFORM pg_sleep({seconds}); RETURN NEW; END $$"
         )
         connection.exec_driver_sql(
-            "CREATE TRIGGER test_slow_items BEFORE UPDATE ON task_run_items FOR EACH ROW EXECUTE FUNCTION test_slow_items()"
+            "CREATE TRIGGER test_slow_items BEFORE UPDATE ON task_run_items "
+            "FOR EACH ROW EXECUTE FUNCTION test_slow_items()"
         )
     try:
         yield
