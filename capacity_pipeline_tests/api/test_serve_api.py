@@ -20,6 +20,7 @@ import pytest
 
 from capacity_pipeline.domain.database import make_engine
 from capacity_pipeline.domain.tables import create_schema
+from capacity_pipeline_tests.support import free_port
 
 TOKEN = "serve-api-token-8c2f"
 CLI = [sys.executable, "-m", "capacity_pipeline.cli", "serve-api"]
@@ -36,12 +37,6 @@ def env(tmp_path: Path) -> dict[str, str]:
         "WHALEFALL_DATABASE_URL": f"sqlite:///{database}",
         "CAPACITY_API_TOKENS": json.dumps({TOKEN: {"user_id": 7, "role": "admin"}}),
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @contextmanager
@@ -90,14 +85,14 @@ def test_a_port_in_use_is_one_line_on_stderr_and_exit_1_without_saying_serving(e
 
 def test_a_host_that_is_not_local_is_one_line_too(env):
     result = subprocess.run(
-        [*CLI, "--host", "192.0.2.1", "--port", str(_free_port())], env=env, capture_output=True, text=True, timeout=30
+        [*CLI, "--host", "192.0.2.1", "--port", str(free_port())], env=env, capture_output=True, text=True, timeout=30
     )
     assert (result.returncode, result.stdout) == (1, "")
     assert result.stderr == "capacity-pipeline serve-api: failed: 192.0.2.1 is not an address of this machine\n"
 
 
 def test_it_says_serving_once_bound_answers_logs_each_request_and_stops_quietly_on_ctrl_c(env):
-    port, secret = _free_port(), "qs-secret-0d4e"
+    port, secret = free_port(), "qs-secret-0d4e"
     with serving(env, port) as process:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         connection.request(
