@@ -6,41 +6,23 @@ import time
 from datetime import date
 
 from dagster import DagsterRunStatus
-from dagster_graphql import DagsterGraphQLClient, DagsterGraphQLClientError
+from dagster_graphql import DagsterGraphQLClient
 
-from capacity_pipeline.defs.jobs import NIGHTLY_JOB_NAME, NIGHTLY_OP_NAME
+from capacity_pipeline.defs.jobs import NIGHTLY_OP_NAME
+from capacity_pipeline.defs.run_center_mirror import NIGHTLY_JOB_NAME
 from capacity_pipeline.domain.periods import PeriodType, last_window
+from capacity_pipeline.domain.run_center import RunCenter
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
-from capacity_pipeline_tests.e2e.conftest import wait_until
+from capacity_pipeline_tests.support import submit_job, wait_for_run
 
 TODAY = date(2026, 7, 2)
-TERMINAL = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
-
-
-def _submit(client: DagsterGraphQLClient, deadline: float, **kwargs) -> str:
-    """Submit once the code location has loaded (the webserver answers before it has)."""
-    while True:
-        try:
-            return client.submit_job_execution(**kwargs)
-        except DagsterGraphQLClientError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(1)
-
-
-def _wait_for_run(client: DagsterGraphQLClient, run_id: str, timeout: float = 120) -> DagsterRunStatus:
-    def finished() -> DagsterRunStatus | None:
-        status = client.get_run_status(run_id)
-        return status if status in TERMINAL else None
-
-    return wait_until(finished, timeout, f"the end of Dagster run {run_id}", interval=0.5)
 
 
 def test_nightly_job_launched_over_graphql_succeeds_and_writes_rows(dagster_dev, pg_engine, pg_whalefall):
     load_synthetic_data(pg_engine, SyntheticSpec(instances=8, databases=3, days=200, end_date=TODAY, seed=5))
     client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_dev.port)
 
-    run_id = _submit(
+    run_id = submit_job(
         client,
         time.monotonic() + 60,
         job_name=NIGHTLY_JOB_NAME,
@@ -48,7 +30,8 @@ def test_nightly_job_launched_over_graphql_succeeds_and_writes_rows(dagster_dev,
         run_config={"ops": {NIGHTLY_OP_NAME: {"config": {"today": TODAY.isoformat()}}}},
     )
 
-    assert _wait_for_run(client, run_id) == DagsterRunStatus.SUCCESS, dagster_dev.log.read_text()[-3000:]
+    assert wait_for_run(client, run_id) == DagsterRunStatus.SUCCESS, dagster_dev.tail()
+    assert RunCenter(pg_engine).status(run_id) == "completed"  # settled by the op's hook
     for period in PeriodType:
         start = last_window(period, TODAY).start
         for table in ("database_size_aggregations", "instance_size_aggregations"):

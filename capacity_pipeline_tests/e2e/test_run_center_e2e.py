@@ -1,5 +1,6 @@
-"""End to end under a real `dagster dev` (daemon running, PostgreSQL storage): cancelling from
-the run center, terminating from Dagster, and a run worker that dies."""
+"""End to end under a real `dagster dev` (daemon running, PostgreSQL storage, the production
+dagster.yaml): cancelling from the run center, terminating from Dagster, a run worker that dies,
+the whole `dagster dev` group killed and started again, and a run stuck behind a table lock."""
 
 from __future__ import annotations
 
@@ -9,27 +10,36 @@ import signal
 import time
 from datetime import date
 
+import dagster as dg
 import pytest
-from dagster import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
+from sqlalchemy import text
 
-from capacity_pipeline.defs.jobs import NIGHTLY_JOB_NAME, NIGHTLY_OP_NAME
-from capacity_pipeline.domain.runcenter import RunCenter
+from capacity_pipeline.defs.jobs import NIGHTLY_OP_NAME
+from capacity_pipeline.defs.run_center_mirror import NIGHTLY_JOB_NAME, TASK_RUN_TAG
+from capacity_pipeline.domain.model import Scope
+from capacity_pipeline.domain.periods import china_today
+from capacity_pipeline.domain.run_center import RunCenter
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
-from capacity_pipeline_tests.e2e.conftest import wait_until
-from capacity_pipeline_tests.e2e.test_dagster_dev import _submit, _wait_for_run
+from capacity_pipeline.domain.triggers import request_current_aggregation
+from capacity_pipeline_tests.support import submit_job, wait_for_run, wait_until
 
 TODAY = date(2026, 7, 2)
-SLOW = pytest.mark.dagster_env(CAPACITY_BATCH_SIZE="1", CAPACITY_BATCH_PAUSE_SECONDS="1")
+SLOW = pytest.mark.dagster_env(
+    CAPACITY_BATCH_SIZE="1",
+    CAPACITY_BATCH_PAUSE_SECONDS="1",
+    CAPACITY_HEARTBEAT_SECONDS="1",
+    CAPACITY_HEARTBEAT_TIMEOUT_SECONDS="8",
+)
 
 
-def _launch_slow_nightly(dagster_dev, pg_engine) -> tuple[DagsterGraphQLClient, str, RunCenter]:
+def _launch_slow_nightly(dagster_dev, pg_engine) -> tuple[DagsterGraphQLClient, str, RunCenter]:  # noqa: ANN001
     load_synthetic_data(
         pg_engine,
         SyntheticSpec(instances=12, databases=2, days=40, end_date=TODAY, seed=9, inactive_share=0, deleted_share=0),
     )
     client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_dev.port)
-    run_id = _submit(
+    run_id = submit_job(
         client,
         time.monotonic() + 60,
         job_name=NIGHTLY_JOB_NAME,
@@ -37,12 +47,7 @@ def _launch_slow_nightly(dagster_dev, pg_engine) -> tuple[DagsterGraphQLClient, 
         run_config={"ops": {NIGHTLY_OP_NAME: {"config": {"today": TODAY.isoformat()}}}},
     )
     center = RunCenter(pg_engine)
-
-    def progressing() -> bool:
-        run = center.get_run(run_id)
-        return run is not None and run["progress_completed"] >= 2
-
-    wait_until(progressing, 90, f"progress of run {run_id} (log: {dagster_dev.log})")
+    wait_until(lambda: (center.get_run(run_id) or {}).get("progress_completed", 0) >= 2, 90, f"progress of {run_id}")
     return client, run_id, center
 
 
@@ -50,7 +55,7 @@ def _wait_for_task_run(center: RunCenter, run_id: str, status: str, timeout: flo
     wait_until(lambda: center.status(run_id) == status, timeout, f"TaskRun {run_id} becoming {status}")
 
 
-def _assert_cancelled_with_batches_intact(center: RunCenter, run_id: str, whalefall) -> None:
+def _assert_cancelled_with_batches_intact(center: RunCenter, run_id: str, whalefall) -> None:  # noqa: ANN001
     run, items = center.get_run(run_id), center.get_items(run_id)
     completed = [i for i in items if i["status"] == "completed"]
     assert run["status"] == "cancelled" and run["completed_at"] is not None
@@ -61,15 +66,20 @@ def _assert_cancelled_with_batches_intact(center: RunCenter, run_id: str, whalef
     assert {i["instance_id"] for i in completed} <= daily  # the committed batches stay committed
 
 
+def _dagster_run_of(instance: dg.DagsterInstance, task_run_id: str) -> dg.DagsterRun | None:
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={TASK_RUN_TAG: task_run_id}), limit=1)
+    return runs[0] if runs else None
+
+
 @SLOW
 def test_cancel_in_the_run_center_ends_the_dagster_run_canceled(dagster_dev, pg_engine, pg_whalefall):
     client, run_id, center = _launch_slow_nightly(dagster_dev, pg_engine)
 
     assert center.cancel_run(run_id)  # what WhaleFall's cancel endpoint does
     cancelled_at = time.monotonic()
-    status = _wait_for_run(client, run_id, timeout=30)
+    status = wait_for_run(client, run_id, timeout=30)
 
-    assert status == DagsterRunStatus.CANCELED, dagster_dev.log.read_text()[-3000:]
+    assert status == dg.DagsterRunStatus.CANCELED, dagster_dev.tail()
     assert time.monotonic() - cancelled_at < 10
     _assert_cancelled_with_batches_intact(center, run_id, pg_whalefall)
 
@@ -81,25 +91,111 @@ def test_terminating_in_dagster_cancels_the_task_run(dagster_dev, pg_engine, pg_
     client.terminate_run(run_id)
     terminated_at = time.monotonic()
 
-    assert _wait_for_run(client, run_id, timeout=30) == DagsterRunStatus.CANCELED
+    assert wait_for_run(client, run_id, timeout=30) == dg.DagsterRunStatus.CANCELED
     _wait_for_task_run(center, run_id, "cancelled", timeout=10 - (time.monotonic() - terminated_at))
     _assert_cancelled_with_batches_intact(center, run_id, pg_whalefall)
 
 
 @SLOW
-def test_a_killed_run_worker_fails_the_task_run_within_a_minute(dagster_dev, pg_engine, pg_whalefall):
+def test_a_killed_run_worker_fails_the_task_run(dagster_dev, pg_engine, pg_whalefall):
     client, run_id, center = _launch_slow_nightly(dagster_dev, pg_engine)
     with dagster_dev.instance() as instance:
         messages = [entry.message for entry in instance.all_logs(run_id)]
-    [pid] = [int(m) for text in messages for m in re.findall(r"Started process for run \(pid: (\d+)\)", text)]
+    [pid] = [int(m) for text_ in messages for m in re.findall(r"Started process for run \(pid: (\d+)\)", text_)]
 
     os.kill(pid, signal.SIGKILL)
 
-    assert _wait_for_run(client, run_id, timeout=60) == DagsterRunStatus.FAILURE
-    _wait_for_task_run(center, run_id, "failed", timeout=60)
+    assert wait_for_run(client, run_id, timeout=60) == dg.DagsterRunStatus.FAILURE
+    _wait_for_task_run(center, run_id, "failed", timeout=30)
     run, items = center.get_run(run_id), center.get_items(run_id)
-    assert run_id in run["error_message"] and "process" in run["error_message"].lower()
+    assert run_id in run["error_message"]
     assert {i["status"] for i in items} <= {"completed", "failed"}
-    assert [i["error_message"] for i in items if i["status"] == "failed"] == [run["error_message"]] * sum(
-        1 for i in items if i["status"] == "failed"
+    failed = [i for i in items if i["status"] == "failed"]
+    assert failed and {i["error_message"] for i in failed} == {run["error_message"]}
+
+
+@SLOW
+def test_killing_the_whole_dagster_dev_mid_run_fails_the_run_after_restart_and_frees_its_slot(
+    dagster_dev, pg_engine, pg_whalefall
+):
+    load_synthetic_data(
+        pg_engine,
+        SyntheticSpec(
+            instances=10, databases=2, days=5, end_date=china_today(), seed=2, inactive_share=0, deleted_share=0
+        ),
     )
+    center = RunCenter(pg_engine)
+    first = request_current_aggregation(pg_engine, Scope.INSTANCE, created_by=1)
+    wait_until(lambda: (center.get_run(first) or {}).get("progress_completed", 0) >= 2, 90, "the run to be working")
+
+    dagster_dev.kill()  # webserver, daemon, code server and run worker die together
+    killed_at = time.monotonic()
+    dagster_dev.start()
+
+    with dagster_dev.instance() as instance:
+        run = _dagster_run_of(instance, first)
+        assert run is not None
+        wait_until(
+            lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE,
+            120,
+            "the dead run failing in Dagster",
+            interval=1,
+        )
+        _wait_for_task_run(center, first, "failed", timeout=30)
+        assert time.monotonic() - killed_at < 180  # the issue's limit for a dead worker
+        task_run = center.get_run(first)
+        assert "stopped heartbeating" in task_run["error_message"]
+        assert {i["status"] for i in center.get_items(first)} <= {"completed", "failed"}
+
+        # The partition's concurrency slot is free again: the next request runs to the end.
+        second = request_current_aggregation(pg_engine, Scope.INSTANCE, created_by=1)
+        _wait_for_task_run(center, second, "completed", timeout=120)
+        second_run = _dagster_run_of(instance, second)
+        wait_until(
+            lambda: instance.get_run_by_id(second_run.run_id).status == dg.DagsterRunStatus.SUCCESS,
+            30,
+            "the second run to succeed",
+        )
+
+
+@pytest.mark.dagster_env(CAPACITY_HEARTBEAT_SECONDS="1", CAPACITY_LOCK_TIMEOUT_SECONDS="120")
+def test_a_run_behind_a_table_lock_says_so_and_a_cancel_frees_the_database(dagster_dev, pg_engine, pg_whalefall):
+    load_synthetic_data(
+        pg_engine,
+        SyntheticSpec(
+            instances=4, databases=2, days=3, end_date=china_today(), seed=6, inactive_share=0, deleted_share=0
+        ),
+    )
+    request_current_aggregation(pg_engine, Scope.DATABASE, created_by=1)  # creates the month partition
+    center = RunCenter(pg_engine)
+    wait_until(lambda: center.runs_in_states(["capacity_aggregate_current"], ["completed"]), 90, "a first run")
+
+    with pg_engine.connect() as holder:
+        transaction = holder.begin()
+        holder.exec_driver_sql("LOCK TABLE database_size_aggregations IN ACCESS EXCLUSIVE MODE")
+        task_run_id = request_current_aggregation(pg_engine, Scope.DATABASE, created_by=1)
+        with dagster_dev.instance() as instance:
+            run = wait_until(lambda: _dagster_run_of(instance, task_run_id), 60, "the run")
+
+            def reported() -> bool:
+                messages = [entry.message for entry in instance.all_logs(run.run_id)]
+                return any("Still working, waiting" in m and "database_size_aggregations" in m for m in messages)
+
+            wait_until(reported, 60, "the lock wait in the run log", interval=0.5)
+            assert center.cancel_run(task_run_id, cancelled_by=3)
+            cancelled_at = time.monotonic()
+            wait_until(
+                lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED,
+                30,
+                "the run to end CANCELED",
+            )
+            assert time.monotonic() - cancelled_at < 10
+            waiting = holder.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'capacity_pipeline' "
+                    "AND wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            ).scalar()
+            assert waiting == 0  # its statement was cancelled on the server, not left waiting
+        transaction.rollback()
+    assert center.status(task_run_id) == "cancelled"
