@@ -49,7 +49,6 @@ def run_demo(folder: Path) -> str:
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
     from capacity_pipeline.defs.assets import AGGREGATION_ASSETS
-    from capacity_pipeline.defs.checks import AGGREGATION_CHECKS
     from capacity_pipeline.defs.partitions import key_for_window
     from capacity_pipeline.defs.resources import WhaleFallDatabase
 
@@ -70,10 +69,9 @@ def run_demo(folder: Path) -> str:
     rows = [("period", "partition", "window", "compared with", "instances", "db rows", "inst rows", "checks")]
     with dg.DagsterInstance.from_config(str(paths.dagster_home)) as instance:
         for period, window in windows:
-            assets = [AGGREGATION_ASSETS[level, period] for level in Level]
-            checks = [c for c in AGGREGATION_CHECKS if {k.asset_key for k in c.check_keys} & {a.key for a in assets}]
+            assets = [AGGREGATION_ASSETS[level, period] for level in Level]  # their checks come with them
             result = dg.materialize(
-                [*assets, *checks],
+                assets,
                 partition_key=key_for_window(window),
                 instance=instance,
                 run_config=_QUIET,

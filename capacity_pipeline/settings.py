@@ -50,6 +50,13 @@ def _positive_seconds(raw: str) -> float:
     return value
 
 
+def _minutes(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 59:
+        raise ValueError
+    return value
+
+
 def _flag(raw: str) -> bool:
     value = raw.strip().lower()
     if value in {"1", "true", "yes", "on"}:
@@ -143,6 +150,49 @@ SETTINGS: dict[str, Setting] = {
         _url,
         "a URL",
         "Where the Dagster UI is, for the run links written into the run center.",
+    ),
+    "automation": Setting(
+        "CAPACITY_AUTOMATION",
+        True,
+        _flag,
+        "1/true/yes/on or 0/false/no/off",
+        "Re-aggregate by itself exactly the windows whose samples changed (off: nightly run, API and hand only).",
+    ),
+    "automate_current_periods": Setting(
+        "CAPACITY_AUTOMATE_CURRENT_PERIODS",
+        False,
+        _flag,
+        "1/true/yes/on or 0/false/no/off",
+        "Also keep the current, partial week, month and quarter fresh (today's day always is).",
+    ),
+    "observe_minutes": Setting(
+        "CAPACITY_OBSERVE_MINUTES",
+        10,
+        _minutes,
+        "a whole number of minutes from 1 to 59",
+        "How often the samples are observed for changes.",
+    ),
+    "observe_days": Setting(
+        "CAPACITY_OBSERVE_DAYS",
+        62,
+        _positive_int,
+        "a whole number >= 1",
+        "How far back changes to samples are noticed (days, from the first of that month).",
+    ),
+    "automation_sensor_seconds": Setting(
+        "CAPACITY_AUTOMATION_SENSOR_SECONDS",
+        30,
+        _positive_int,
+        "a whole number of seconds >= 1",
+        "How often the automation sensor looks for changed samples.",
+    ),
+    "api_tokens": Setting(
+        "CAPACITY_API_TOKENS",
+        None,
+        _url,
+        'JSON like {"<token>": {"user_id": 1, "role": "admin"}}',
+        "Bearer tokens of the standalone API (serve-api).",
+        secret=True,
     ),
     "partitions_start": Setting(
         "CAPACITY_PARTITIONS_START",

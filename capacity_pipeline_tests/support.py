@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,8 +26,9 @@ import dagster as dg
 from sqlalchemy import Engine, create_engine, insert, make_url, select, text
 
 from capacity_pipeline.defs.resources import WhaleFallDatabase
+from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.month_partitions import ensure_month_partitions
-from capacity_pipeline.domain.periods import months_between
+from capacity_pipeline.domain.periods import PeriodType, months_between, previous_window, window_containing
 from capacity_pipeline.domain.tables import tables_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -208,6 +209,32 @@ def resolve_job(engine: Engine, name: str, **settings: Any) -> dg.JobDefinition:
     if name == "__ASSET_JOB":
         return definitions.resolve_implicit_global_asset_job_def()
     return definitions.resolve_job_def(name)
+
+
+def expected_reaggregation(
+    changed: dict[Level, set[date]], today: date, *, current_periods: bool, corrected_quarter: bool = False
+) -> dict[dg.AssetKey, set[str]]:
+    """The partitions a change to these days must re-aggregate, from WhaleFall's rules alone (spec 3):
+    the window containing each day, and the window after when its previous window (Q1 quirk
+    included) contains the day; never a period not begun, and the one in progress only for days
+    or when `current_periods`."""
+    from capacity_pipeline.defs.assets import asset_key
+    from capacity_pipeline.defs.partitions import key_for_window
+
+    expected: dict[dg.AssetKey, set[str]] = {}
+    for level, days in changed.items():
+        for period in PeriodType:
+            for day in days:
+                containing = window_containing(period, day)
+                following = window_containing(period, containing.end + timedelta(days=1))
+                previous = previous_window(period, following, corrected_quarter=corrected_quarter)
+                windows = [containing, *([following] if previous.start <= day <= previous.end else [])]
+                for window in windows:
+                    in_progress = window.start <= today <= window.end
+                    if window.start > today or (in_progress and period is not PeriodType.DAILY and not current_periods):
+                        continue
+                    expected.setdefault(asset_key(level, period), set()).add(key_for_window(window))
+    return expected
 
 
 # -- processes --------------------------------------------------------------------------------------

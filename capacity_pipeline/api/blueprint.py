@@ -16,7 +16,7 @@ from flask import Blueprint, Response
 from sqlalchemy import Engine, text
 
 from capacity_pipeline.api.auth import AuthBackend, require_admin, require_login
-from capacity_pipeline.api.body import limit_request_body, scope_from_body
+from capacity_pipeline.api.body import limit_request_body, trigger_fields
 from capacity_pipeline.api.envelopes import (
     ApiError,
     internal_error,
@@ -99,12 +99,17 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
     @blueprint.post("/api/v1/capacity/aggregations/current", merge_slashes=False)
     def trigger_current_aggregation() -> tuple[Response, int]:
         caller = require_admin(auth)
+        raw_scope, period_type = trigger_fields()
         try:
-            scope = Scope.from_request(scope_from_body())  # period_type is accepted and ignored (spec Q18)
+            scope = Scope.from_request(raw_scope)
         except InvalidScope as error:
             raise validation_error(str(error)) from None
         try:
-            run_id = request_current_aggregation(current_engine(), scope, created_by=caller.user_id)
+            # period_type: daily, weekly, monthly or quarterly runs that period's current window;
+            # missing or unknown stays daily, as WhaleFall does (spec 7.1, Q18).
+            run_id = request_current_aggregation(
+                current_engine(), scope, created_by=caller.user_id, period_type=period_type
+            )
         except Exception:
             log.exception("capacity trigger failed")  # the database URL is not in the message
             raise internal_error(TRIGGER_FAILED_MESSAGE) from None

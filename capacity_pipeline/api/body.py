@@ -128,17 +128,18 @@ def _nested_too_deep(text: str, limit: int) -> bool:
     return False
 
 
-def scope_from_body() -> Any:
-    """The raw `scope` of the body; None when the body is empty or not a JSON object (spec 7.1)."""
+def trigger_fields() -> tuple[Any, Any]:
+    """The raw `scope` and `period_type` of the body; None when the body is empty or not a JSON
+    object (spec 7.1)."""
     raw = raw_body()
     if not raw.strip(_JSON_WHITESPACE):
-        return None
+        return None, None
     if not request.is_json:
         fields = _form_fields(raw)
         if fields == [] or (
             fields is not None and len(fields) == 1 and fields[0][0] == CSRF_FIELD and _TOKEN.fullmatch(fields[0][1])
         ):
-            return None  # a form with no field, or carrying only the CSRF token: an empty request
+            return None, None  # a form with no field, or carrying only the CSRF token: an empty request
         raise unsupported_media_type()
     try:
         text = raw.decode(json.detect_encoding(raw))
@@ -150,4 +151,6 @@ def scope_from_body() -> Any:
         body = json.loads(text)
     except (ValueError, RecursionError):
         raise validation_error("request body is not valid JSON") from None
-    return body.get("scope") if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        return None, None
+    return body.get("scope"), body.get("period_type")

@@ -11,7 +11,11 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 from capacity_pipeline.defs.assets import AGGREGATION_ASSETS  # noqa: E402
-from capacity_pipeline.defs.checks import AGGREGATION_CHECKS  # noqa: E402
+from capacity_pipeline.defs.automation import (  # noqa: E402
+    OBSERVATION_JOBS,
+    OBSERVATION_SCHEDULES,
+    capacity_automation,
+)
 from capacity_pipeline.defs.jobs import (  # noqa: E402
     calculate_database_job,
     calculate_database_schedule,
@@ -19,13 +23,13 @@ from capacity_pipeline.defs.jobs import (  # noqa: E402
 )
 from capacity_pipeline.defs.resources import whalefall_from_env  # noqa: E402
 from capacity_pipeline.defs.sensors import SENSORS  # noqa: E402
+from capacity_pipeline.defs.sources import SOURCES  # noqa: E402
 
 defs = dg.Definitions(
-    assets=list(AGGREGATION_ASSETS.values()),
-    asset_checks=AGGREGATION_CHECKS,
-    jobs=[capacity_aggregate_current_job, calculate_database_job],
-    schedules=[calculate_database_schedule],
-    sensors=SENSORS,
+    assets=[*SOURCES, *AGGREGATION_ASSETS.values()],
+    jobs=[capacity_aggregate_current_job, calculate_database_job, *OBSERVATION_JOBS],
+    schedules=[calculate_database_schedule, *OBSERVATION_SCHEDULES],
+    sensors=[*SENSORS, capacity_automation],
     resources={"whalefall": whalefall_from_env()},
     # Steps of one run go in one process, in WhaleFall's order (database level, then instance
     # level), and a run starts no extra process per step.

@@ -1,12 +1,19 @@
 """The aggregation assets: one per level and period type, partitioned by period window.
 
 Materializing a partition (or a range of them, in a backfill) runs the domain's engine for each
-window at the asset's level, mirrored into the run center (run_center_mirror). The asset holds
+window at the asset's level, mirrored into the run center (run_center_mirror), then evaluates the
+asset's checks on each partition written. Each asset depends on the samples it reads: its own
+window and the previous one (the change fields compare with it), through partition mappings, so
+the lineage is true and automation re-aggregates exactly what a changed day feeds. The asset holds
 no SQL of its own.
 """
 
+from collections.abc import Iterator
+
 import dagster as dg
 
+from capacity_pipeline.defs import checks
+from capacity_pipeline.defs.automation_conditions import aggregation_condition
 from capacity_pipeline.defs.metadata import failure_description, failures_metadata, growth_metadata, report_metadata
 from capacity_pipeline.defs.partitions import PARTITIONS, window_for_key
 from capacity_pipeline.defs.resources import WhaleFallDatabase
@@ -17,13 +24,13 @@ from capacity_pipeline.defs.run_center_mirror import (
     current_initial_summary,
     task_of_run,
 )
+from capacity_pipeline.defs.sources import GROUP, baseline_key, stats_key
 from capacity_pipeline.domain.engine import Batch
 from capacity_pipeline.domain.model import AggregationReport, Level, WindowPlan, merge_outcomes
 from capacity_pipeline.domain.periods import PeriodType, Window
 from capacity_pipeline.domain.run_center import ItemPhase
 from capacity_pipeline.domain.run_center_payloads import current_phase_result, current_summary
 
-GROUP = "capacity"
 _SPEC_SECTION = {Level.DATABASE: "spec 4.1", Level.INSTANCE: "spec 4.2"}
 
 # How many partitions one backfill run takes: each is one set-based pass, so runs stay short.
@@ -39,27 +46,93 @@ def asset_key(level: Level, period: PeriodType) -> dg.AssetKey:
     return dg.AssetKey(f"{period.value}_{level.table}")
 
 
-def _build_asset(level: Level, period: PeriodType) -> dg.AssetsDefinition:
-    @dg.asset(
-        key=asset_key(level, period),
-        group_name=GROUP,
+def _deps(level: Level, period: PeriodType) -> list[dg.AssetDep]:
+    """The samples a partition reads: its window and the previous one (spec 3)."""
+    if period is PeriodType.QUARTERLY:
+        # The previous window of a quarter is not a whole quarter (spec Q1): it is the baseline
+        # source's partition of the quarter before.
+        return [
+            dg.AssetDep(stats_key(level), partition_mapping=_window(start_offset=0)),
+            dg.AssetDep(baseline_key(level), partition_mapping=_window(start_offset=-1, end_offset=-1)),
+        ]
+    return [dg.AssetDep(stats_key(level), partition_mapping=_window(start_offset=-1))]
+
+
+def _window(start_offset: int, end_offset: int = 0) -> dg.TimeWindowPartitionMapping:
+    # Offsets count downstream periods; the first partition's previous window predates the samples.
+    return dg.TimeWindowPartitionMapping(
+        start_offset=start_offset, end_offset=end_offset, allow_nonexistent_upstream_partitions=True
+    )
+
+
+def build_aggregation_asset(level: Level, period: PeriodType) -> dg.AssetsDefinition:
+    key = asset_key(level, period)
+
+    @dg.multi_asset(
+        name=key.to_python_identifier(),
+        specs=[
+            dg.AssetSpec(
+                key,
+                group_name=GROUP,
+                deps=_deps(level, period),
+                kinds={"sql"},
+                automation_condition=aggregation_condition(period),
+                description=f"WhaleFall's {level.table} rows for {period.value} periods ({_SPEC_SECTION[level]}).",
+            )
+        ],
+        check_specs=checks.check_specs(key, period),
+        can_subset=True,  # the checks can run alone (the Checks tab's "Execute")
         partitions_def=PARTITIONS[period],
         backfill_policy=dg.BackfillPolicy.multi_run(_PARTITIONS_PER_BACKFILL_RUN[period]),
         hooks=RUN_CENTER_HOOKS,
-        kinds={"sql"},
-        description=f"WhaleFall's {level.table} rows for {period.value} periods ({_SPEC_SECTION[level]}).",
     )
-    def aggregation(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase) -> dg.MaterializeResult:
-        return _materialize(context, whalefall, level, period)
+    def aggregation(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase) -> Iterator:
+        selected_checks = [check.name for check in context.selected_asset_check_keys]
+        if key in context.selected_asset_keys:
+            yield _materialize(context, whalefall, key, level, period)
+            partition_keys = context.partition_keys
+        else:
+            partition_keys = _partitions_to_check(context, key)
+        engine = whalefall.engine()
+        evaluations = [
+            evaluation
+            for partition_key in partition_keys
+            for evaluation in checks.evaluate(engine, key, level, period, partition_key, selected_checks)
+        ]
+        if context.has_partition_key:  # one partition: the step's own results, recorded on it
+            yield from (checks.as_result(evaluation) for evaluation in evaluations)
+            return
+        for evaluation in evaluations:  # a range, or no partition: each result on its partition
+            context.log_event(evaluation)
+        if key not in context.selected_asset_keys:
+            # The checks alone, run without a partition: their own results say which partition they saw.
+            for name in selected_checks:
+                results = [e for e in evaluations if e.check_name == name]
+                yield dg.AssetCheckResult(
+                    asset_key=key,
+                    check_name=name,
+                    passed=all(e.passed for e in results),
+                    severity=dg.AssetCheckSeverity.WARN,
+                    metadata={"checked_partitions": ", ".join(partition_keys) or "none materialized yet"},
+                )
 
     return aggregation
 
 
+def _partitions_to_check(context: dg.AssetExecutionContext, key: dg.AssetKey) -> list[str]:
+    """The partitions a run of the checks alone looks at: the run's, else the latest materialized."""
+    if context.has_partition_key:
+        return context.partition_keys
+    latest = context.instance.get_latest_materialization_event(key)
+    partition = latest.dagster_event.partition if latest is not None and latest.dagster_event else None
+    return [partition] if partition else []
+
+
 def _materialize(
-    context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase, level: Level, period: PeriodType
+    context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase, key: dg.AssetKey, level: Level, period: PeriodType
 ) -> dg.MaterializeResult:
     """Aggregate each partition of the run at this asset's level, mirrored into the run center."""
-    task = task_of_run(context.run)
+    task = task_of_run(context.run, context.job_def.asset_layer.selected_asset_keys)
     windows = [window_for_key(period, key) for key in context.partition_keys]
     span = Window(windows[0].start, windows[-1].end)
     plans = [WindowPlan(period, window, (level,), whalefall.corrected_quarter) for window in windows]
@@ -86,11 +159,15 @@ def _materialize(
             )
         )
         reports = step.aggregate(plans, phase_results, [phase.value for phase in task.scope.levels])
-    return _result(context, step, reports, level)
+    return _result(context, step, reports, key, level)
 
 
 def _result(
-    context: dg.AssetExecutionContext, step: RunCenterStep, reports: list[AggregationReport], level: Level
+    context: dg.AssetExecutionContext,
+    step: RunCenterStep,
+    reports: list[AggregationReport],
+    key: dg.AssetKey,
+    level: Level,
 ) -> dg.MaterializeResult:
     failed = [report for report in reports if report.failures]
     for report in failed:
@@ -104,15 +181,16 @@ def _result(
             metadata={**report_metadata(report, level), **growth_metadata(step.engine, report, level)}
         )
     return dg.MaterializeResult(
+        asset_key=key,
         metadata={
             "partitions": dg.MetadataValue.int(len(reports)),
             "window": str(Window(reports[0].window.start, reports[-1].window.end)),
             "rows_written": dg.MetadataValue.int(sum(r.rows_written(level) for r in reports)),
             "seconds": dg.MetadataValue.float(round(max(r.seconds for r in reports), 3)),
-        }
+        },
     )
 
 
 AGGREGATION_ASSETS: dict[tuple[Level, PeriodType], dg.AssetsDefinition] = {
-    (level, period): _build_asset(level, period) for period in PeriodType for level in Level
+    (level, period): build_aggregation_asset(level, period) for period in PeriodType for level in Level
 }

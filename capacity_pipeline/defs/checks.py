@@ -1,50 +1,76 @@
-"""Asset checks on every aggregation asset, per partition. A failed check warns in the UI; it
-does not undo the materialization. The SQL lives in the domain (domain/checks.py)."""
+"""Asset checks of every aggregation asset, per partition, evaluated wherever a partition is written.
 
-from collections.abc import Callable
+The checks are specs of the aggregation assets themselves, so every materialization evaluates them
+in its own step (UI, backfill, automation, the API's runs), and the nightly op reports them for
+the partitions it wrote. A failed check warns (severity WARN); it does not undo the rows. The SQL
+lives in the domain (domain/checks.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
 
 import dagster as dg
 from sqlalchemy import Engine
 
-from capacity_pipeline.defs.assets import AGGREGATION_ASSETS
 from capacity_pipeline.defs.partitions import PARTITIONS, window_for_key
-from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.domain import checks
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window
 
 DomainCheck = Callable[[Engine, Level, PeriodType, Window], checks.CheckOutcome]
 
-_CHECKS: dict[str, tuple[DomainCheck, str]] = {
+CHECKS: dict[str, tuple[DomainCheck, str]] = {
     "min_avg_max": (checks.check_min_avg_max, "min <= average <= max on every row of the period"),
     "no_negative_counts": (checks.check_no_negative_counts, "no count column is negative"),
     "coverage": (checks.check_coverage, "every active instance with stats in the window has its row"),
+    "no_negative_input": (
+        checks.check_no_negative_input,
+        "no sample in the window has a negative size or count (WhaleFall would average it silently)",
+    ),
 }
 
 
-def _build_check(level: Level, period: PeriodType, asset: dg.AssetsDefinition, name: str) -> dg.AssetChecksDefinition:
-    domain_check, description = _CHECKS[name]
+def check_specs(key: dg.AssetKey, period: PeriodType) -> list[dg.AssetCheckSpec]:
+    return [
+        dg.AssetCheckSpec(name, asset=key, description=description, partitions_def=PARTITIONS[period])
+        for name, (_, description) in CHECKS.items()
+    ]
 
-    @dg.asset_check(asset=asset, name=name, description=description, partitions_def=PARTITIONS[period], blocking=False)
-    def check(context: dg.AssetCheckExecutionContext, whalefall: WhaleFallDatabase) -> dg.AssetCheckResult:
-        engine = whalefall.engine()
-        outcomes = [domain_check(engine, level, period, window_for_key(period, key)) for key in context.partition_keys]
-        violations = sum(o.violations for o in outcomes)
-        sample = [f"{instance_id}" + (f"/{name}" if name else "") for o in outcomes for instance_id, name in o.sample]
-        return dg.AssetCheckResult(
-            passed=violations == 0,
-            severity=dg.AssetCheckSeverity.WARN,
-            metadata={
-                "violations": dg.MetadataValue.int(violations),
-                "sample": ", ".join(sample[:20]) or "-",
-            },
+
+def evaluate(
+    engine: Engine, key: dg.AssetKey, level: Level, period: PeriodType, partition_key: str, names: Iterable[str]
+) -> list[dg.AssetCheckEvaluation]:
+    """The named checks of one partition, as evaluations recorded on that partition."""
+    window = window_for_key(period, partition_key)
+    evaluations = []
+    for name in names:
+        domain_check, _ = CHECKS[name]
+        outcome = domain_check(engine, level, period, window)
+        sample = [f"{instance_id}" + (f" ({label})" if label else "") for instance_id, label in outcome.sample]
+        evaluations.append(
+            dg.AssetCheckEvaluation(
+                asset_key=key,
+                check_name=name,
+                passed=outcome.passed,
+                partition=partition_key,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata={
+                    "violations": dg.MetadataValue.int(outcome.violations),
+                    "instances": ", ".join(sample) or "-",
+                    "window": str(window),
+                },
+            )
         )
+    return evaluations
 
-    return check
 
-
-AGGREGATION_CHECKS = [
-    _build_check(level, period, asset, name)
-    for (level, period), asset in AGGREGATION_ASSETS.items()
-    for name in _CHECKS
-]
+def as_result(evaluation: dg.AssetCheckEvaluation) -> dg.AssetCheckResult:
+    """An evaluation as a step's own check result (a run of one partition records it there)."""
+    return dg.AssetCheckResult(
+        asset_key=evaluation.asset_key,
+        check_name=evaluation.check_name,
+        passed=evaluation.passed,
+        severity=evaluation.severity,
+        metadata=evaluation.metadata,
+    )

@@ -13,6 +13,7 @@ from datetime import date
 import dagster as dg
 from sqlalchemy import Engine
 
+from capacity_pipeline.defs import checks
 from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key
 from capacity_pipeline.defs.metadata import failure_description, growth_metadata, report_metadata
 from capacity_pipeline.defs.partitions import PARTITIONS, key_for_window
@@ -94,19 +95,23 @@ def calculate_database_op(context: dg.OpExecutionContext, config: NightlyConfig,
 
 
 def _report_materializations(context: dg.OpExecutionContext, engine: Engine, reports: list[AggregationReport]) -> None:
-    """Each asset partition written without failures shows as a materialization of that asset."""
+    """Each asset partition written without failures shows as a materialization of that asset, with
+    its checks evaluated on that partition (as a materialization from any other path has them)."""
     for report in reports:
         partition_key = key_for_window(report.window)
         if report.failures or not PARTITIONS[report.period_type].has_partition_key(partition_key):
             continue
         for level in Level:
+            key = asset_key(level, report.period_type)
             context.log_event(
                 dg.AssetMaterialization(
-                    asset_key=asset_key(level, report.period_type),
+                    asset_key=key,
                     partition=partition_key,
                     metadata={**report_metadata(report, level), **growth_metadata(engine, report, level)},
                 )
             )
+            for evaluation in checks.evaluate(engine, key, level, report.period_type, partition_key, checks.CHECKS):
+                context.log_event(evaluation)
 
 
 def _final_summary(step: RunCenterStep, task_run_id: str, reports: list[AggregationReport], link: dict) -> dict:

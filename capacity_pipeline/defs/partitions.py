@@ -1,7 +1,8 @@
 """One Dagster partitions definition per WhaleFall period type: a partition is one period window.
 
-Weeks start on Monday, quarters on Jan/Apr/Jul/Oct 1, all in Asia/Shanghai. The daily partitions
-include today (the manual "current period" run); the others end at the last complete period.
+Weeks start on Monday, quarters on Jan/Apr/Jul/Oct 1, all in Asia/Shanghai. Every period type
+includes the period in progress (today, this week, this month, this quarter): the API's "current
+period" runs it, and the nightly run takes the last complete one.
 The first partition is the setting CAPACITY_PARTITIONS_START (default 2025-07-01, WhaleFall's
 earliest capacity partitions), moved back to the start of its period; partitions are fixed when
 the code location loads, so this one setting cannot be a resource field.
@@ -25,11 +26,12 @@ def build_partitions(period: PeriodType, start: date) -> dg.TimeWindowPartitions
     if period is PeriodType.DAILY:
         return dg.DailyPartitionsDefinition(start_date=first, timezone=TIMEZONE, end_offset=1)
     if period is PeriodType.WEEKLY:
-        return dg.WeeklyPartitionsDefinition(start_date=first, timezone=TIMEZONE, day_offset=1)
+        return dg.WeeklyPartitionsDefinition(start_date=first, timezone=TIMEZONE, day_offset=1, end_offset=1)
     if period is PeriodType.MONTHLY:
-        return dg.MonthlyPartitionsDefinition(start_date=first, timezone=TIMEZONE)
+        return dg.MonthlyPartitionsDefinition(start_date=first, timezone=TIMEZONE, end_offset=1)
+    # Dagster has no quarterly class: quarters start on Jan/Apr/Jul/Oct 1.
     return dg.TimeWindowPartitionsDefinition(
-        cron_schedule="0 0 1 1,4,7,10 *", start=first, fmt=KEY_FORMAT, timezone=TIMEZONE
+        cron_schedule="0 0 1 1,4,7,10 *", start=first, fmt=KEY_FORMAT, timezone=TIMEZONE, end_offset=1
     )
 
 

@@ -17,6 +17,20 @@ from capacity_pipeline.domain.dialects import ConnectionLimits, first_line
 from capacity_pipeline.settings import SETTINGS, read_settings
 
 DATABASE_URL_ENV = SETTINGS["url"].env
+# The settings a run reads, as the resource's fields (the others shape the definitions themselves).
+RESOURCE_SETTINGS = (
+    "batch_size",
+    "batch_pause_seconds",
+    "connect_timeout_seconds",
+    "statement_timeout_seconds",
+    "lock_timeout_seconds",
+    "heartbeat_seconds",
+    "heartbeat_timeout_seconds",
+    "trigger_pickup_timeout_seconds",
+    "corrected_quarter",
+    "webserver_url",
+    "observe_days",
+)
 
 
 @cache
@@ -42,6 +56,7 @@ class WhaleFallDatabase(dg.ConfigurableResource):
     trigger_pickup_timeout_seconds: float = SETTINGS["trigger_pickup_timeout_seconds"].default
     corrected_quarter: bool = SETTINGS["corrected_quarter"].default
     webserver_url: str = SETTINGS["webserver_url"].default
+    observe_days: int = SETTINGS["observe_days"].default
 
     @property
     def limits(self) -> ConnectionLimits:
@@ -76,5 +91,5 @@ class WhaleFallDatabase(dg.ConfigurableResource):
 
 def whalefall_from_env() -> WhaleFallDatabase:
     """The resource with every setting read once from the environment (the URL at run time)."""
-    values = read_settings(tuple(name for name in SETTINGS if name not in {"url", "partitions_start"}))
+    values = read_settings(RESOURCE_SETTINGS)
     return WhaleFallDatabase(url=dg.EnvVar(DATABASE_URL_ENV), **values)

@@ -18,7 +18,7 @@ claim key, an explicit TaskRun id, the nightly job, or else a hand-made material
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -52,6 +52,7 @@ from capacity_pipeline.domain.worker_watch import WorkerWatch
 CLAIM_TAG = "capacity/claim_key"  # set by the trigger sensor: the run claims that key's TaskRuns
 TASK_RUN_TAG = "capacity/task_run_id"  # a TaskRun the run works for (the first one, for people)
 TASK_KEY_TAG = "capacity/task_key"  # the run-center task this run is (else from the job)
+TRIGGER_SOURCE_TAG = "capacity/trigger_source"  # "scheduled" for runs no person asked for
 SCOPE_TAG = "capacity/scope"
 CREATED_BY_TAG = "capacity/created_by"
 REQUESTED_PERIOD_TAG = "capacity/requested_period_type"
@@ -104,22 +105,21 @@ _TASK_NAMES = {
 }
 
 
-def levels_of_run(run: dg.DagsterRun) -> set[Level]:
-    """Aggregation levels the run materializes (all, when the run selects its whole job)."""
-    if not run.asset_selection:
-        return set(Level)
-    names = {key.to_user_string() for key in run.asset_selection}
+def levels_of(asset_keys: Iterable[dg.AssetKey]) -> set[Level]:
+    """The aggregation levels among these assets (a run's: the assets its job executes)."""
+    names = {key.to_user_string() for key in asset_keys}
     return {level for level in Level if any(name.endswith(f"_{level.table}") for name in names)}
 
 
-def task_of_run(run: dg.DagsterRun) -> RunTask:
+def task_of_run(run: dg.DagsterRun, asset_keys: Iterable[dg.AssetKey] = ()) -> RunTask:
     """The task a run is: its TASK_KEY_TAG, else its job's (the jobs are named for their task keys),
-    else a materialization made by hand (or by automation)."""
+    else a materialization made by hand (or by automation). `asset_keys`: the assets the run
+    executes, which give its scope when no tag does."""
     job_task = run.job_name if run.job_name in (CURRENT_JOB_NAME, NIGHTLY_JOB_NAME) else c.MATERIALIZE_TASK_KEY
     task_key = run.tags.get(TASK_KEY_TAG) or job_task
-    scheduled = SCHEDULE_TAG in run.tags
+    scheduled = SCHEDULE_TAG in run.tags or run.tags.get(TRIGGER_SOURCE_TAG) == c.TRIGGER_SCHEDULED
     tagged_scope = run.tags.get(SCOPE_TAG)
-    scope = Scope(tagged_scope) if tagged_scope in set(Scope) else Scope.of_levels(levels_of_run(run))
+    scope = Scope(tagged_scope) if tagged_scope in set(Scope) else Scope.of_levels(levels_of(asset_keys) or set(Level))
     created_by = run.tags.get(CREATED_BY_TAG, "")
     return RunTask(
         task_key=task_key,
@@ -209,7 +209,10 @@ class RunCenterStep:
         return [run_id]
 
     def _end_closed(self, statuses: dict[str, TaskStatus]) -> None:
-        """Every TaskRun of the run was closed before this step began."""
+        """Every TaskRun of the run was closed before this step began. Completed ones (a run without
+        instances, settled by an earlier step) let the step go on; cancelled and failed ones end it."""
+        if statuses and all(status is TaskStatus.COMPLETED for status in statuses.values()):
+            return
         if statuses and all(status is TaskStatus.CANCELLED for status in statuses.values()):
             self.cancel_dagster_run("every TaskRun of this run was cancelled in the run center before it started")
         raise RunCenterClosed(
@@ -328,11 +331,9 @@ def final_summary(task_key: str) -> Callable[[dict[str, Any], list[dict[str, Any
     )
 
 
-def settle(
-    engine_of: Callable[[], Any], run_id: str, *, failure: str | None = None, last_step: bool = True
-) -> dict[str, TaskStatus | None]:
+def settle(engine_of: Callable[[], Any], run_id: str, *, failure: str | None = None) -> dict[str, TaskStatus | None]:
     """Settle the TaskRuns of a Dagster run after one of its steps: failed with `failure`, or final
-    once every item is (a run without items is final after its last step)."""
+    once every item is (a run without instances at once: there is nothing left to wait for)."""
     engine = engine_of()
     center, settled = RunCenter(engine), {}
     for task_run_id in RunClaims(engine).task_runs_of(run_id):
@@ -341,7 +342,7 @@ def settle(
             continue
         if failure is not None:
             center.mark_run_failed(task_run_id, failure)
-        elif (run["progress_total"] or last_step) and center.items_settled(task_run_id):
+        elif center.items_settled(task_run_id):
             center.finalize_run(task_run_id, final_summary(run["task_key"]))
         settled[task_run_id] = center.status(task_run_id)
     return settled
@@ -354,21 +355,10 @@ def _failure_message(error: BaseException | None) -> str:
     return str(description or error).strip().splitlines()[0] or type(error).__name__
 
 
-def _is_last_step(context: dg.HookContext) -> bool:
-    """Whether no aggregating step of the run comes after this one. Steps run in WhaleFall's order
-    (database level, then instance level, in one process); the nightly op is a run's only step."""
-    step_levels = {level for level in Level if context.op.name.endswith(level.table)}
-    if not step_levels:
-        return True
-    run = context.instance.get_run_by_id(context.run_id)
-    levels = levels_of_run(run) if run is not None else set(Level)
-    return max(levels, key=list(Level).index) in step_levels
-
-
 @dg.success_hook(name="settle_run_center", required_resource_keys={"whalefall"})
 def settle_run_center(context: dg.HookContext) -> None:
     """The step succeeded: its run's TaskRuns become final once all their items are."""
-    settled = settle(context.resources.whalefall.engine, context.run_id, last_step=_is_last_step(context))
+    settled = settle(context.resources.whalefall.engine, context.run_id)
     for task_run_id, status in settled.items():
         context.log.info(f"Run center: TaskRun {task_run_id} is {status.value if status else 'gone'}")
 
@@ -380,9 +370,7 @@ def fail_run_center(context: dg.HookContext) -> None:
     error = context.op_exception
     settled_already = isinstance(error, InstancesFailed | RunCenterClosed)
     failure = None if settled_already else _failure_message(error)
-    settled = settle(
-        context.resources.whalefall.engine, context.run_id, failure=failure, last_step=_is_last_step(context)
-    )
+    settled = settle(context.resources.whalefall.engine, context.run_id, failure=failure)
     for task_run_id, status in settled.items():
         context.log.info(f"Run center: TaskRun {task_run_id} is {status.value if status else 'gone'}")
 

@@ -227,9 +227,12 @@ def reconcile(
     beats = claims.last_beats([run.run_id for run in started])
     timeout = timedelta(seconds=whalefall.heartbeat_timeout_seconds)
     for run in started:
-        record = instance.get_run_record_by_id(run.run_id)
-        began = record.start_time if record is not None else None
-        last = beats.get(run.run_id) or (datetime.fromtimestamp(began, UTC) if began else None)
+        # Only aggregation runs heartbeat: those that claimed TaskRuns, and a trigger's run that
+        # may have died before it could (observation runs are not watched).
+        last = beats.get(run.run_id)
+        if last is None and CLAIM_TAG in run.tags:
+            record = instance.get_run_record_by_id(run.run_id)
+            last = datetime.fromtimestamp(record.start_time, UTC) if record and record.start_time else None
         if last is None or now - last <= timeout:
             continue
         message = (

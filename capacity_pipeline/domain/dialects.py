@@ -89,6 +89,10 @@ class SqlDialect:
         """A float8 stored into numeric(10,2): PostgreSQL rounds half away from zero (spec 4.2)."""
         raise NotImplementedError
 
+    def text_hash(self, expr: str) -> str:
+        """A 32-bit hash of a text expression (for data versions, not for security)."""
+        raise NotImplementedError
+
     # -- writing a batch ------------------------------------------------------------------------
 
     def in_batch(self) -> str:
@@ -187,6 +191,9 @@ class SqliteDialect(SqlDialect):
 
     def pg_numeric2(self, x: str) -> str:
         return f"pg_numeric2({x})"
+
+    def text_hash(self, expr: str) -> str:
+        return f"text_hash({expr})"
 
     def in_batch(self) -> str:
         return "instance_id IN :ids"
@@ -292,6 +299,9 @@ class PostgresDialect(SqlDialect):
 
     def pg_numeric2(self, x: str) -> str:
         return f"round(CAST({x} AS numeric), 2)"
+
+    def text_hash(self, expr: str) -> str:
+        return f"CAST(hashtext({expr}) AS bigint)"
 
     def in_batch(self) -> str:
         return "instance_id = ANY(:ids)"  # one array parameter, however large the batch

@@ -10,6 +10,7 @@ that emulate PostgreSQL (numeric AVG, numeric(10,2) rounding) let SQLite give Po
 from __future__ import annotations
 
 import sqlite3
+import zlib
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 
@@ -62,8 +63,14 @@ def _postgres_division_scale(dividend: int, divisor: int) -> int:
     return min(max(scale, 0), 1000)
 
 
+def text_hash(value: str | None) -> int | None:
+    """A 32-bit hash of a text (SQLite's stand-in for PostgreSQL's hashtext, for data versions)."""
+    return None if value is None else zlib.crc32(value.encode())
+
+
 def register_sqlite_functions(connection: sqlite3.Connection) -> None:
     """Make the SQLite helpers above callable from SQL on this connection."""
     connection.create_function("py_round2", 1, python_round2, deterministic=True)
     connection.create_function("pg_numeric2", 1, postgres_numeric2, deterministic=True)
     connection.create_function("pg_numeric_avg_float", 2, postgres_numeric_avg_float, deterministic=True)
+    connection.create_function("text_hash", 1, text_hash, deterministic=True)

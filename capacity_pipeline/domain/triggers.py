@@ -48,12 +48,11 @@ def current_task_run_spec(
     )
 
 
-def request_current_aggregation(
-    engine: Engine, scope: Scope, created_by: int | None, period_type: str | None = None
-) -> str:
+def request_current_aggregation(engine: Engine, scope: Scope, created_by: int | None, period_type: Any = None) -> str:
     """Write the trigger (a running TaskRun, spec 6.1 start_run) and return its run_id."""
     run_id = str(uuid.uuid4())
-    requested = period_type if isinstance(period_type, str) else None
+    # What the caller asked for, as the summary's "请求周期" shows it (bounded like period_type columns).
+    requested = period_type.strip()[:20] if isinstance(period_type, str) else None
     RunCenter(engine).create_run(run_id, current_task_run_spec(scope, created_by, requested), status=TaskStatus.RUNNING)
     return run_id
 

@@ -80,7 +80,9 @@ def test_good_request_writes_the_task_run_and_answers_the_run_id(host_client, en
         "capacity_aggregate_current",
         "/capacity/instances",
     )
-    assert run["summary_json"] == current_summary("capacity_aggregate_current", Scope.INSTANCE)  # period_type ignored
+    # The requested period type travels with the trigger; the run takes that period's current window.
+    expected = current_summary("capacity_aggregate_current", Scope.INSTANCE, extra={"requested_period_type": "weekly"})
+    assert run["summary_json"] == expected
     assert _task_runs(engine) == 1
 
 

@@ -12,7 +12,6 @@ from sqlalchemy import Engine
 
 from capacity_pipeline.defs import defs
 from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key
-from capacity_pipeline.defs.checks import AGGREGATION_CHECKS
 from capacity_pipeline.defs.jobs import (
     NIGHTLY_OP_NAME,
     calculate_database_job,
@@ -40,9 +39,7 @@ def _url(engine: Engine) -> str:
 
 
 def _period_assets(period: PeriodType) -> list:
-    assets = [AGGREGATION_ASSETS[level, period] for level in Level]
-    checks = [c for c in AGGREGATION_CHECKS if any(k.asset_key in {a.key for a in assets} for k in c.check_keys)]
-    return assets + checks
+    return [AGGREGATION_ASSETS[level, period] for level in Level]  # each with its checks
 
 
 def _rows(whalefall, table: str, period: PeriodType, key: str) -> list[dict]:
@@ -71,8 +68,8 @@ def test_definitions_load():
         f"{period.value}_{level.value}_size_aggregations" for period in PeriodType for level in Level
     }
     assert {asset.group_names_by_key[asset.key] for asset in AGGREGATION_ASSETS.values()} == {"capacity"}
-    checked = sorted((key.asset_key.to_user_string(), key.name) for c in AGGREGATION_CHECKS for key in c.check_keys)
-    assert len(checked) == 24 and ("daily_database_size_aggregations", "coverage") in checked
+    checked = sorted((k.asset_key.to_user_string(), k.name) for a in AGGREGATION_ASSETS.values() for k in a.check_keys)
+    assert len(checked) == 32 and ("daily_database_size_aggregations", "coverage") in checked
     schedule = defs.resolve_schedule_def("calculate_database_nightly")
     assert (schedule.cron_schedule, schedule.execution_timezone) == ("0 4 * * *", "Asia/Shanghai")
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
@@ -98,14 +95,14 @@ def test_partition_windows_match_the_period_engine(period):
         assert window_containing(period, window.start) == window
 
 
-def test_daily_partitions_include_today_others_end_at_the_last_complete_period():
-    just_after_midnight = datetime(2026, 7, 1, 16, 30, tzinfo=UTC)  # 00:30 on 07-02 in Shanghai
+def test_every_period_type_includes_the_period_in_progress():
+    just_after_midnight = datetime(2026, 7, 1, 16, 30, tzinfo=UTC)  # 00:30 on Thu 07-02 in Shanghai
     last = {p: PARTITIONS[p].get_partition_keys(current_time=just_after_midnight)[-1] for p in PeriodType}
     assert last == {
         PeriodType.DAILY: "2026-07-02",
-        PeriodType.WEEKLY: "2026-06-22",
-        PeriodType.MONTHLY: "2026-06-01",
-        PeriodType.QUARTERLY: "2026-04-01",
+        PeriodType.WEEKLY: "2026-06-29",
+        PeriodType.MONTHLY: "2026-07-01",
+        PeriodType.QUARTERLY: "2026-07-01",
     }
 
 
@@ -132,7 +129,8 @@ def test_materializing_a_partition_writes_the_engines_rows(engine, seeded, dagst
     assert metadata["instances_failed"].value == 0
     assert "| instance_id |" in metadata["top_growing_instances"].value
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == 6 and all(e.passed for e in evaluations)
+    assert len(evaluations) == 8 and all(e.passed for e in evaluations)
+    assert {e.partition for e in evaluations} == {key}  # recorded on the partition written
 
 
 def test_materialized_rows_match_whalefall_row_by_row(pg_engine, pg_whalefall, dagster_instance):
@@ -156,7 +154,7 @@ def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, seeded, dagste
     period, key = PeriodType.DAILY, CHOSEN[PeriodType.DAILY]
     assets, resources = _period_assets(period), dagster_resources(engine)
     good = dg.materialize(assets, partition_key=key, resources=resources, instance=dagster_instance)
-    assert [e.passed for e in good.get_asset_check_evaluations()] == [True] * 6
+    assert [e.passed for e in good.get_asset_check_evaluations()] == [True] * 8
 
     # Rows the engine never rewrites (no stats in the window) stay as broken as we make them, and
     # one instance's row is silently swallowed by the database.
@@ -187,14 +185,16 @@ def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, seeded, dagste
         ("daily_database_size_aggregations", "min_avg_max"): False,
         ("daily_database_size_aggregations", "no_negative_counts"): False,
         ("daily_database_size_aggregations", "coverage"): True,
+        ("daily_database_size_aggregations", "no_negative_input"): True,
         ("daily_instance_size_aggregations", "min_avg_max"): True,
         ("daily_instance_size_aggregations", "no_negative_counts"): True,
         ("daily_instance_size_aggregations", "coverage"): False,
+        ("daily_instance_size_aggregations", "no_negative_input"): True,
     }
     assert broken.success  # a failed check warns; it does not fail the run or undo the rows
     [coverage] = [e for e in broken.get_asset_check_evaluations() if e.check_name == "coverage" and not e.passed]
     assert coverage.metadata["violations"].value == 1
-    assert coverage.metadata["sample"].value.startswith(f"{victim}/")
+    assert coverage.metadata["instances"].value.startswith(f"{victim} (")
 
 
 def test_nightly_job_aggregates_the_last_period_of_each_type(engine, seeded, dagster_instance):

@@ -12,12 +12,13 @@ import pytest
 from sqlalchemy import update
 
 from capacity_pipeline.defs.assets import asset_key
+from capacity_pipeline.defs.partitions import key_for_window
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.defs.run_center_mirror import CLAIM_TAG, TASK_RUN_TAG
 from capacity_pipeline.defs.sensors import capacity_current_trigger
 from capacity_pipeline.domain import constants as c
 from capacity_pipeline.domain.model import Level, Scope
-from capacity_pipeline.domain.periods import PeriodType, china_today
+from capacity_pipeline.domain.periods import PeriodType, china_today, current_window
 from capacity_pipeline.domain.run_center import RunCenter
 from capacity_pipeline.domain.run_center_payloads import current_summary
 from capacity_pipeline.domain.tables import tables_for
@@ -187,3 +188,39 @@ def test_every_scope_selects_its_levels(pg_engine, dagster_instance, scope):
     _request(pg_engine, scope)
     [request] = _evaluate(dagster_instance, pg_engine).run_requests
     assert request.asset_selection == [asset_key(level, PeriodType.DAILY) for level in scope.levels]
+
+
+def test_a_request_for_another_period_runs_that_periods_current_window(pg_engine, pg_whalefall, dagster_instance):
+    pg_whalefall.instance(1)
+    weekly = request_current_aggregation(pg_engine, Scope.ALL, created_by=1, period_type="weekly")
+    unknown = request_current_aggregation(pg_engine, Scope.INSTANCE, created_by=1, period_type="hourly")
+
+    requests = {r.tags[TASK_RUN_TAG]: r for r in _evaluate(dagster_instance, pg_engine).run_requests}
+
+    this_week = key_for_window(current_window(PeriodType.WEEKLY, china_today()))
+    assert (requests[weekly].partition_key, requests[weekly].asset_selection) == (
+        this_week,
+        [asset_key(Level.DATABASE, PeriodType.WEEKLY), asset_key(Level.INSTANCE, PeriodType.WEEKLY)],
+    )
+    # missing or unknown values stay daily, as WhaleFall does (spec 7.1)
+    assert (requests[unknown].partition_key, requests[unknown].asset_selection) == (
+        china_today().isoformat(),
+        [asset_key(Level.INSTANCE, PeriodType.DAILY)],
+    )
+    center = RunCenter(pg_engine)
+    for task_run_id, requested, effective in ((weekly, "weekly", "weekly"), (unknown, "hourly", "daily")):
+        request = requests[task_run_id]
+        result = resolve_job(pg_engine, "__ASSET_JOB").execute_in_process(
+            instance=dagster_instance,
+            partition_key=request.partition_key,
+            asset_selection=request.asset_selection,
+            tags=request.tags,
+        )
+        assert result.success
+        data = center.get_run(task_run_id)["summary_json"]["ext"]["data"]
+        assert (data["requested_period_type"], data["effective_period_type"], data["status"]) == (
+            requested,
+            effective,
+            "skipped",  # the instance has no samples: 当前周期没有可处理的数据 (spec 6.2)
+        )
+        assert data["period_start"] == request.partition_key

@@ -1,0 +1,117 @@
+"""WhaleFall's samples in the asset graph: observable source assets with a data version per partition.
+
+* `database_size_stats` / `instance_size_stats`: one partition per day (Asia/Shanghai, like the
+  daily assets); its data version changes whenever a sample of that day is inserted, updated or
+  deleted.
+* `..._quarterly_baseline`: one partition per quarter, the days the next quarter compares with
+  (spec 3, Q1). Quarters depend on it, so the graph states WhaleFall's quarterly rule exactly.
+
+An observation records only the partitions whose version changed since the last one (the first
+records them all), so the event log grows with changes, not with time. Observation runs on its own
+schedule (automation.py) and from the UI ("Observe sources").
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+import dagster as dg
+
+from capacity_pipeline.defs.partitions import PARTITIONS
+from capacity_pipeline.defs.resources import WhaleFallDatabase
+from capacity_pipeline.domain.model import Level
+from capacity_pipeline.domain.periods import PeriodType, Window, china_today
+from capacity_pipeline.domain.stats_versions import (
+    STATS_TABLES,
+    baseline_versions,
+    day_versions,
+    observed_days,
+    quarterly_baselines,
+)
+
+GROUP = "capacity"  # the samples and their roll-ups in one lineage graph
+EMPTY_DAY = "no-samples"  # the version of a day without samples: deleting them all is a change too
+
+
+def stats_key(level: Level) -> dg.AssetKey:
+    return dg.AssetKey(STATS_TABLES[level])
+
+
+def baseline_key(level: Level) -> dg.AssetKey:
+    return dg.AssetKey(f"{STATS_TABLES[level]}_quarterly_baseline")
+
+
+def _changed_only(
+    context: dg.AssetExecutionContext, key: dg.AssetKey, versions: dict[str, str]
+) -> dg.DataVersionsByPartition:
+    """The versions that differ from the last ones recorded for their partitions."""
+    records = context.instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=key, asset_partitions=list(versions)), limit=4 * len(versions) or 1
+    ).records
+    known: dict[str, str] = {}
+    for record in records:  # newest first: the first one seen per partition is its latest
+        observation = record.asset_observation
+        if observation is not None and observation.partition not in known:
+            known[observation.partition] = observation.tags.get("dagster/data_version", "")
+    changed = {partition: version for partition, version in versions.items() if known.get(partition) != version}
+    context.log.info(f"{key.to_user_string()}: {len(changed)} of {len(versions)} partitions changed")
+    return dg.DataVersionsByPartition({partition: dg.DataVersion(v) for partition, v in changed.items()})
+
+
+def _observed_day_versions(whalefall: WhaleFallDatabase, level: Level) -> tuple[dict[date, str], Window]:
+    days = observed_days(china_today(), whalefall.observe_days)
+    found = day_versions(whalefall.engine(), level, days)
+    every_day = {day: found.get(day, EMPTY_DAY) for day in _days(days.start, days.end)}
+    return every_day, days
+
+
+def _days(first: date, last: date) -> list[date]:
+    return [date.fromordinal(ordinal) for ordinal in range(first.toordinal(), last.toordinal() + 1)]
+
+
+def _build_stats_source(level: Level) -> dg.SourceAsset:
+    table = STATS_TABLES[level]
+
+    @dg.observable_source_asset(
+        key=stats_key(level),
+        partitions_def=PARTITIONS[PeriodType.DAILY],
+        group_name=GROUP,
+        description=f"WhaleFall's {table} (spec 1.3, 1.4), one partition per collected_date; its data version "
+        "changes when a sample of that day is inserted, updated or deleted.",
+    )
+    def source(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase) -> dg.DataVersionsByPartition:
+        versions, _ = _observed_day_versions(whalefall, level)
+        partitions = PARTITIONS[PeriodType.DAILY]
+        keyed = {day.isoformat(): v for day, v in versions.items() if partitions.has_partition_key(day.isoformat())}
+        return _changed_only(context, stats_key(level), keyed)
+
+    return source
+
+
+def _build_baseline_source(level: Level) -> dg.SourceAsset:
+    table = STATS_TABLES[level]
+
+    @dg.observable_source_asset(
+        key=baseline_key(level),
+        partitions_def=PARTITIONS[PeriodType.QUARTERLY],
+        group_name=GROUP,
+        description=f"The days of {table} that the next quarter's change fields compare with (spec 3, Q1): the "
+        "first two months of the quarter, or the whole quarter before a Q1 and in corrected mode.",
+    )
+    def baseline(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase) -> dg.DataVersionsByPartition:
+        versions, days = _observed_day_versions(whalefall, level)
+        windows = quarterly_baselines(days, corrected_quarter=whalefall.corrected_quarter)
+        partitions = PARTITIONS[PeriodType.QUARTERLY]
+        keyed = {
+            start.isoformat(): version
+            for start, version in baseline_versions(versions, windows).items()
+            if partitions.has_partition_key(start.isoformat())
+        }
+        return _changed_only(context, baseline_key(level), keyed)
+
+    return baseline
+
+
+STATS_SOURCES = {level: _build_stats_source(level) for level in Level}
+BASELINE_SOURCES = {level: _build_baseline_source(level) for level in Level}
+SOURCES = [*STATS_SOURCES.values(), *BASELINE_SOURCES.values()]

@@ -1,0 +1,205 @@
+"""Roll-ups that follow their inputs: observed samples, true dependencies, exact automation.
+
+Observations and automation evaluations run for real (in process, on a real Dagster instance and
+PostgreSQL); the partitions automation must request are computed here from WhaleFall's period
+rules (spec 3), independently of Dagster's partition mappings.
+"""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+
+import dagster as dg
+import pytest
+from sqlalchemy import text
+
+from capacity_pipeline.defs import defs as code_location
+from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key, build_aggregation_asset
+from capacity_pipeline.defs.partitions import key_for_window
+from capacity_pipeline.defs.sources import EMPTY_DAY, SOURCES, baseline_key, stats_key
+from capacity_pipeline.domain.model import Level
+from capacity_pipeline.domain.periods import PeriodType, Window, china_today, previous_window, window_containing
+from capacity_pipeline.domain.stats_versions import quarterly_baselines
+from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
+from capacity_pipeline_tests.support import dagster_resources, expected_reaggregation
+
+TODAY = china_today()
+PREVIOUS_QUARTER = window_containing(
+    PeriodType.QUARTERLY, window_containing(PeriodType.QUARTERLY, TODAY).start - timedelta(days=1)
+)
+OBSERVE_DAYS = (TODAY - PREVIOUS_QUARTER.start).days  # the observed range starts on that quarter's first day
+
+
+def _definitions(engine, **settings) -> dg.Definitions:  # noqa: ANN001
+    return dg.Definitions(
+        assets=list(code_location.assets),
+        jobs=list(code_location.jobs),
+        resources=dagster_resources(engine, observe_days=OBSERVE_DAYS, **settings),
+        executor=dg.in_process_executor,
+    )
+
+
+def _observe(definitions: dg.Definitions, instance: dg.DagsterInstance) -> None:
+    for job in ("observe_capacity_samples", "observe_quarterly_baselines"):
+        assert definitions.resolve_job_def(job).execute_in_process(instance=instance).success
+
+
+def _versions(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, str]:
+    """The latest data version recorded per partition."""
+    records = instance.fetch_observations(dg.AssetRecordsFilter(asset_key=key), limit=10_000).records
+    versions: dict[str, str] = {}
+    for record in records:  # newest first
+        observation = record.asset_observation
+        versions.setdefault(observation.partition, observation.tags["dagster/data_version"])
+    return versions
+
+
+def _observation_count(instance: dg.DagsterInstance, key: dg.AssetKey) -> int:
+    return len(instance.fetch_observations(dg.AssetRecordsFilter(asset_key=key), limit=10_000).records)
+
+
+@pytest.fixture
+def samples(pg_engine, pg_whalefall):  # noqa: ANN001, ANN201
+    spec = SyntheticSpec(6, 3, OBSERVE_DAYS + 5, TODAY, seed=21, inactive_share=0, deleted_share=0)
+    load_synthetic_data(pg_engine, spec)
+    return pg_whalefall
+
+
+def _change_three_days(engine) -> dict[Level, set[date]]:  # noqa: ANN001
+    """An insert, an update and a delete on three past days around a month boundary."""
+    boundary = PREVIOUS_QUARTER.start.replace(month=PREVIOUS_QUARTER.start.month + 2)  # the quarter's third month
+    inserted, updated, deleted = boundary - timedelta(days=1), boundary, boundary + timedelta(days=2)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO database_size_stats (instance_id, database_name, size_mb, data_size_mb, collected_date) "
+                "VALUES (1, 'late_import', 4096, 4000, :day)"
+            ),
+            {"day": inserted},
+        )
+        connection.execute(
+            text("UPDATE instance_size_stats SET total_size_mb = total_size_mb + 7 WHERE collected_date = :day"),
+            {"day": updated},
+        )
+        connection.execute(
+            text("DELETE FROM database_size_stats WHERE collected_date = :day AND instance_id = 2"), {"day": deleted}
+        )
+    return {Level.DATABASE: {inserted, deleted}, Level.INSTANCE: {updated}}
+
+
+def _expected(changed: dict[Level, set[date]], *, current_periods: bool) -> dict[dg.AssetKey, set[str]]:
+    return expected_reaggregation(changed, TODAY, current_periods=current_periods)
+
+
+def test_an_observation_versions_each_day_and_records_only_what_changed(pg_engine, samples, dagster_instance):
+    definitions = _definitions(pg_engine)
+    _observe(definitions, dagster_instance)
+    first = _versions(dagster_instance, stats_key(Level.DATABASE))
+    observed = len(first)
+    assert observed == (TODAY - PREVIOUS_QUARTER.start).days + 1  # every day of the range, today included
+
+    _observe(definitions, dagster_instance)  # nothing changed
+    assert _observation_count(dagster_instance, stats_key(Level.DATABASE)) == observed
+
+    changed = _change_three_days(pg_engine)
+    with pg_engine.begin() as connection:  # a day whose samples are all deleted changes too
+        gone = PREVIOUS_QUARTER.start + timedelta(days=3)
+        connection.execute(text("DELETE FROM database_size_stats WHERE collected_date = :day"), {"day": gone})
+    _observe(definitions, dagster_instance)
+
+    now = _versions(dagster_instance, stats_key(Level.DATABASE))
+    differ = {day for day in first if first[day] != now[day]}
+    assert differ == {d.isoformat() for d in changed[Level.DATABASE]} | {gone.isoformat()}
+    assert now[gone.isoformat()] == EMPTY_DAY
+    assert _observation_count(dagster_instance, stats_key(Level.DATABASE)) == observed + 3
+    instance_changes = _versions(dagster_instance, stats_key(Level.INSTANCE))
+    assert len(instance_changes) == observed
+
+
+SAMPLE_PARTITIONS = {
+    PeriodType.DAILY: "2026-03-01",
+    PeriodType.WEEKLY: "2026-03-02",
+    PeriodType.MONTHLY: "2026-03-01",
+    PeriodType.QUARTERLY: "2026-07-01",  # compares with Apr-May only (spec Q1)
+}
+
+
+@pytest.mark.parametrize("level", list(Level))
+@pytest.mark.parametrize("period", list(PeriodType))
+def test_the_lineage_maps_a_partition_to_exactly_the_days_it_reads(level, period):
+    graph = code_location.resolve_asset_graph()
+    key = SAMPLE_PARTITIONS[period]
+    window = window_containing(period, date.fromisoformat(key))
+    previous = previous_window(period, window)
+    child = asset_key(level, period)
+
+    def upstream(parent: dg.AssetKey) -> set[str]:
+        return set(graph.get_parent_partition_keys_for_child(key, parent, child).partitions_subset.get_partition_keys())
+
+    if period is not PeriodType.QUARTERLY:
+        assert graph.get(child).parent_keys == {stats_key(level)}
+        assert upstream(stats_key(level)) == {day.isoformat() for day in _days(window) | _days(previous)}
+        return
+    # A quarter reads its own days, and the baseline partition of the quarter before it, whose days
+    # are WhaleFall's previous window of this quarter.
+    assert graph.get(child).parent_keys == {stats_key(level), baseline_key(level)}
+    assert upstream(stats_key(level)) == {day.isoformat() for day in _days(window)}
+    [baseline] = upstream(baseline_key(level))
+    observed = Window(date.fromisoformat(baseline), window.end)
+    assert quarterly_baselines(observed, corrected_quarter=False)[date.fromisoformat(baseline)] == previous
+    assert previous == Window(date(2026, 4, 1), date(2026, 5, 31))
+
+
+def _days(window: Window) -> set[date]:
+    return {window.start + timedelta(days=n) for n in range(window.days)}
+
+
+def test_a_changed_day_re_aggregates_exactly_the_windows_it_feeds(pg_engine, samples, dagster_instance):
+    definitions = _definitions(pg_engine)
+    _observe(definitions, dagster_instance)
+    first = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance)
+    assert first.total_requested == 0  # nothing changed since the automation began
+
+    changed = _change_three_days(pg_engine)
+    _observe(definitions, dagster_instance)
+    result = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=first.cursor)
+
+    requested = {
+        asset.key: partitions
+        for asset in AGGREGATION_ASSETS.values()
+        if (partitions := set(result.get_requested_partitions(asset.key)))
+    }
+    assert requested == _expected(changed, current_periods=False)
+    again = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=result.cursor)
+    assert again.total_requested == 0  # requested once, not on every tick
+
+
+def test_with_current_periods_on_the_quarter_in_progress_follows_only_the_days_it_compares_with(
+    pg_engine, samples, dagster_instance, monkeypatch
+):
+    """Spec Q1: a quarter compares with the first two months of the quarter before (outside Q1), so
+    a change in that quarter's third month re-aggregates it, but not the quarter after."""
+    monkeypatch.setenv("CAPACITY_AUTOMATE_CURRENT_PERIODS", "on")
+    rebuilt = [build_aggregation_asset(level, period) for (level, period) in AGGREGATION_ASSETS]
+    definitions = dg.Definitions(
+        assets=[*SOURCES, *rebuilt],
+        jobs=list(code_location.jobs),
+        resources=dagster_resources(pg_engine, observe_days=OBSERVE_DAYS),
+    )
+    _observe(definitions, dagster_instance)
+    first = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance)
+
+    changed = _change_three_days(pg_engine)
+    _observe(definitions, dagster_instance)
+    result = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=first.cursor)
+
+    requested = {
+        asset.key: partitions for asset in rebuilt if (partitions := set(result.get_requested_partitions(asset.key)))
+    }
+    expected = _expected(changed, current_periods=True)
+    assert requested == expected
+    this_quarter = key_for_window(window_containing(PeriodType.QUARTERLY, TODAY))
+    # Outside Q1, the update in the third month (instance level) does not reach the quarter after.
+    if window_containing(PeriodType.QUARTERLY, TODAY).start.month != 1:
+        assert this_quarter not in expected[asset_key(Level.INSTANCE, PeriodType.QUARTERLY)]
+    assert this_quarter in expected[asset_key(Level.DATABASE, PeriodType.QUARTERLY)]  # via the second month
