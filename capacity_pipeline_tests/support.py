@@ -292,6 +292,7 @@ class DagsterDev:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None
     startup_seconds: float = 120
+    whalefall_engine: Engine | None = None  # set when the server has a WhaleFall database of its own
 
     @classmethod
     def prepared(cls, folder: Path, storage_url: str, whalefall_url: str, **extra_env: str) -> DagsterDev:
@@ -353,9 +354,12 @@ class DagsterDev:
         return self.log.read_text()[-characters:] if self.log.exists() else ""
 
     def instance(self) -> dg.DagsterInstance:
-        """The same Dagster instance (PostgreSQL storage), opened from the test process; the storage
-        URL must be in this process's environment (the dagster_dev fixture sets it for the test)."""
-        return dg.DagsterInstance.from_config(str(self.home))
+        """The same Dagster instance (PostgreSQL storage), opened from the test process without
+        touching this process's environment."""
+        from dagster._core.instance.ref import InstanceRef
+
+        storage = {"storage": {"postgres": {"postgres_url": self.env["DAGSTER_POSTGRES_URL"]}}}
+        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home), overrides=storage))
 
 
 def submit_job(client: Any, deadline: float, **kwargs: Any) -> str:

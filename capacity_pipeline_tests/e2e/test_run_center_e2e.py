@@ -11,7 +11,6 @@ import time
 from datetime import date
 
 import dagster as dg
-import pytest
 from dagster_graphql import DagsterGraphQLClient
 from sqlalchemy import text
 
@@ -25,12 +24,14 @@ from capacity_pipeline.domain.triggers import request_current_aggregation
 from capacity_pipeline_tests.support import submit_job, wait_for_run, wait_until
 
 TODAY = date(2026, 7, 2)
-SLOW = pytest.mark.dagster_env(
-    CAPACITY_BATCH_SIZE="1",
-    CAPACITY_BATCH_PAUSE_SECONDS="1",
-    CAPACITY_HEARTBEAT_SECONDS="1",
-    CAPACITY_HEARTBEAT_TIMEOUT_SECONDS="8",
-)
+# A server of its own for the test that kills it: one worker silent for 8 s is dead.
+KILLABLE = {
+    "CAPACITY_BATCH_SIZE": "1",
+    "CAPACITY_BATCH_PAUSE_SECONDS": "1",
+    "CAPACITY_HEARTBEAT_SECONDS": "1",
+    "CAPACITY_HEARTBEAT_TIMEOUT_SECONDS": "8",
+    "CAPACITY_AUTOMATION": "off",
+}
 
 
 def _launch_slow_nightly(dagster_dev, pg_engine) -> tuple[DagsterGraphQLClient, str, RunCenter]:  # noqa: ANN001
@@ -71,7 +72,6 @@ def _dagster_run_of(instance: dg.DagsterInstance, task_run_id: str) -> dg.Dagste
     return runs[0] if runs else None
 
 
-@SLOW
 def test_cancel_in_the_run_center_ends_the_dagster_run_canceled(dagster_dev, pg_engine, pg_whalefall):
     client, run_id, center = _launch_slow_nightly(dagster_dev, pg_engine)
 
@@ -84,7 +84,6 @@ def test_cancel_in_the_run_center_ends_the_dagster_run_canceled(dagster_dev, pg_
     _assert_cancelled_with_batches_intact(center, run_id, pg_whalefall)
 
 
-@SLOW
 def test_terminating_in_dagster_cancels_the_task_run(dagster_dev, pg_engine, pg_whalefall):
     client, run_id, center = _launch_slow_nightly(dagster_dev, pg_engine)
 
@@ -96,7 +95,6 @@ def test_terminating_in_dagster_cancels_the_task_run(dagster_dev, pg_engine, pg_
     _assert_cancelled_with_batches_intact(center, run_id, pg_whalefall)
 
 
-@SLOW
 def test_a_killed_run_worker_fails_the_task_run(dagster_dev, pg_engine, pg_whalefall):
     client, run_id, center = _launch_slow_nightly(dagster_dev, pg_engine)
     with dagster_dev.instance() as instance:
@@ -114,10 +112,11 @@ def test_a_killed_run_worker_fails_the_task_run(dagster_dev, pg_engine, pg_whale
     assert failed and {i["error_message"] for i in failed} == {run["error_message"]}
 
 
-@SLOW
 def test_killing_the_whole_dagster_dev_mid_run_fails_the_run_after_restart_and_frees_its_slot(
-    dagster_dev, pg_engine, pg_whalefall
+    fresh_dagster_dev,
 ):
+    dagster_dev = fresh_dagster_dev(**KILLABLE).start()
+    pg_engine = dagster_dev.whalefall_engine
     load_synthetic_data(
         pg_engine,
         SyntheticSpec(
@@ -158,7 +157,6 @@ def test_killing_the_whole_dagster_dev_mid_run_fails_the_run_after_restart_and_f
         )
 
 
-@pytest.mark.dagster_env(CAPACITY_HEARTBEAT_SECONDS="1", CAPACITY_LOCK_TIMEOUT_SECONDS="120")
 def test_a_run_behind_a_table_lock_says_so_and_a_cancel_frees_the_database(dagster_dev, pg_engine, pg_whalefall):
     load_synthetic_data(
         pg_engine,
@@ -166,9 +164,13 @@ def test_a_run_behind_a_table_lock_says_so_and_a_cancel_frees_the_database(dagst
             instances=4, databases=2, days=3, end_date=china_today(), seed=6, inactive_share=0, deleted_share=0
         ),
     )
-    request_current_aggregation(pg_engine, Scope.DATABASE, created_by=1)  # creates the month partition
+    first = request_current_aggregation(pg_engine, Scope.DATABASE, created_by=1)  # creates the month partition
     center = RunCenter(pg_engine)
-    wait_until(lambda: center.runs_in_states(["capacity_aggregate_current"], ["completed"]), 90, "a first run")
+    with dagster_dev.instance() as instance:  # the first run is over, in Dagster too, before the lock
+        first_run = wait_until(lambda: _dagster_run_of(instance, first), 60, "the first run")
+        wait_until(
+            lambda: instance.get_run_by_id(first_run.run_id).status == dg.DagsterRunStatus.SUCCESS, 90, "a first run"
+        )
 
     with pg_engine.connect() as holder:
         transaction = holder.begin()
