@@ -177,6 +177,7 @@ class RunCenterStep:
         try:
             self.task_run_ids = self._claim()
             self.watch.task_run_ids = self.task_run_ids
+            self.watch.tick()  # the first heartbeat of the claimed links, with the worker's pid and memory
             statuses = self.center.statuses(self.task_run_ids)
             self.open_ids = [run_id for run_id in self.task_run_ids if statuses.get(run_id) in IN_PROGRESS]
             if not self.open_ids:

@@ -10,12 +10,17 @@
   Dagster and in the run center, which frees its concurrency slot), and a queued run whose
   TaskRuns were all cancelled (cancelled before it starts).
 
-A WhaleFall database that cannot be reached makes a tick log one line and skip, not a traceback.
+A WhaleFall database that cannot be reached makes a tick log one line and skip, not a traceback,
+and the next tries come less and less often (up to every 5 minutes) until it answers again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+import re
+import signal
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -63,6 +68,32 @@ def _database_errors() -> Iterator[None]:
         raise DatabaseUnavailable(failure.description or "the WhaleFall database is unavailable") from None
     except DBAPIError as error:
         raise DatabaseUnavailable(f"the WhaleFall database is unavailable: {first_line(error)}") from None
+
+
+BACKOFF_LIMIT_SECONDS = 300
+
+
+def _guarded(
+    context: dg.SensorEvaluationContext, interval: int, tick: Callable[[], dg.SensorResult | dg.SkipReason]
+) -> dg.SensorResult | dg.SkipReason:
+    """Run a tick; while the WhaleFall database is unavailable, log one line per tick and wait twice
+    as long after each failure (up to 5 minutes) before trying again. The wait lives in the cursor."""
+    state = json.loads(context.cursor) if context.cursor else {}
+    now = time.time()
+    if state.get("retry_at", 0) > now:
+        return dg.SkipReason(f"{state['error']}; next try in {state['retry_at'] - now:.0f} s")
+    try:
+        with _database_errors():
+            result = tick()
+    except DatabaseUnavailable as error:
+        failures = state.get("failures", 0) + 1
+        wait = min(interval * 2**failures, BACKOFF_LIMIT_SECONDS)
+        context.update_cursor(json.dumps({"failures": failures, "retry_at": now + wait, "error": str(error)}))
+        context.log.warning(f"{error}; next try in {wait} s")
+        return dg.SkipReason(f"{error}; next try in {wait} s")
+    if state:
+        context.update_cursor(None)
+    return result
 
 
 # -- the trigger launcher -------------------------------------------------------------------------
@@ -186,22 +217,49 @@ def _runs_by_claim_key(instance: dg.DagsterInstance, claim_keys: list[str]) -> d
 def capacity_current_trigger(
     context: dg.SensorEvaluationContext, whalefall: WhaleFallDatabase
 ) -> dg.SensorResult | dg.SkipReason:
-    try:
-        with _database_errors():
-            return launch_triggers(context, whalefall)
-    except DatabaseUnavailable as error:
-        context.log.warning(str(error))
-        return dg.SkipReason(str(error))
+    return _guarded(context, TRIGGER_SENSOR_SECONDS, lambda: launch_triggers(context, whalefall))
 
 
 # -- the reconciler ---------------------------------------------------------------------------------
 
 
-def _failure_message(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str:
-    """Why the run failed, from its own failure event."""
+_KILLED = re.compile(r"terminated by signal (\d+)|exit code -(\d+)")
+_MEMORY_SHARE_OF_AN_OOM_KILL = 0.5  # a worker this far below the machine's memory was not its victim
+
+
+def _failure_message(instance: dg.DagsterInstance, claims: RunClaims, run: dg.DagsterRun) -> str:
+    """Why the run failed, as precisely as we can tell: a worker killed by a signal says by which,
+    and its last heartbeat says whether it was short of memory (Dagster's event guesses so for
+    every SIGKILL); otherwise the run's own failure message."""
+    engine_events = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records
+    for record in reversed(engine_events):
+        killed = _KILLED.search(record.event_log_entry.message or "")
+        if killed:
+            how = _killed(claims, run.run_id, int(killed.group(1) or killed.group(2)))
+            return f"Dagster run {run.run_id} failed: {how}"
     failures = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
     detail = failures[-1].event_log_entry.message if failures else "the run failed"
     return f"Dagster run {run.run_id} failed: {detail}"
+
+
+def _killed(claims: RunClaims, run_id: str, number: int) -> str:
+    try:
+        name = f"signal {number} ({signal.Signals(number).name})"
+    except ValueError:
+        name = f"signal {number}"
+    last = claims.last_worker(run_id)
+    if last is None:
+        return f"its worker process was killed by {name}"
+    beat_at, worker = last
+    used = f"{worker.memory_mib} MiB of the machine's {worker.machine_memory_mib} MiB"
+    if worker.memory_mib < _MEMORY_SHARE_OF_AN_OOM_KILL * worker.machine_memory_mib:
+        verdict = "not short of memory: something killed it (an operator, a supervisor, a restart)"
+    else:
+        verdict = "it may have run the machine out of memory"
+    return (
+        f"its worker process (pid {worker.pid}) was killed by {name}; at its last heartbeat "
+        f"({beat_at.isoformat(timespec='seconds')}) it used {used}: {verdict}"
+    )
 
 
 def _is_ours(run: dg.DagsterRun, location_name: str | None) -> bool:
@@ -266,7 +324,9 @@ def reconcile(
             if center.items_settled(task_run_id) and center.get_items(task_run_id):
                 center.finalize_run(task_run_id, final_summary(task_run["task_key"]))
             else:
-                center.mark_run_failed(task_run_id, _failure_message(instance, run))
+                message = _failure_message(instance, claims, run)
+                if center.mark_run_failed(task_run_id, message):
+                    instance.report_engine_event(f"Run center: {message}", run)
             done.append(f"{task_run_id}: failed")
     # 3. Queued runs whose TaskRuns were all cancelled never start.
     cancelled = claims.cancelled_unclaimed(now - timedelta(days=1))
@@ -291,15 +351,14 @@ def _runs_by_id(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, d
 )
 def run_center_reconciler(context: dg.SensorEvaluationContext, whalefall: WhaleFallDatabase) -> dg.SkipReason:
     location = getattr(getattr(context, "code_location_origin", None), "location_name", None)
-    try:
-        with _database_errors():
-            actions = reconcile(context.instance, whalefall, location_name=location)
-    except DatabaseUnavailable as error:
-        context.log.warning(str(error))
-        return dg.SkipReason(str(error))
-    for action in actions:
-        context.log.info(action)
-    return dg.SkipReason("; ".join(actions) if actions else "run center in line with Dagster")
+
+    def tick() -> dg.SkipReason:
+        actions = reconcile(context.instance, whalefall, location_name=location)
+        for action in actions:
+            context.log.info(action)
+        return dg.SkipReason("; ".join(actions) if actions else "run center in line with Dagster")
+
+    return _guarded(context, RECONCILER_SECONDS, tick)
 
 
 SENSORS = [capacity_current_trigger, run_center_reconciler]

@@ -13,7 +13,10 @@ Times are the writers' UTC clocks; the hosts are expected to keep time (NTP).
 
 from __future__ import annotations
 
+import os
+import resource
 from collections.abc import Collection
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +27,26 @@ from capacity_pipeline.domain.dialects import dialect_of
 from capacity_pipeline.domain.model import IN_PROGRESS, TaskStatus
 from capacity_pipeline.domain.run_center import RunCenter
 from capacity_pipeline.domain.tables import tables_for
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    """A worker process as it reports itself at a heartbeat."""
+
+    pid: int
+    memory_mib: int
+    machine_memory_mib: int
+
+    @classmethod
+    def of_this_process(cls) -> WorkerStats:
+        page = os.sysconf("SC_PAGE_SIZE")
+        machine = os.sysconf("SC_PHYS_PAGES") * page
+        try:
+            with open("/proc/self/statm") as statm:
+                resident = int(statm.read().split()[1]) * page
+        except OSError:  # not Linux: the peak instead (kilobytes on Linux, bytes on macOS)
+            resident = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        return cls(os.getpid(), resident // 2**20, machine // 2**20)
 
 
 def _now() -> datetime:
@@ -161,12 +184,32 @@ class RunClaims:
 
         return in_transaction(self.engine, adopt)
 
-    def beat(self, run_id: str) -> None:
-        """The run's worker is alive."""
+    def beat(self, run_id: str, worker: WorkerStats | None = None) -> None:
+        """The run's worker is alive (and, when given, how it is doing)."""
+        values: dict[str, Any] = {"heartbeat_at": _now()}
+        if worker is not None:
+            values |= {
+                "worker_pid": worker.pid,
+                "worker_memory_mib": worker.memory_mib,
+                "machine_memory_mib": worker.machine_memory_mib,
+            }
         with self.engine.begin() as connection:
-            connection.execute(
-                update(self.links).where(self.links.c.dagster_run_id == run_id).values(heartbeat_at=_now())
-            )
+            connection.execute(update(self.links).where(self.links.c.dagster_run_id == run_id).values(**values))
+
+    def last_worker(self, run_id: str) -> tuple[datetime, WorkerStats] | None:
+        """When the run's worker last beat, and what it reported then."""
+        query = (
+            select(self.links.c.heartbeat_at, self.links.c.worker_pid, self.links.c.worker_memory_mib,
+                   self.links.c.machine_memory_mib)
+            .where(self.links.c.dagster_run_id == run_id, self.links.c.worker_pid.is_not(None))
+            .order_by(self.links.c.heartbeat_at.desc())
+            .limit(1)
+        )  # fmt: skip
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
+        if row is None:
+            return None
+        return as_utc(row.heartbeat_at), WorkerStats(row.worker_pid, row.worker_memory_mib, row.machine_memory_mib)
 
     def task_runs_of(self, run_id: str) -> list[str]:
         query = select(self.links.c.task_run_id).where(self.links.c.dagster_run_id == run_id)

@@ -354,6 +354,10 @@ def whalefall_metadata(dialect: str) -> MetaData:
         Column("dagster_run_id", String(64), nullable=True),
         Column("claimed_at", _TIMESTAMPTZ, nullable=True),
         Column("heartbeat_at", _TIMESTAMPTZ, nullable=True),
+        # What the worker reported at its last heartbeat, to tell why it died.
+        Column("worker_pid", Integer, nullable=True),
+        Column("worker_memory_mib", Integer, nullable=True),
+        Column("machine_memory_mib", Integer, nullable=True),
         Column("created_at", _TIMESTAMPTZ, nullable=False, server_default=now),
         Index("ix_capacity_task_run_links_claim_key", "claim_key"),
         Index("ix_capacity_task_run_links_dagster_run_id", "dagster_run_id"),

@@ -18,7 +18,7 @@ from capacity_pipeline.domain.dialects import dialect_of, first_line
 from capacity_pipeline.domain.engine import BatchControl
 from capacity_pipeline.domain.model import IN_PROGRESS
 from capacity_pipeline.domain.run_center import RunCenter
-from capacity_pipeline.domain.run_claims import RunClaims
+from capacity_pipeline.domain.run_claims import RunClaims, WorkerStats
 
 WAIT_REPORT_AFTER_SECONDS = 2.0  # a statement busy this long is looked at for lock waits
 
@@ -74,7 +74,7 @@ class WorkerWatch:
                     self.warn(f"{name} failed: {first_line(error)}")
 
     def _beat(self) -> None:
-        self._claims.beat(self.run_id)
+        self._claims.beat(self.run_id, WorkerStats.of_this_process())
 
     def _watch_wait(self) -> None:
         busy = self.control.busy_session()

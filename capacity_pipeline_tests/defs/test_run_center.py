@@ -25,7 +25,7 @@ from capacity_pipeline.defs.sensors import reconcile, run_center_reconciler
 from capacity_pipeline.domain.model import Level, Scope
 from capacity_pipeline.domain.periods import PeriodType
 from capacity_pipeline.domain.run_center import RunCenter
-from capacity_pipeline.domain.run_claims import RunClaims
+from capacity_pipeline.domain.run_claims import RunClaims, WorkerStats
 from capacity_pipeline.domain.tables import tables_for
 from capacity_pipeline.domain.triggers import request_current_aggregation
 from capacity_pipeline_tests.support import dagster_resources, resolve_job, row_trigger
@@ -564,4 +564,33 @@ def test_the_reconciler_logs_one_line_when_whalefall_is_unreachable(dagster_inst
 
     assert isinstance(evaluation, dg.SkipReason)
     assert evaluation.skip_message.startswith("WHALEFALL_DATABASE_URL: cannot connect to the WhaleFall database")
-    assert "\n" not in evaluation.skip_message
+    assert "\n" not in evaluation.skip_message and evaluation.skip_message.endswith("; next try in 10 s")
+
+
+@pytest.mark.parametrize(
+    ("memory_mib", "verdict"),
+    [
+        (300, "not short of memory: something killed it (an operator, a supervisor, a restart)"),
+        (20_000, "it may have run the machine out of memory"),
+    ],  # fmt: skip
+)
+def test_a_killed_worker_is_explained_by_its_last_heartbeat(pg_engine, seeded, dagster_instance, memory_mib, verdict):
+    center, claims = RunCenter(pg_engine), RunClaims(pg_engine)
+    task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
+    run = _started_run(dagster_instance, pg_engine)
+    claims.adopt(task_run_id, run.run_id)
+    claims.beat(run.run_id, WorkerStats(pid=4242, memory_mib=memory_mib, machine_memory_mib=24_000))
+    # What the code server reports when the worker dies, then the failure Dagster records.
+    dagster_instance.report_engine_event(
+        "[DagsterApiServer] Run execution process for x was terminated by signal 9 (SIGKILL). This usually "
+        "indicates that the process was killed by the operating system due to running out of memory.",
+        run,
+    )
+    dagster_instance.report_run_failed(run)
+
+    reconcile(dagster_instance, dagster_resources(pg_engine)["whalefall"])
+
+    message = center.get_run(task_run_id)["error_message"]
+    assert message.startswith(f"Dagster run {run.run_id} failed: its worker process (pid 4242) was killed by signal 9")
+    assert f"used {memory_mib} MiB of the machine's 24000 MiB" in message and message.endswith(verdict)
+    assert f"Run center: {message}" in [entry.message for entry in dagster_instance.all_logs(run.run_id)]

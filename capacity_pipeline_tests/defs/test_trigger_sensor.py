@@ -4,6 +4,7 @@ fails alone and says why."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -173,14 +174,21 @@ def test_cancelled_requests_are_not_triggers(pg_engine, dagster_instance):
     assert RunCenter(pg_engine).get_run(cancelled)["status"] == "cancelled"
 
 
-def test_an_unreachable_whalefall_database_is_one_line_per_tick(dagster_instance):
+def test_an_unreachable_whalefall_database_is_one_line_per_tick_and_the_tries_back_off(dagster_instance):
     resources = {"whalefall": WhaleFallDatabase(url="postgresql://nobody@127.0.0.1:1/none", connect_timeout_seconds=1)}
     with dg.build_sensor_context(instance=dagster_instance, resources=resources) as context:
-        evaluation = capacity_current_trigger(context)
+        first = capacity_current_trigger(context)
+        cursor = context.cursor
 
-    assert isinstance(evaluation, dg.SkipReason)
-    assert evaluation.skip_message.startswith("WHALEFALL_DATABASE_URL: cannot connect to the WhaleFall database")
-    assert "\n" not in evaluation.skip_message
+    assert isinstance(first, dg.SkipReason) and "\n" not in first.skip_message
+    assert first.skip_message.startswith("WHALEFALL_DATABASE_URL: cannot connect to the WhaleFall database")
+    assert first.skip_message.endswith("; next try in 4 s")  # twice the 2 s interval after one failure
+
+    with dg.build_sensor_context(instance=dagster_instance, resources=resources, cursor=cursor) as context:
+        started = time.monotonic()
+        waiting = capacity_current_trigger(context)
+        assert time.monotonic() - started < 0.5  # no connection attempt while backing off
+    assert "cannot connect" in waiting.skip_message and waiting.skip_message.endswith(" s")
 
 
 @pytest.mark.parametrize("scope", list(Scope))
