@@ -40,7 +40,8 @@ format: $(INSTALLED)
 	$(BIN)/ruff format .
 
 bench: $(INSTALLED)
-	$(BIN)/python bench/aggregation_bench.py --scale 100x100x100 --scale 1000x100x100 --reuse
+	$(BIN)/python bench/aggregation_bench.py --scale 100x100x100 --scale 1000x100x100 --reuse --freshness
+	$(BIN)/python bench/run_center_load.py
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache .ruff_cache

@@ -1,10 +1,15 @@
-"""Benchmark: the aggregation engine against the floor of plain SQL on the same rows.
+"""Benchmark: the aggregation engine against the floor of plain SQL on the same rows, and the cost
+of following the samples (observation, re-aggregation after one late sample).
 
 For each period type (last complete window, scope all, both levels) it times a first run (no
 rows yet) and a re-run (every row conflicts), and in the same process the floor: per level one
 GROUP BY over the current window, one over the previous window, and one
 `INSERT ... ON CONFLICT DO UPDATE` of as many result rows (rolled back). Peak memory is the
 peak resident memory of this process during the run, which must not grow with the input rows.
+
+Then, with --freshness: one observation of both stats tables (the data versions of the default
+observed range), the re-aggregation after one late sample (every partition that day feeds, at its
+level, as the automation runs them), and a full recompute of every window of the data.
 
     python bench/aggregation_bench.py --scale 1000x100x100 [--scale 100x100x100] [--reuse]
 
@@ -24,10 +29,12 @@ from datetime import date, timedelta
 
 from sqlalchemy import Connection, Engine, create_engine, make_url, text
 
-from capacity_pipeline.domain.aggregation import AggregationReport, Level, aggregate_period
 from capacity_pipeline.domain.database import make_engine
-from capacity_pipeline.domain.partitions import ensure_month_partitions
-from capacity_pipeline.domain.periods import PeriodType, Window, last_window, previous_window
+from capacity_pipeline.domain.engine import aggregate_period
+from capacity_pipeline.domain.model import AggregationReport, Level, Scope
+from capacity_pipeline.domain.month_partitions import ensure_month_partitions
+from capacity_pipeline.domain.periods import PeriodType, Window, last_window, previous_window, window_containing
+from capacity_pipeline.domain.stats_versions import baseline_versions, day_versions, observed_days, quarterly_baselines
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.tables import create_schema
 
@@ -245,15 +252,85 @@ def _format(row: Row) -> str:
     )
 
 
+def bench_freshness(scale: str) -> str:
+    """Observation, one late sample's re-aggregation and a full recompute, on the loaded data."""
+    from capacity_pipeline.settings import SETTINGS
+    from capacity_pipeline_tests.support import expected_reaggregation
+
+    engine = _database_for(scale, reuse=True)
+    days = observed_days(TODAY, SETTINGS["observe_days"].default)
+    started = time.perf_counter()
+    versions = {level: day_versions(engine, level, days) for level in Level}
+    baseline_versions(versions[Level.DATABASE], quarterly_baselines(days, corrected_quarter=False))
+    observation = time.perf_counter() - started
+
+    late = TODAY - timedelta(days=20)
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO database_size_stats (instance_id, database_name, size_mb, data_size_mb, collected_date) "
+                "VALUES (1, 'late_sample', 1024, 1000, :day)"
+            ),
+            {"day": late},
+        )
+    affected = expected_reaggregation({Level.DATABASE: {late}}, TODAY, current_periods=False)
+    started = time.perf_counter()
+    for asset_key, partitions in affected.items():
+        period = PeriodType(asset_key.to_user_string().split("_")[0])
+        for key in partitions:
+            aggregate_period(engine, period, window_containing(period, date.fromisoformat(key)), scope=Scope.DATABASE)
+    reaggregation = time.perf_counter() - started
+
+    started, windows = time.perf_counter(), 0
+    first = _first_sample_day(engine)
+    for period in PeriodType:
+        window = window_containing(period, first)
+        while window.start < TODAY:
+            aggregate_period(engine, period, window)
+            windows += 1
+            window = window_containing(period, window.end + timedelta(days=1))
+    full = time.perf_counter() - started
+    engine.dispose()
+    count = sum(len(p) for p in affected.values())
+    return (
+        f"| {scale} | {observation:.2f} ({days.days} days, both tables) | {count} "
+        f"({', '.join(f'{k.to_user_string()} {len(v)}' for k, v in sorted(affected.items()))}) | "
+        f"{reaggregation:.2f} | {full:.1f} ({windows} windows, both levels) |"
+    )
+
+
+def _first_sample_day(engine: Engine) -> date:
+    with engine.connect() as connection:
+        return connection.execute(text("SELECT min(collected_date) FROM instance_size_stats")).scalar_one()
+
+
+FRESHNESS_COLUMNS = (
+    "scale",
+    "observation seconds",
+    "partitions one late sample feeds",
+    "re-aggregation seconds",
+    "full recompute seconds",
+)
+FRESHNESS_HEADER = "| " + " | ".join(FRESHNESS_COLUMNS) + " |"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", action="append", help="INSTANCESxDATABASESxDAYS (repeatable)")
     parser.add_argument("--reuse", action="store_true", help="keep and reuse already loaded data")
+    parser.add_argument("--freshness", action="store_true", help="also time observation and late-sample runs")
     args = parser.parse_args(argv)
     print(HEADER)
     print("|---" * (HEADER.count("|") - 1) + "|")
-    for scale in args.scale or ["1000x100x100"]:
+    scales = args.scale or ["1000x100x100"]
+    for scale in scales:
         bench_scale(scale, args.reuse)
+    if args.freshness:
+        print()
+        print(FRESHNESS_HEADER)
+        print("|---" * (FRESHNESS_HEADER.count("|") - 1) + "|")
+        for scale in scales:
+            print(bench_freshness(scale), flush=True)
     return 0
 
 

@@ -150,9 +150,11 @@ def main() -> int:
     parser.add_argument("--burst", type=int, default=50)
     parser.add_argument("--idle", type=int, default=5)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as folder, scratch_database("capacity_bench_load") as whalefall, scratch_database(
-        "capacity_bench_dagster"
-    ) as storage:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        scratch_database("capacity_bench_load") as whalefall,
+        scratch_database("capacity_bench_dagster") as storage,
+    ):
         engine = make_engine(database_url(whalefall))
         create_schema(engine)
         spec = SyntheticSpec(args.instances, 20, 8, china_today(), seed=11, inactive_share=0, deleted_share=0)
@@ -185,17 +187,21 @@ def main() -> int:
             burst_started = time.monotonic()
             scopes = ["all", "database", "instance"]
             with ThreadPoolExecutor(max_workers=10) as pool:
-                burst = list(
-                    pool.map(lambda i: _post(port, scopes[i % 3], cancel=i % 2 == 1), range(args.burst))
-                )
+                burst = list(pool.map(lambda i: _post(port, scopes[i % 3], cancel=i % 2 == 1), range(args.burst)))
             _watch(center, burst, burst_started + BURST_DEADLINE_SECONDS)
             burst_final = max((r.final_at or float("inf")) for r in burst) - burst_started
 
             with server.instance() as instance:
                 problems = _consistency(instance, claims, idle + burst)
-                launched = len(instance.get_runs(filters=dg.RunsFilter(tags={CLAIM_TAG: [_claim_key(claims, r.run_id) for r in burst]})))
+                launched = len(
+                    instance.get_runs(
+                        filters=dg.RunsFilter(tags={CLAIM_TAG: [_claim_key(claims, r.run_id) for r in burst]})
+                    )
+                )
             kept = [r for r in burst if not r.cancel]
-            print(f"instances: {args.instances}; burst: {args.burst} POSTs from 10 threads, {args.burst // 2} cancelled")
+            print(
+                f"instances: {args.instances}; burst: {args.burst} POSTs from 10 threads, {args.burst // 2} cancelled"
+            )
             print(f"idle   POST -> started: {_percentiles([r.started_at - r.posted_at for r in idle if r.started_at])}")
             print(f"idle   POST -> final:   {_percentiles([r.final_at - r.posted_at for r in idle if r.final_at])}")
             print(f"burst  POST latency:    {_percentiles([r.post_seconds for r in burst])}")
@@ -205,7 +211,7 @@ def main() -> int:
             print(f"burst  Dagster runs launched: {launched} for {args.burst} requests")
             statuses = {s: sum(1 for r in burst if r.final.get("status") == s) for s in sorted(FINAL)}
             print(f"burst  final statuses: {statuses}")
-            print(f"consistency: {'all consistent' if not problems else problems}")
+            print(f"consistency: {problems or 'all consistent'}")
             return 0 if not problems and burst_final <= BURST_DEADLINE_SECONDS else 1
         finally:
             stop_group(api)
