@@ -14,13 +14,14 @@ The shape follows Dagster's own storage (a SQL base class, a PostgreSQL subclass
 
 from __future__ import annotations
 
+import io
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from enum import Enum
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, Select, Table, TextClause, bindparam, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -29,6 +30,9 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from capacity_pipeline.domain import sqlmath
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class SqlDialect:
     """The operations whose SQL or driver calls differ by database; see the subclasses."""
 
     name: str
+    partitions_by_month: bool = False  # the capacity tables are range-partitioned by month
+    now_sql: str  # the server-side "now" of column defaults
 
     # -- WhaleFall's Python arithmetic (sqlmath) ------------------------------------------------
 
@@ -124,6 +130,18 @@ class SqlDialect:
     def lock_period(self, connection: Connection, key: str) -> None:
         """Serialise writers of one period and level for the rest of the transaction (spec Q17)."""
 
+    def bulk_insert(self, engine: Engine, table: Table, frame: pd.DataFrame) -> None:
+        """Many rows at once (synthetic data): plain executemany where nothing faster exists."""
+        records = frame.astype(object).where(frame.notna(), None)
+        columns = list(frame.columns)
+        with engine.begin() as connection:
+            connection.execute(
+                table.insert(), [dict(zip(columns, row, strict=True)) for row in records.itertuples(index=False)]
+            )
+
+    def analyze(self, engine: Engine, tables: Sequence[str]) -> None:
+        """Refresh the planner's statistics after a bulk load."""
+
     # -- the run center ---------------------------------------------------------------------------
 
     def insert_ignoring_conflicts(self, table: Table) -> Any:
@@ -172,6 +190,8 @@ class SqliteDialect(SqlDialect):
     """The embedded default: one file, a database-wide write lock, Python functions for the math."""
 
     name = "sqlite"
+    # CURRENT_TIMESTAMP has whole seconds; keep milliseconds so that times order correctly.
+    now_sql = "(strftime('%Y-%m-%d %H:%M:%f', 'now'))"
 
     def as_float(self, expr: str) -> str:
         return f"CAST({expr} AS REAL)"
@@ -262,6 +282,8 @@ class PostgresDialect(SqlDialect):
     """WhaleFall's production database: pure SQL math, parallel-capable batches, advisory locks."""
 
     name = "postgresql"
+    partitions_by_month = True
+    now_sql = "now()"
     _VELTKAMP_SPLITTER = "134217729::float8"  # 2**27 + 1
     # Per batch transaction: a batch's GROUP BYs fit in memory instead of spilling to disk, and
     # sub-second statements do not pay JIT compilation, which costs more than it saves here.
@@ -328,6 +350,23 @@ class PostgresDialect(SqlDialect):
     def per_instance_counts(self, result: Any) -> list[tuple[int, int, int]]:
         # PostgreSQL's sum() of integers is numeric, hence int()
         return [(int(instance_id), int(rows), int(records)) for instance_id, rows, records in result]
+
+    def bulk_insert(self, engine: Engine, table: Table, frame: pd.DataFrame) -> None:
+        # COPY of pandas' own text: the only way to load millions of samples in seconds.
+        buffer = io.StringIO()
+        frame.to_csv(buffer, sep="\t", header=False, index=False, na_rep="\\N")
+        raw = engine.raw_connection()
+        try:
+            statement = f"COPY {table.name} ({', '.join(frame.columns)}) FROM STDIN"
+            with raw.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
+                copy.write(buffer.getvalue())
+            raw.commit()
+        finally:
+            raw.close()
+
+    def analyze(self, engine: Engine, tables: Sequence[str]) -> None:
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            connection.execute(text(f"ANALYZE {', '.join(tables)}"))
 
     def begin_batch(self, connection: Connection) -> None:
         for setting in self._BATCH_SETTINGS:

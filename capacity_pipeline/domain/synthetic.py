@@ -8,15 +8,15 @@ with numpy a day at a time and bulk-loaded: COPY on PostgreSQL, executemany on S
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, func, insert, select, text
+from sqlalchemy import Engine, func, insert, select
 
+from capacity_pipeline.domain.dialects import dialect_of
 from capacity_pipeline.domain.month_partitions import ensure_month_partitions
 from capacity_pipeline.domain.periods import months_between
 from capacity_pipeline.domain.tables import tables_for
@@ -91,9 +91,7 @@ def load_synthetic_data(engine: Engine, spec: SyntheticSpec) -> LoadedCounts:
         instance_rows += len(day_instances)
         _bulk_load(engine, "database_size_stats", day_databases, _DATABASE_COLUMNS)
         _bulk_load(engine, "instance_size_stats", day_instances, _INSTANCE_COLUMNS)
-    if engine.dialect.name == "postgresql":
-        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-            connection.execute(text("ANALYZE instances, database_size_stats, instance_size_stats"))
+    dialect_of(engine).analyze(engine, ["instances", "database_size_stats", "instance_size_stats"])
     return LoadedCounts(spec.instances, database_rows, instance_rows)
 
 
@@ -182,22 +180,4 @@ class _Generator:
 def _bulk_load(engine: Engine, table: str, frame: pd.DataFrame, columns: list[str]) -> None:
     if frame.empty:
         return
-    if engine.dialect.name == "postgresql":
-        buffer = io.StringIO()
-        frame[columns].to_csv(buffer, sep="\t", header=False, index=False, na_rep="\\N")
-        raw = engine.raw_connection()
-        try:
-            with raw.driver_connection.cursor() as cursor:
-                statement = f"COPY {table} ({', '.join(columns)}) FROM STDIN"
-                with cursor.copy(statement) as copy:
-                    copy.write(buffer.getvalue())
-            raw.commit()
-        finally:
-            raw.close()
-        return
-    records = frame[columns].astype(object).where(frame[columns].notna(), None)
-    with engine.begin() as connection:
-        connection.execute(
-            insert(tables_for(engine).tables[table]),
-            [dict(zip(columns, row, strict=True)) for row in records.itertuples(index=False)],
-        )
+    dialect_of(engine).bulk_insert(engine, tables_for(engine).tables[table], frame[columns])

@@ -34,6 +34,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
+from capacity_pipeline.domain.dialects import dialect_named
+
 TASK_RUN_STATUSES = (
     "pending",
     "running",
@@ -75,11 +77,12 @@ def _partitioned(
     columns: list[Column],
     constraints: list[object],
     *,
-    postgresql: bool,
+    partitioned: bool,
 ) -> Table:
-    """A capacity table: partitioned with PK (id, partition key) on PostgreSQL, plain on SQLite."""
+    """A capacity table: range-partitioned by month with PK (id, partition key) where the dialect
+    partitions (PostgreSQL, as WhaleFall's migrations leave them), else plain with a rowid key."""
     partition_key = PARTITIONED_TABLES[name][0]
-    if postgresql:
+    if partitioned:
         id_column = Column("id", id_type, nullable=False, autoincrement=True)
         primary_key = PrimaryKeyConstraint("id", partition_key, name=f"{name}_pkey")
         return Table(
@@ -99,10 +102,10 @@ def _partitioned(
 @cache
 def whalefall_metadata(dialect: str) -> MetaData:
     """The pipeline's view of WhaleFall's schema, built for one dialect."""
-    postgresql = dialect == "postgresql"
+    sql = dialect_named(dialect)
+    partitioned = sql.partitions_by_month
     metadata = MetaData()
-    # SQLite's CURRENT_TIMESTAMP has whole seconds; keep milliseconds so times order correctly.
-    now = text("now()") if postgresql else text("(strftime('%Y-%m-%d %H:%M:%f', 'now'))")
+    now = text(sql.now_sql)
 
     Table(
         "instances",
@@ -141,7 +144,7 @@ def whalefall_metadata(dialect: str) -> MetaData:
             Index("ix_database_size_stats_instance_date", "instance_id", "collected_date"),
             Index("ix_database_size_stats_instance_db", "instance_id", "database_name"),
         ],
-        postgresql=postgresql,
+        partitioned=partitioned,
     )
 
     _partitioned(
@@ -180,7 +183,7 @@ def whalefall_metadata(dialect: str) -> MetaData:
             Index("ix_instance_size_stats_instance_id", "instance_id"),
             Index("ix_instance_size_stats_total_size", "total_size_mb"),
         ],
-        postgresql=postgresql,
+        partitioned=partitioned,
     )
 
     _partitioned(
@@ -230,7 +233,7 @@ def whalefall_metadata(dialect: str) -> MetaData:
             ),
             Index("ix_database_size_aggregations_period_type", "period_type", "period_start"),
         ],
-        postgresql=postgresql,
+        partitioned=partitioned,
     )
 
     _partitioned(
@@ -276,7 +279,7 @@ def whalefall_metadata(dialect: str) -> MetaData:
             ),
             Index("ix_instance_size_aggregations_period_type", "period_type", "period_start"),
         ],
-        postgresql=postgresql,
+        partitioned=partitioned,
     )
 
     Table(

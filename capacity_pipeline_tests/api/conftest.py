@@ -6,8 +6,8 @@ import pytest
 
 from capacity_pipeline.api.auth import BearerTokenAuth, Caller
 from capacity_pipeline.api.server import create_app
-from capacity_pipeline_tests.api.support import ADMIN_TOKEN, VIEWER_TOKEN
 from capacity_pipeline_tests.api.whalefall_host import create_host_app
+from capacity_pipeline_tests.support import ADMIN_TOKEN, VIEWER_TOKEN
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ from capacity_pipeline.api.auth import BearerTokenAuth
 from capacity_pipeline.domain.model import Scope
 from capacity_pipeline.domain.run_center import RunCenter
 from capacity_pipeline.domain.run_center_payloads import current_summary
-from capacity_pipeline_tests.api.support import ADMIN_TOKEN, CURRENT, VIEWER_TOKEN
-from capacity_pipeline_tests.api.support import error as _error
-from capacity_pipeline_tests.api.support import task_runs as _task_runs
 from capacity_pipeline_tests.api.whalefall_host import csrf_header
+from capacity_pipeline_tests.support import ADMIN_TOKEN, CURRENT, VIEWER_TOKEN
+from capacity_pipeline_tests.support import error as _error
+from capacity_pipeline_tests.support import task_runs as _task_runs
 
 
 def _admin_with_csrf(client) -> dict[str, str]:

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from capacity_pipeline.api.auth import BearerTokenAuth, Caller
 from capacity_pipeline.api.server import create_app
 from capacity_pipeline.domain.run_center import RunCenter
-from capacity_pipeline_tests.api.support import (
+from capacity_pipeline_tests.api.whalefall_host import ADMIN_ID, VIEWER_ID, create_host_app, csrf_header, login
+from capacity_pipeline_tests.support import (
     ADMIN_TOKEN,
     CURRENT,
     ERROR_KEYS,
@@ -31,7 +32,6 @@ from capacity_pipeline_tests.api.support import (
     VIEWER_TOKEN,
     task_run_rows,
 )
-from capacity_pipeline_tests.api.whalefall_host import ADMIN_ID, VIEWER_ID, create_host_app, csrf_header, login
 
 SECRET = "qs-fuzz-secret-7a1f"  # sent in query strings and headers; must never come back
 ADMIN_BEARER = f"Bearer {ADMIN_TOKEN}"

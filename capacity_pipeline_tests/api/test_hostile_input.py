@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import event
 
 from capacity_pipeline.domain.run_center import RunCenter
-from capacity_pipeline_tests.api.support import ADMIN_TOKEN, CURRENT, error, task_runs
 from capacity_pipeline_tests.api.whalefall_host import ADMIN_ID, csrf_header, login
+from capacity_pipeline_tests.support import ADMIN_TOKEN, CURRENT, error, task_runs
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 NOT_FOUND = ("RESOURCE_NOT_FOUND", "任务运行不存在", "business")

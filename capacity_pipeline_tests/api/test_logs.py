@@ -7,7 +7,7 @@ import logging
 import re
 
 from capacity_pipeline.api.blueprint import RunCenter
-from capacity_pipeline_tests.api.support import ADMIN_TOKEN, CURRENT, VIEWER_TOKEN
+from capacity_pipeline_tests.support import ADMIN_TOKEN, CURRENT, VIEWER_TOKEN
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 ACCESS = "capacity_pipeline.api.access"

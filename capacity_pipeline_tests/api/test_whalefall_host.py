@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from capacity_pipeline.domain.run_center import RunCenter
-from capacity_pipeline_tests.api.support import CURRENT, HEALTH, error, task_runs
 from capacity_pipeline_tests.api.whalefall_host import ADMIN_ID, VIEWER_ID, create_host_app, csrf_header, login
+from capacity_pipeline_tests.support import CURRENT, HEALTH, error, task_runs
 
 AUTHENTICATION = ("AUTHENTICATION_REQUIRED", "请先登录", "authentication")
 PERMISSION = ("PERMISSION_REQUIRED", "需要 admin 权限", "authorization")

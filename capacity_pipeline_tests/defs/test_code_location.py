@@ -52,7 +52,7 @@ def _rows(whalefall, table: str, period: PeriodType, key: str) -> list[dict]:
 
 
 @pytest.fixture
-def seeded(engine, whalefall):
+def synthetic(engine, whalefall):
     load_synthetic_data(engine, SPEC)
     return whalefall
 
@@ -107,18 +107,20 @@ def test_every_period_type_includes_the_period_in_progress():
 
 
 @pytest.mark.parametrize("period", list(PeriodType))
-def test_materializing_a_partition_writes_the_engines_rows(engine, seeded, dagster_instance, period):
+def test_materializing_a_partition_writes_the_engines_rows(engine, synthetic, dagster_instance, period):
     key = CHOSEN[period]
     result = dg.materialize(
         _period_assets(period), partition_key=key, resources=dagster_resources(engine), instance=dagster_instance
     )
     assert result.success
-    written = {t: _rows(seeded, t, period, key) for t in ("database_size_aggregations", "instance_size_aggregations")}
+    written = {
+        t: _rows(synthetic, t, period, key) for t in ("database_size_aggregations", "instance_size_aggregations")
+    }
     assert all(written.values())
 
     # The foundation's engine, run again on the same window, finds exactly these rows.
     aggregate_period(engine, period, window_for_key(period, key))
-    assert {t: _rows(seeded, t, period, key) for t in written} == written
+    assert {t: _rows(synthetic, t, period, key) for t in written} == written
 
     event = dagster_instance.get_latest_materialization_event(asset_key(Level.INSTANCE, period))
     metadata = event.asset_materialization.metadata
@@ -150,7 +152,7 @@ def test_materialized_rows_match_whalefall_row_by_row(pg_engine, pg_whalefall, d
         assert got == expected
 
 
-def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, seeded, dagster_instance):
+def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, synthetic, dagster_instance):
     period, key = PeriodType.DAILY, CHOSEN[PeriodType.DAILY]
     assets, resources = _period_assets(period), dagster_resources(engine)
     good = dg.materialize(assets, partition_key=key, resources=resources, instance=dagster_instance)
@@ -160,7 +162,9 @@ def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, seeded, dagste
     # one instance's row is silently swallowed by the database.
     start = date.fromisoformat(key)
     [victim] = [
-        r["instance_id"] for r in seeded.rows("instance_size_aggregations", "instance_id") if r["period_start"] == start
+        r["instance_id"]
+        for r in synthetic.rows("instance_size_aggregations", "instance_id")
+        if r["period_start"] == start
     ][:1]
     with engine.begin() as connection:
         for name, (avg, low, high, count) in {
@@ -197,7 +201,7 @@ def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, seeded, dagste
     assert coverage.metadata["instances"].value.startswith(f"{victim} (")
 
 
-def test_nightly_job_aggregates_the_last_period_of_each_type(engine, seeded, dagster_instance):
+def test_nightly_job_aggregates_the_last_period_of_each_type(engine, synthetic, dagster_instance):
     result = calculate_database_job.execute_in_process(
         run_config={"ops": {NIGHTLY_OP_NAME: {"config": {"today": TODAY.isoformat()}}}},
         resources=dagster_resources(engine),
@@ -207,7 +211,7 @@ def test_nightly_job_aggregates_the_last_period_of_each_type(engine, seeded, dag
     assert result.success
     for period, key in CHOSEN.items():
         for level in Level:
-            assert _rows(seeded, level.table, period, key), (period, level)
+            assert _rows(synthetic, level.table, period, key), (period, level)
             event = dagster_instance.get_latest_materialization_event(asset_key(level, period))
             assert event.asset_materialization.partition == key
 
@@ -233,7 +237,7 @@ def test_schedule_at_four_requests_the_last_complete_period_of_each_type(tick, e
     assert request.tags["capacity/trigger"] == "scheduled"
 
 
-def test_backfill_takes_a_range_of_partitions_in_one_run(engine, seeded, dagster_instance):
+def test_backfill_takes_a_range_of_partitions_in_one_run(engine, synthetic, dagster_instance):
     first, last = TODAY - timedelta(days=5), TODAY - timedelta(days=1)
     job = resolve_job(engine, "capacity_aggregate_current")
     result = job.execute_in_process(
@@ -246,7 +250,7 @@ def test_backfill_takes_a_range_of_partitions_in_one_run(engine, seeded, dagster
     assert result.success
     for offset in range(5):
         key = (first + timedelta(days=offset)).isoformat()
-        assert _rows(seeded, "instance_size_aggregations", PeriodType.DAILY, key)
+        assert _rows(synthetic, "instance_size_aggregations", PeriodType.DAILY, key)
     materialized = dagster_instance.get_materialized_partitions(asset_key(Level.DATABASE, PeriodType.DAILY))
     assert materialized == {(first + timedelta(days=offset)).isoformat() for offset in range(5)}
 

@@ -52,7 +52,7 @@ WHALEFALL_ITEM_KEYS = {
 
 
 @pytest.fixture
-def two_instances_and_one_without_data(pg_whalefall):
+def four_instances(pg_whalefall):
     """zeta (id 1, two databases), alpha (id 2, one), an inactive one (3), delta (4, no stats)."""
     w = pg_whalefall
     w.instance(1, "zeta")
@@ -64,9 +64,6 @@ def two_instances_and_one_without_data(pg_whalefall):
             w.database_stats(instance_id, database, [(DAY, 120, 100), (PREVIOUS, 100, 90)])
         w.instance_stats(instance_id, [(DAY, 120 * len(databases), len(databases)), (PREVIOUS, 100, 1)])
     return w
-
-
-seeded = two_instances_and_one_without_data  # the name the tests use: the seeded WhaleFall data
 
 
 def _without_times(row: dict) -> dict:
@@ -83,7 +80,7 @@ def _current(engine, instance, **kwargs):  # noqa: ANN001, ANN202
     )
 
 
-def test_current_job_writes_spec_6_2_rows_final_when_the_run_returns(pg_engine, seeded, dagster_instance):
+def test_current_job_writes_spec_6_2_rows_final_when_the_run_returns(pg_engine, four_instances, dagster_instance):
     result = _current(pg_engine, dagster_instance)
 
     assert result.success
@@ -165,7 +162,7 @@ def test_current_job_writes_spec_6_2_rows_final_when_the_run_returns(pg_engine, 
     assert all(i["started_at"] and i["completed_at"] and i["error_message"] is None for i in items)
 
 
-def test_database_scope_and_a_task_run_named_by_tag_are_adopted(pg_engine, seeded, dagster_instance):
+def test_database_scope_and_a_task_run_named_by_tag_are_adopted(pg_engine, four_instances, dagster_instance):
     center = RunCenter(pg_engine)
     task_run_id = request_current_aggregation(pg_engine, Scope.DATABASE, created_by=7)  # what the API writes
 
@@ -197,7 +194,7 @@ def _nightly_request(tick: datetime) -> dg.RunRequest:
     return calculate_database_schedule(dg.build_schedule_context(scheduled_execution_time=tick))
 
 
-def test_scheduled_nightly_run_writes_spec_6_3_rows(pg_engine, seeded, dagster_instance):
+def test_scheduled_nightly_run_writes_spec_6_3_rows(pg_engine, four_instances, dagster_instance):
     request = _nightly_request(datetime(2026, 7, 2, 4, 0, tzinfo=ZoneInfo("Asia/Shanghai")))
     result = resolve_job(pg_engine, "calculate_database").execute_in_process(
         run_config=request.run_config,
@@ -272,7 +269,7 @@ def test_scheduled_nightly_run_writes_spec_6_3_rows(pg_engine, seeded, dagster_i
     assert data["session_id"] is None and data["dagster_run_id"] == result.run_id
 
 
-def test_nightly_run_launched_by_hand_is_manual(pg_engine, seeded, dagster_instance):
+def test_nightly_run_launched_by_hand_is_manual(pg_engine, four_instances, dagster_instance):
     result = resolve_job(pg_engine, "calculate_database").execute_in_process(
         run_config={"ops": {"aggregate_last_periods": {"config": {"today": "2026-07-02"}}}},
         tags={CREATED_BY_TAG: "12"},
@@ -282,7 +279,7 @@ def test_nightly_run_launched_by_hand_is_manual(pg_engine, seeded, dagster_insta
     assert (run["trigger_source"], run["created_by"], run["status"]) == ("manual", 12, "completed")
 
 
-def test_hand_made_materialization_and_backfill_get_a_task_run(pg_engine, seeded, dagster_instance):
+def test_hand_made_materialization_and_backfill_get_a_task_run(pg_engine, four_instances, dagster_instance):
     center = RunCenter(pg_engine)
     weekly = [AGGREGATION_ASSETS[level, PeriodType.WEEKLY] for level in Level]
     materialized = dg.materialize(
@@ -317,7 +314,7 @@ def test_hand_made_materialization_and_backfill_get_a_task_run(pg_engine, seeded
 
 
 def test_progress_moves_per_batch_and_never_completes_an_item_before_its_last_phase(
-    pg_engine, seeded, dagster_instance
+    pg_engine, four_instances, dagster_instance
 ):
     center = RunCenter(pg_engine)
     task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
@@ -348,7 +345,7 @@ def test_progress_moves_per_batch_and_never_completes_an_item_before_its_last_ph
     assert center.get_run(task_run_id)["progress_completed"] == 3
 
 
-def test_status_only_moves_forward_whatever_order_events_arrive(pg_engine, seeded, dagster_instance):
+def test_status_only_moves_forward_whatever_order_events_arrive(pg_engine, four_instances, dagster_instance):
     center = RunCenter(pg_engine)
     finished = _current(pg_engine, dagster_instance)
     before = center.get_run(finished.run_id)
@@ -361,7 +358,7 @@ def test_status_only_moves_forward_whatever_order_events_arrive(pg_engine, seede
     assert center.get_run(finished.run_id) == before
 
 
-def test_one_failing_instance_fails_its_item_and_the_run(pg_engine, seeded, dagster_instance):
+def test_one_failing_instance_fails_its_item_and_the_run(pg_engine, four_instances, dagster_instance):
     with row_trigger(pg_engine, "instance_size_aggregations", "NEW.instance_id = 2", error="disk quota exceeded"):
         result = _current(pg_engine, dagster_instance, raise_on_error=False)
     assert not result.success
@@ -380,7 +377,9 @@ def test_one_failing_instance_fails_its_item_and_the_run(pg_engine, seeded, dags
     assert (run["progress_completed"], run["progress_failed"]) == (2, 1)
 
 
-def test_a_failure_outside_the_per_instance_isolation_fails_the_run_and_open_items(pg_engine, seeded, dagster_instance):
+def test_a_failure_outside_the_per_instance_isolation_fails_the_run_and_open_items(
+    pg_engine, four_instances, dagster_instance
+):
     completing_alpha = "NEW.item_key = '2' AND NEW.status = 'completed'"
     with row_trigger(
         pg_engine, "task_run_items", completing_alpha, event="UPDATE", error="run center storage unavailable"
@@ -402,10 +401,12 @@ def test_a_failure_outside_the_per_instance_isolation_fails_the_run_and_open_ite
     assert alpha["error_message"] == delta["error_message"] == run["error_message"]
     assert (run["progress_total"], run["progress_completed"], run["progress_failed"]) == (3, 1, 2)
     # The batches committed before the error stay committed.
-    assert {r["instance_id"] for r in seeded.rows("instance_size_aggregations")} >= {1, 2}
+    assert {r["instance_id"] for r in four_instances.rows("instance_size_aggregations")} >= {1, 2}
 
 
-def test_a_task_run_cancelled_before_its_run_starts_never_runs_and_ends_canceled(pg_engine, seeded, dagster_instance):
+def test_a_task_run_cancelled_before_its_run_starts_never_runs_and_ends_canceled(
+    pg_engine, four_instances, dagster_instance
+):
     center = RunCenter(pg_engine)
     task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
     assert center.cancel_run(task_run_id, cancelled_by=5)  # what WhaleFall's cancel endpoint does
@@ -415,12 +416,17 @@ def test_a_task_run_cancelled_before_its_run_starts_never_runs_and_ends_canceled
     assert dagster_instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.CANCELED
     assert center.get_run(task_run_id)["status"] == "cancelled"
     assert center.get_items(task_run_id) == []
-    assert seeded.rows("database_size_aggregations") == [] and seeded.rows("instance_size_aggregations") == []
+    assert (
+        four_instances.rows("database_size_aggregations") == []
+        and four_instances.rows("instance_size_aggregations") == []
+    )
     messages = [entry.message for entry in dagster_instance.all_logs(result.run_id)]
     assert any("cancelled in the run center" in message for message in messages)
 
 
-def test_cancel_from_the_run_center_stops_between_batches_and_ends_canceled(pg_engine, seeded, dagster_instance):
+def test_cancel_from_the_run_center_stops_between_batches_and_ends_canceled(
+    pg_engine, four_instances, dagster_instance
+):
     center = RunCenter(pg_engine)
     task_run_id = request_current_aggregation(pg_engine, Scope.INSTANCE, created_by=None)
     job = resolve_job(pg_engine, "capacity_aggregate_current", batch_size=1, batch_pause_seconds=0.8)
@@ -453,13 +459,13 @@ def test_cancel_from_the_run_center_stops_between_batches_and_ends_canceled(pg_e
     completed = [i for i in items if i["status"] == "completed"]
     assert completed and all(i["status"] in ("completed", "cancelled") for i in items)
     assert (run["progress_completed"], run["progress_failed"]) == (len(completed), len(items) - len(completed))
-    written = {r["instance_id"] for r in seeded.rows("instance_size_aggregations")}
+    written = {r["instance_id"] for r in four_instances.rows("instance_size_aggregations")}
     assert written == {i["instance_id"] for i in completed if i["details_json"]["status"] == "completed"}
     messages = [entry.message for entry in dagster_instance.all_logs(outcome["result"].run_id)]
     assert any("cancelled in the run center by user 9" in message for message in messages)
 
 
-def test_a_re_execution_of_a_finished_api_run_gets_its_own_task_run(pg_engine, seeded, dagster_instance):
+def test_a_re_execution_of_a_finished_api_run_gets_its_own_task_run(pg_engine, four_instances, dagster_instance):
     """A re-execution inherits the run's tags; it must not reopen the finished TaskRun."""
     center = RunCenter(pg_engine)
     task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
@@ -477,7 +483,7 @@ def test_a_re_execution_of_a_finished_api_run_gets_its_own_task_run(pg_engine, s
 # -- the reconciler: what hooks cannot see --------------------------------------------------------
 
 
-def test_the_reconciler_settles_a_finished_run_whose_hook_could_not_write(pg_engine, seeded, dagster_instance):
+def test_the_reconciler_settles_a_finished_run_whose_hook_could_not_write(pg_engine, four_instances, dagster_instance):
     completing = "NEW.status = 'completed' AND OLD.status = 'running'"
     with row_trigger(pg_engine, "task_runs", completing, event="UPDATE", error="run center unavailable"):
         result = _current(pg_engine, dagster_instance)
@@ -504,7 +510,7 @@ def _started_run(instance: dg.DagsterInstance, engine, tags: dict | None = None)
 
 
 def test_a_run_whose_worker_stopped_heartbeating_is_failed_in_dagster_and_the_run_center(
-    pg_engine, seeded, dagster_instance
+    pg_engine, four_instances, dagster_instance
 ):
     center, claims = RunCenter(pg_engine), RunClaims(pg_engine)
     task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
@@ -534,7 +540,7 @@ def _origin(job: dg.JobDefinition) -> RemoteJobOrigin:
     return RemoteJobOrigin(RemoteRepositoryOrigin(location, "__repository__"), job.name)
 
 
-def test_a_queued_run_whose_task_runs_were_all_cancelled_is_cancelled_before_it_starts(pg_engine, seeded):
+def test_a_queued_run_whose_task_runs_were_all_cancelled_is_cancelled_before_it_starts(pg_engine, four_instances):
     queued = {"run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}}
     with dg.instance_for_test(overrides=queued) as instance:
         center, claims = RunCenter(pg_engine), RunClaims(pg_engine)
@@ -574,7 +580,9 @@ def test_the_reconciler_logs_one_line_when_whalefall_is_unreachable(dagster_inst
         (20_000, "it may have run the machine out of memory"),
     ],  # fmt: skip
 )
-def test_a_killed_worker_is_explained_by_its_last_heartbeat(pg_engine, seeded, dagster_instance, memory_mib, verdict):
+def test_a_killed_worker_is_explained_by_its_last_heartbeat(
+    pg_engine, four_instances, dagster_instance, memory_mib, verdict
+):
     center, claims = RunCenter(pg_engine), RunClaims(pg_engine)
     task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
     run = _started_run(dagster_instance, pg_engine)

@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import text
 
+from capacity_pipeline.domain.database import make_engine
 from capacity_pipeline.domain.dialects import dialect_of
 from capacity_pipeline.domain.sqlmath import postgres_numeric_avg_float
 
@@ -52,9 +53,31 @@ def _round_in_sql(engine, values: list[float]) -> list[Decimal]:
 
 
 @pytest.mark.parametrize("values", [_ties_and_neighbours(), _percent_like(7, 20_000)], ids=["ties", "percents"])
-def test_py_round2_matches_python_round(engine, values):
+def test_postgresql_py_round2_matches_python_round(pg_engine, values):
+    """PostgreSQL computes it in pure SQL; Python's own round is the independent reference."""
     expected = [Decimal(repr(round(x, 2))).quantize(Decimal("0.01")) for x in values]
-    assert _round_in_sql(engine, values) == expected
+    assert _round_in_sql(pg_engine, values) == expected
+
+
+# Ties on the binary value, written out (spec Q3): what Python's round(x, 2) gives.
+BINARY_TIES = [(0.125, "0.12"), (0.375, "0.38"), (2.675, "2.67"), (1.005, "1.0"), (-2.675, "-2.67"), (10.125, "10.12")]
+
+
+def test_py_round2_rounds_the_binary_value_half_to_even_on_both_dialects(engine):
+    assert _round_in_sql(engine, [x for x, _ in BINARY_TIES]) == [
+        Decimal(v).quantize(Decimal("0.01")) for _, v in BINARY_TIES
+    ]
+
+
+def test_sqlite_needs_the_registered_function_its_own_round_would_be_wrong(tmp_path):
+    """SQLite's built-in round() rounds decimal ties away from zero: using it would fail the test above."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'round.db'}")
+    with engine.connect() as connection:
+        builtin = [connection.execute(text("SELECT round(:x, 2)"), {"x": x}).scalar() for x, _ in BINARY_TIES]
+    assert [Decimal(str(v)).quantize(Decimal("0.01")) for v in builtin] != [
+        Decimal(v).quantize(Decimal("0.01")) for _, v in BINARY_TIES
+    ]
+    engine.dispose()
 
 
 def test_pg_numeric2_rounds_half_away_from_zero_like_a_numeric_column(engine):
