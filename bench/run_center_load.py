@@ -34,6 +34,8 @@ from pathlib import Path
 
 import dagster as dg
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: its test toolkit
+
 from capacity_pipeline.defs.run_center_mirror import CLAIM_TAG
 from capacity_pipeline.domain.database import make_engine
 from capacity_pipeline.domain.periods import china_today

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,7 +28,7 @@ from sqlalchemy import Engine, create_engine, func, insert, make_url, select, te
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.month_partitions import ensure_month_partitions
-from capacity_pipeline.domain.periods import PeriodType, months_between, previous_window, window_containing
+from capacity_pipeline.domain.periods import PeriodType, months_between, windows_fed_by
 from capacity_pipeline.domain.tables import tables_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -225,11 +225,7 @@ def expected_reaggregation(
     for level, days in changed.items():
         for period in PeriodType:
             for day in days:
-                containing = window_containing(period, day)
-                following = window_containing(period, containing.end + timedelta(days=1))
-                previous = previous_window(period, following, corrected_quarter=corrected_quarter)
-                windows = [containing, *([following] if previous.start <= day <= previous.end else [])]
-                for window in windows:
+                for window in windows_fed_by(period, day, corrected_quarter=corrected_quarter):
                     in_progress = window.start <= today <= window.end
                     if window.start > today or (in_progress and period is not PeriodType.DAILY and not current_periods):
                         continue

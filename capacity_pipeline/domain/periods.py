@@ -107,3 +107,12 @@ def previous_window(period: PeriodType, window: Window, *, corrected_quarter: bo
         return Window(previous_start, add_months(previous_start, 3) - timedelta(days=1))
     # spec Q1: outside Q1 WhaleFall ends the previous quarter the day before its third month.
     return Window(previous_start, add_months(previous_start, 2) - timedelta(days=1))
+
+
+def windows_fed_by(period: PeriodType, day: date, *, corrected_quarter: bool = False) -> list[Window]:
+    """The windows whose aggregation reads `day`: the one containing it, and the one after it when
+    that one's previous window (what its change fields compare with) contains the day."""
+    containing = window_containing(period, day)
+    following = window_containing(period, containing.end + timedelta(days=1))
+    compared = previous_window(period, following, corrected_quarter=corrected_quarter)
+    return [containing, following] if compared.start <= day <= compared.end else [containing]

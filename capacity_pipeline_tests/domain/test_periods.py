@@ -14,6 +14,7 @@ from capacity_pipeline.domain.periods import (
     last_window,
     previous_window,
     window_containing,
+    windows_fed_by,
 )
 
 D = date.fromisoformat
@@ -130,3 +131,21 @@ def test_window_bounds_are_inclusive_and_ordered():
     assert W("2026-06-01", "2026-06-30").days == 30
     with pytest.raises(ValueError, match="after its end"):
         W("2026-06-02", "2026-06-01")
+
+
+@pytest.mark.parametrize(
+    ("period", "day", "corrected", "fed"),
+    [
+        (PeriodType.DAILY, "2026-03-31", False, [W("2026-03-31", "2026-03-31"), W("2026-04-01", "2026-04-01")]),
+        (PeriodType.WEEKLY, "2026-03-29", False, [W("2026-03-23", "2026-03-29"), W("2026-03-30", "2026-04-05")]),
+        (PeriodType.MONTHLY, "2026-02-28", False, [W("2026-02-01", "2026-02-28"), W("2026-03-01", "2026-03-31")]),
+        # spec Q1: Q2 compares with Jan-Feb only, so a March day feeds Q1 alone ...
+        (PeriodType.QUARTERLY, "2026-03-15", False, [W("2026-01-01", "2026-03-31")]),
+        (PeriodType.QUARTERLY, "2026-02-15", False, [W("2026-01-01", "2026-03-31"), W("2026-04-01", "2026-06-30")]),
+        # ... except in corrected mode, and before a Q1, which compares with the whole Q4.
+        (PeriodType.QUARTERLY, "2026-03-15", True, [W("2026-01-01", "2026-03-31"), W("2026-04-01", "2026-06-30")]),
+        (PeriodType.QUARTERLY, "2025-12-15", False, [W("2025-10-01", "2025-12-31"), W("2026-01-01", "2026-03-31")]),
+    ],
+)
+def test_the_windows_a_day_feeds_are_its_own_and_the_one_comparing_with_it(period, day, corrected, fed):
+    assert windows_fed_by(period, D(day), corrected_quarter=corrected) == fed
