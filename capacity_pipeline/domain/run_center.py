@@ -100,16 +100,6 @@ class RunCenter:
     def status(self, run_id: str) -> TaskStatus | None:
         return self.statuses([run_id]).get(run_id)
 
-    def runs_in_states(
-        self, task_keys: Sequence[str], statuses: Sequence[TaskStatus], *, updated_since: datetime | None = None
-    ) -> list[dict[str, Any]]:
-        """Runs of these task keys in these states (oldest first)."""
-        query = select(self.runs).where(self.runs.c.task_key.in_(task_keys), self.runs.c.status.in_(statuses))
-        if updated_since is not None:
-            query = query.where(self.runs.c.updated_at >= updated_since)
-        with self.engine.connect() as connection:
-            return [dict(row._mapping) for row in connection.execute(query.order_by(self.runs.c.id))]
-
     # -- runs -------------------------------------------------------------------------------------
 
     def create_run(self, run_id: str, spec: TaskRunSpec, *, status: TaskStatus = TaskStatus.RUNNING) -> bool:

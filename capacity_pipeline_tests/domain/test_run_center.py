@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from capacity_pipeline.domain import constants as c
-from capacity_pipeline.domain.model import IN_PROGRESS, TERMINAL, ActiveInstance, TaskStatus
+from capacity_pipeline.domain.model import ActiveInstance, TaskStatus
 from capacity_pipeline.domain.run_center import ItemPhase, Progress, RunCenter, TaskRunSpec
 from capacity_pipeline.domain.run_center_payloads import PhaseResult
 
@@ -748,61 +748,6 @@ def test_finalize_after_mark_run_failed_keeps_failed(three_items):
 
     assert center.get_run(RUN_ID) == run
     assert (run["status"], run["error_message"], _progress(run)) == ("failed", "worker died", (3, 3, 0))
-
-
-# -- runs_in_states -----------------------------------------------------------------------------
-
-
-def test_runs_in_states_filters_by_task_key_and_status(center):
-    runs = {
-        "a-current-running": (c.CURRENT_TASK_KEY, TaskStatus.RUNNING),
-        "b-nightly-pending": (c.NIGHTLY_TASK_KEY, TaskStatus.PENDING),
-        "c-current-cancelled": (c.CURRENT_TASK_KEY, TaskStatus.RUNNING),
-        "d-other-running": ("some_other_task", TaskStatus.RUNNING),
-        "e-current-completed": (c.CURRENT_TASK_KEY, TaskStatus.RUNNING),
-    }
-    for run_id, (task_key, status) in runs.items():
-        center.create_run(run_id, _spec(task_key=task_key), status=status)
-    center.cancel_run("c-current-cancelled")
-    center.finalize_run("e-current-completed")
-
-    def found(task_keys, statuses, **kwargs) -> list[str]:  # noqa: ANN001
-        return [run["run_id"] for run in center.runs_in_states(task_keys, statuses, **kwargs)]
-
-    keys = (c.CURRENT_TASK_KEY, c.NIGHTLY_TASK_KEY)
-    assert found(keys, IN_PROGRESS) == ["a-current-running", "b-nightly-pending"]
-    assert found((c.CURRENT_TASK_KEY,), IN_PROGRESS) == ["a-current-running"]
-    assert found(keys, (TaskStatus.CANCELLED,)) == ["c-current-cancelled"]
-    assert found(keys, TERMINAL) == ["c-current-cancelled", "e-current-completed"]
-    assert found(("some_other_task",), (TaskStatus.RUNNING,)) == ["d-other-running"]
-    assert found(("unknown",), IN_PROGRESS) == []
-    assert center.runs_in_states(keys, (TaskStatus.CANCELLED,)) == [center.get_run("c-current-cancelled")]
-
-
-def test_runs_in_states_updated_since(center):
-    center.create_run("old-cancelled", _spec())
-    center.cancel_run("old-cancelled")
-    center.create_run("old-running", _spec())
-    _tick()
-    since = datetime.now(UTC)
-    _tick()
-    center.create_run("new-cancelled", _spec())
-    center.cancel_run("new-cancelled")
-    center.write_summary("old-running", FINAL_SUMMARY)  # a write brings it past `since`
-
-    assert [r["run_id"] for r in center.runs_in_states((c.CURRENT_TASK_KEY,), (TaskStatus.CANCELLED,))] == [
-        "old-cancelled",
-        "new-cancelled",
-    ]
-    assert [
-        r["run_id"] for r in center.runs_in_states((c.CURRENT_TASK_KEY,), (TaskStatus.CANCELLED,), updated_since=since)
-    ] == ["new-cancelled"]
-    assert [
-        r["run_id"]
-        for r in center.runs_in_states(
-            (c.CURRENT_TASK_KEY,), (TaskStatus.CANCELLED, TaskStatus.RUNNING), updated_since=since
-        )
-    ] == ["old-running", "new-cancelled"]
 
 
 # -- updated_at ---------------------------------------------------------------------------------
