@@ -28,6 +28,7 @@ from dagster._core.errors import DagsterExecutionInterruptedError
 
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.domain import constants as c
+from capacity_pipeline.domain.dialects import first_line
 from capacity_pipeline.domain.engine import (
     AggregationAborted,
     Batch,
@@ -350,10 +351,11 @@ def settle(engine_of: Callable[[], Any], run_id: str, *, failure: str | None = N
 
 
 def _failure_message(error: BaseException | None) -> str:
+    """The first line of why a step failed (a Failure's description, else the error itself)."""
     if error is None:
         return "the step failed"
     description = getattr(error, "description", None)
-    return str(description or error).strip().splitlines()[0] or type(error).__name__
+    return first_line(RuntimeError(description)) if description else first_line(error)
 
 
 @dg.success_hook(name="settle_run_center", required_resource_keys={"whalefall"})

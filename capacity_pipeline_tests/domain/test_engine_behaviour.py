@@ -203,3 +203,21 @@ def test_a_bad_batch_size_is_rejected_before_anything_is_written(engine, whalefa
     with pytest.raises(ValueError, match="batch_size: must be at least 1"):
         aggregate_period(engine, PeriodType.DAILY, DAILY, batch_size=0)
     assert whalefall.rows("database_size_aggregations") == []
+
+
+def test_new_rows_take_ids_in_whalefall_write_order(engine, whalefall):
+    """WhaleFall writes instance by instance in id order; its lists page by period_start, then id
+    descending, so ids decide which rows its first page shows."""
+    for instance_id in (3, 1, 2):  # inserted out of order
+        whalefall.instance(instance_id)
+        for name in ("zz", "aa", "mm"):
+            whalefall.database_stats(instance_id, name, [(DAY, 100 * instance_id, None)])
+        whalefall.instance_stats(instance_id, [(DAY, 300 * instance_id, 3)])
+
+    aggregate_period(engine, PeriodType.DAILY, DAILY, batch_size=2)
+
+    databases = whalefall.rows("database_size_aggregations", "id")
+    assert [(r["instance_id"], r["database_name"]) for r in databases] == [
+        (i, name) for i in (1, 2, 3) for name in ("aa", "mm", "zz")
+    ]
+    assert [r["instance_id"] for r in whalefall.rows("instance_size_aggregations", "id")] == [1, 2, 3]
