@@ -310,14 +310,26 @@ class RunCenterStep:
         self, kind: type[BaseException] | None, error: BaseException | None, _traceback: TracebackType | None
     ) -> None:
         self.watch.__exit__()
-        if isinstance(error, DagsterExecutionInterruptedError) and not self._cancelling:
-            # Terminated from Dagster (UI, GraphQL): the TaskRuns are cancelled, counters consistent.
+        if isinstance(error, DagsterExecutionInterruptedError | KeyboardInterrupt) and not self._cancelling:
+            self._interrupted()
+
+    def _interrupted(self) -> None:
+        """The worker was interrupted. Dagster ends the run CANCELED when someone asked for it (UI,
+        GraphQL: the run is CANCELING) and FAILURE otherwise (its code server or machine stopping);
+        the TaskRuns end the same way, with consistent counters."""
+        run = self.context.instance.get_run_by_id(self.run.run_id)
+        requested = run is not None and run.status in (dg.DagsterRunStatus.CANCELING, dg.DagsterRunStatus.CANCELED)
+        taskruns = ", ".join(self.open_ids) or "-"
+        if requested:
             for run_id in self.open_ids:
                 self.center.cancel_run(run_id)
                 self.center.finalize_run(run_id)
-            self.context.log.warning(
-                f"Terminated from Dagster: TaskRun(s) {', '.join(self.open_ids) or '-'} cancelled in the run center"
-            )
+            self.context.log.warning(f"Terminated from Dagster: TaskRun(s) {taskruns} cancelled in the run center")
+            return
+        reason = "the run's worker was interrupted without a termination request (its code server or machine stopped)"
+        for run_id in self.open_ids:
+            self.center.mark_run_failed(run_id, f"Dagster run {self.run.run_id} failed: {reason}")
+        self.context.log.error(f"Interrupted: TaskRun(s) {taskruns} failed in the run center: {reason}")
 
 
 # -- hooks: the normal way a run's TaskRuns become final ---------------------------------------

@@ -7,6 +7,7 @@ Real Dagster runs on a real instance, against PostgreSQL. The reconciler (`recon
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from datetime import UTC, date, datetime, timedelta
@@ -14,6 +15,7 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
+from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from sqlalchemy import update
 
@@ -28,7 +30,7 @@ from capacity_pipeline.domain.run_center import RunCenter
 from capacity_pipeline.domain.run_claims import RunClaims, WorkerStats
 from capacity_pipeline.domain.tables import tables_for
 from capacity_pipeline.domain.triggers import request_current_aggregation
-from capacity_pipeline_tests.support import dagster_resources, resolve_job, row_trigger
+from capacity_pipeline_tests.support import dagster_resources, resolve_job, row_trigger, wait_until
 
 DAY = date(2026, 7, 1)
 PREVIOUS = date(2026, 6, 30)
@@ -602,3 +604,39 @@ def test_a_killed_worker_is_explained_by_its_last_heartbeat(
     assert message.startswith(f"Dagster run {run.run_id} failed: its worker process (pid 4242) was killed by signal 9")
     assert f"used {memory_mib} MiB of the machine's 24000 MiB" in message and message.endswith(verdict)
     assert f"Run center: {message}" in [entry.message for entry in dagster_instance.all_logs(run.run_id)]
+
+
+def test_an_interrupt_nobody_asked_for_fails_the_task_run_as_dagster_fails_the_run(
+    pg_engine, four_instances, dagster_instance
+):
+    """A worker interrupted without a termination request (its code server or machine stopping):
+    Dagster ends the run FAILURE, so the run center says failed, not cancelled."""
+    center = RunCenter(pg_engine)
+    task_run_id = request_current_aggregation(pg_engine, Scope.INSTANCE, created_by=None)
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise DagsterExecutionInterruptedError("interrupted")
+
+    def interrupt_once_working() -> None:
+        wait_until(lambda: (center.get_run(task_run_id) or {}).get("progress_completed", 0) >= 1, 30, "progress")
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
+
+    previous = signal.signal(signal.SIGUSR1, interrupt)
+    try:
+        threading.Thread(target=interrupt_once_working, daemon=True).start()
+        result = resolve_job(
+            pg_engine, "capacity_aggregate_current", batch_size=1, batch_pause_seconds=1
+        ).execute_in_process(
+            partition_key=KEY,
+            instance=dagster_instance,
+            asset_selection=[asset_key(Level.INSTANCE, PeriodType.DAILY)],
+            tags={TASK_RUN_TAG: task_run_id},
+            raise_on_error=False,
+        )
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+    assert dagster_instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.FAILURE
+    run = center.get_run(task_run_id)
+    assert run["status"] == "failed" and "interrupted without a termination request" in run["error_message"]
+    assert {item["status"] for item in center.get_items(task_run_id)} <= {"completed", "failed"}
