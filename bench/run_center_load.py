@@ -119,7 +119,8 @@ def _consistency(instance: dg.DagsterInstance, claims: RunClaims, requests: list
         if status not in FINAL:
             problems.append(f"{request.run_id}: not final ({status})")
             continue
-        runs = instance.get_runs(filters=dg.RunsFilter(tags={CLAIM_TAG: _claim_key(claims, request.run_id)}))
+        claim_key = _claim_key(claims, request.run_id)
+        runs = [] if claim_key is None else instance.get_runs(filters=dg.RunsFilter(tags={CLAIM_TAG: claim_key}))
         dagster = {run.status for run in runs}
         shared = bool(runs) and len(claims_of(claims, runs[0].run_id)) > 1
         expected = {
@@ -136,10 +137,12 @@ def _consistency(instance: dg.DagsterInstance, claims: RunClaims, requests: list
     return problems
 
 
-def _claim_key(claims: RunClaims, task_run_id: str) -> str:
+def _claim_key(claims: RunClaims, task_run_id: str) -> str | None:
+    """The run a request was given to; None when it was cancelled before any launcher saw it."""
     links = claims.links
     with claims.engine.connect() as connection:
-        return connection.execute(links.select().where(links.c.task_run_id == task_run_id)).first().claim_key
+        row = connection.execute(links.select().where(links.c.task_run_id == task_run_id)).first()
+    return None if row is None else row.claim_key
 
 
 def claims_of(claims: RunClaims, dagster_run_id: str) -> list[str]:

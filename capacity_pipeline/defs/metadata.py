@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dagster as dg
-import pandas as pd
 from sqlalchemy import Engine
 
 from capacity_pipeline.domain.model import AggregationReport, Level
 from capacity_pipeline.domain.queries import top_growth
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
@@ -40,6 +42,8 @@ def failures_metadata(report: AggregationReport) -> dict[str, Any]:
     failed = report.failures
     if not failed:
         return {}
+    import pandas as pd  # only when there are failures to show
+
     frame = pd.DataFrame(
         [{"instance_id": o.instance.id, "instance": o.instance.name, "error": o.error} for o in failed]
     )

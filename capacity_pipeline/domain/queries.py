@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import TYPE_CHECKING
 
-import pandas as pd
 from sqlalchemy import Engine, text
 
 from capacity_pipeline.domain.model import Level
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _TOP_GROWTH = {
     Level.DATABASE: """
@@ -29,6 +32,8 @@ _TOP_GROWTH = {
 
 def top_growth(engine: Engine, level: Level, period_type: str, period_start: date, limit: int = 10) -> pd.DataFrame:
     """The rows of one period that grew most in MB (ties broken by id, so the table is stable)."""
+    import pandas as pd  # here, not at the top: a run worker imports pandas only to show a table
+
     params = {"period_type": period_type, "period_start": period_start, "limit": limit}
     with engine.connect() as connection:
         frame = pd.read_sql_query(text(_TOP_GROWTH[level]), connection, params=params)
