@@ -16,7 +16,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -298,26 +298,25 @@ def free_port() -> int:
 
 
 def stop_group(process: subprocess.Popen, *, sig: int = signal.SIGINT, grace: float = 30) -> None:
-    """Stop a process started in its own session: `sig` to its whole group, SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, sig)
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
+    """Stop a process started in its own session: `sig` to its whole group, SIGKILL if it lingers,
+    then SIGKILL to whatever is left in the group (a child the leader did not take down)."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+    with suppress(ProcessLookupError, PermissionError):
         os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    except ProcessLookupError:
-        pass
 
 
 def kill_group(process: subprocess.Popen) -> None:
     """SIGKILL the whole process group at once: every process dies without cleaning up."""
-    with_group = process.pid
-    os.killpg(with_group, signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
-    # Children re-parented to init die with the group; give the kernel a moment to reap sockets.
-    time.sleep(0.5)
 
 
 @dataclass
