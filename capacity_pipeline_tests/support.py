@@ -317,6 +317,7 @@ def kill_group(process: subprocess.Popen) -> None:
     """SIGKILL the whole process group at once: every process dies without cleaning up."""
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
+    time.sleep(0.5)  # let the kernel close the dead processes' sockets before their ports are reused
 
 
 @dataclass
