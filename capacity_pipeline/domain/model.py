@@ -76,7 +76,6 @@ class TaskStatus(StrEnum):
 
 
 IN_PROGRESS = (TaskStatus.PENDING, TaskStatus.RUNNING)
-TERMINAL = (TaskStatus.COMPLETED, TaskStatus.COMPLETED_WITH_ERRORS, TaskStatus.FAILED, TaskStatus.CANCELLED)
 
 
 class Outcome(StrEnum):
