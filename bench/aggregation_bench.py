@@ -275,7 +275,10 @@ def bench_freshness(scale: str) -> str:
         connection.execute(
             text(
                 "INSERT INTO database_size_stats (instance_id, database_name, size_mb, data_size_mb, collected_date) "
-                "VALUES (1, 'late_sample', 1024, 1000, :day)"
+                "VALUES (1, 'late_sample', 1024, 1000, :day) "
+                # a rerun over reused data changes the sample it inserted last time
+                "ON CONFLICT (instance_id, database_name, collected_date) "
+                "DO UPDATE SET size_mb = database_size_stats.size_mb + 1"
             ),
             {"day": late},
         )
