@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Engine, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from capacity_pipeline.domain.dialects import ConnectionLimits, ErrorKind, dialect_named, dialect_of
+from capacity_pipeline.domain.dialects import ConnectionLimits, ErrorKind, SqlDialect, dialect_named, dialect_of
 
 T = TypeVar("T")
 WRITE_ATTEMPTS = 5  # a deadlock or serialization failure is retried this many times in all
@@ -60,13 +60,22 @@ def make_engine(url: URL | str, limits: ConnectionLimits | None = None, **kwargs
 
 
 def in_transaction(engine: Engine, work: Callable[[Connection], T], attempts: int = WRITE_ATTEMPTS) -> T:
-    """Run `work` in one transaction, again when the database reports a deadlock or a serialization
-    failure (the transaction was rolled back whole, so running it again is safe)."""
-    dialect = dialect_of(engine)
+    """Run `work` in one transaction, again on a deadlock or a serialization failure (see retrying)."""
+
+    def once() -> T:
+        with engine.begin() as connection:
+            return work(connection)
+
+    return retrying(dialect_of(engine), once, attempts)
+
+
+def retrying(dialect: SqlDialect, transaction: Callable[[], T], attempts: int = WRITE_ATTEMPTS) -> T:
+    """Run `transaction` again, after a short backoff, when the database reports a deadlock or a
+    serialization failure: the transaction was rolled back whole, so running it again is safe.
+    The last failure, or any other one, is raised."""
     for attempt in range(1, attempts + 1):
         try:
-            with engine.begin() as connection:
-                return work(connection)
+            return transaction()
         except SQLAlchemyError as error:
             if attempt == attempts or dialect.classify(error) is not ErrorKind.RETRY:
                 raise

@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import io
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
 from enum import Enum
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -105,9 +104,6 @@ class SqlDialect:
         """The SQL condition "instance_id is one of the batch's :ids"."""
         raise NotImplementedError
 
-    def bind_batch(self, statement: TextClause) -> TextClause:
-        return statement
-
     def window_columns(self) -> str:
         return ":period_type AS period_type, :start AS period_start, :end AS period_end"
 
@@ -115,7 +111,7 @@ class SqlDialect:
         return ":now AS calculated_at, :now AS created_at"
 
     def upsert_statements(
-        self, table: str, ctes: str, final: str, upsert: str, records_read: str, temporary: str
+        self, ctes: str, final: str, upsert: str, records_read: str, temporary: str
     ) -> list[TextClause]:
         """A level's statements; the last one yields the per-instance counts (see per_instance_counts)."""
         raise NotImplementedError
@@ -126,9 +122,6 @@ class SqlDialect:
 
     def begin_batch(self, connection: Connection) -> None:
         """Per-transaction settings of a batch."""
-
-    def lock_period(self, connection: Connection, key: str) -> None:
-        """Serialise writers of one period and level for the rest of the transaction (spec Q17)."""
 
     def bulk_insert(self, engine: Engine, table: Table, frame: pd.DataFrame) -> None:
         """Many rows at once (synthetic data): plain executemany where nothing faster exists."""
@@ -153,10 +146,6 @@ class SqlDialect:
         return query
 
     # -- schema -----------------------------------------------------------------------------------
-
-    def ensure_month_partitions(self, engine: Engine, tables: Iterable[str], months: Iterable[date]) -> list[str]:
-        """Create the month partitions a write needs (spec Q16); the names created."""
-        return []
 
     def serialise(self, connection: Connection, key: str) -> None:
         """A transaction-long mutex named `key` (SQLite: the write lock taken at BEGIN does it)."""
@@ -218,17 +207,14 @@ class SqliteDialect(SqlDialect):
     def in_batch(self) -> str:
         return "instance_id IN :ids"
 
-    def bind_batch(self, statement: TextClause) -> TextClause:
-        return statement.bindparams(bindparam("ids", expanding=True))
-
     def upsert_statements(
-        self, table: str, ctes: str, final: str, upsert: str, records_read: str, temporary: str
+        self, ctes: str, final: str, upsert: str, records_read: str, temporary: str
     ) -> list[TextClause]:
         write = (
             f"WITH {ctes}, batch_rows AS ({final}) {upsert.format(source='batch_rows')} "
             f"RETURNING instance_id, {records_read} AS records"
         )
-        return [self.bind_batch(text(write))]
+        return [text(write).bindparams(bindparam("ids", expanding=True))]
 
     def per_instance_counts(self, result: Any) -> list[tuple[int, int, int]]:
         counts: dict[int, list[int]] = {}
@@ -339,7 +325,7 @@ class PostgresDialect(SqlDialect):
         return "CAST(:now AS timestamptz) AS calculated_at, CAST(:now AS timestamptz) AS created_at"
 
     def upsert_statements(
-        self, table: str, ctes: str, final: str, upsert: str, records_read: str, temporary: str
+        self, ctes: str, final: str, upsert: str, records_read: str, temporary: str
     ) -> list[TextClause]:
         # CREATE TEMP TABLE AS may use parallel workers; an INSERT ... SELECT never does.
         compute = f"CREATE TEMP TABLE {temporary} ON COMMIT DROP AS WITH {ctes} {final}"
@@ -372,19 +358,11 @@ class PostgresDialect(SqlDialect):
         for setting in self._BATCH_SETTINGS:
             connection.exec_driver_sql(f"SET LOCAL {setting}")
 
-    def lock_period(self, connection: Connection, key: str) -> None:
-        self.serialise(connection, key)
-
     def insert_ignoring_conflicts(self, table: Table) -> Any:
         return postgresql_insert(table)
 
     def for_update(self, query: Select) -> Select:
         return query.with_for_update()
-
-    def ensure_month_partitions(self, engine: Engine, tables: Iterable[str], months: Iterable[date]) -> list[str]:
-        from capacity_pipeline.domain.month_partitions import create_missing_partitions
-
-        return create_missing_partitions(engine, tables, months)
 
     def serialise(self, connection: Connection, key: str) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})

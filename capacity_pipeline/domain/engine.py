@@ -16,13 +16,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from capacity_pipeline.domain.database import retrying
 from capacity_pipeline.domain.dialects import ErrorKind, SqlDialect, dialect_of, first_line
 from capacity_pipeline.domain.instances import list_active_instances
 from capacity_pipeline.domain.level_sql import level_statements
@@ -30,10 +31,10 @@ from capacity_pipeline.domain.model import (
     ActiveInstance,
     AggregationReport,
     InstanceOutcome,
-    Level,
     Scope,
     WindowPlan,
 )
+from capacity_pipeline.domain.month_partitions import ensure_month_partitions
 from capacity_pipeline.domain.periods import PeriodType, Window
 
 DEFAULT_BATCH_SIZE = 250
@@ -83,11 +84,12 @@ class BatchControl:
             return self._busy[2], time.monotonic() - self._busy[3]
 
     @contextmanager
-    def session(self, dialect: SqlDialect, connection: Connection) -> Iterator[None]:
+    def session(self, dialect: SqlDialect, connection: Connection, backend: int | None) -> Iterator[None]:
+        """Mark `connection` (server session `backend`) busy with a batch for the watcher."""
         with self._lock:
             if self.stop_reason is not None:
                 raise AggregationStopped(self.stop_reason)
-            self._busy = (dialect, connection, dialect.backend_id(connection), time.monotonic())
+            self._busy = (dialect, connection, backend, time.monotonic())
             self.last_wait = None
         try:
             yield
@@ -196,25 +198,23 @@ class _WindowWriter:
             "previous_start": plan.previous.start,
             "previous_end": plan.previous.end,
         }
+        # Writers of one period and level are serialised for the rest of their transaction (spec Q17).
+        self.lock_keys = {
+            level: f"capacity_pipeline.{level.table}.{plan.period.value}.{plan.window.start}" for level in plan.levels
+        }
 
     def write(self, batch: Sequence[ActiveInstance]) -> list[InstanceOutcome]:
-        error: SQLAlchemyError | None = None
-        for _ in range(RETRY_ATTEMPTS):
-            try:
-                return self._write_in_one_transaction(batch)
-            except SQLAlchemyError as failure:
-                error = failure
-                kind = self.dialect.classify(failure)
-                if self.control is not None and self.control.stop_reason is not None:
-                    raise AggregationStopped(self.control.stop_reason) from None
-                if kind is ErrorKind.RETRY:
-                    continue
-                if kind is not ErrorKind.DATA:
-                    raise AggregationAborted(kind, self._explain(kind, failure)) from None
-                break
-        assert error is not None
-        if len(batch) == 1:
-            return [InstanceOutcome(batch[0], error=first_line(error))]
+        try:
+            return retrying(self.dialect, lambda: self._write_in_one_transaction(batch), RETRY_ATTEMPTS)
+        except SQLAlchemyError as failure:
+            if self.control is not None and self.control.stop_reason is not None:
+                raise AggregationStopped(self.control.stop_reason) from None
+            kind = self.dialect.classify(failure)
+            # A data error, or a conflict that outlived its retries: split the batch, so it fails alone.
+            if kind not in (ErrorKind.DATA, ErrorKind.RETRY):
+                raise AggregationAborted(kind, self._explain(kind, failure)) from None
+            if len(batch) == 1:
+                return [InstanceOutcome(batch[0], error=first_line(failure))]
         return [outcome for instance in batch for outcome in self.write([instance])]
 
     def _explain(self, kind: ErrorKind, error: SQLAlchemyError) -> str:
@@ -227,13 +227,13 @@ class _WindowWriter:
         parameters = {**self.parameters, "ids": [instance.id for instance in batch], "now": self.now()}
         with self.engine.connect() as connection:
             backend = self.dialect.backend_id(connection)
-            watched = self.control.session(self.dialect, connection) if self.control else _unwatched()
+            watched = self.control.session(self.dialect, connection, backend) if self.control else nullcontext()
             with watched:
                 transaction = connection.begin()
                 try:
                     self.dialect.begin_batch(connection)
                     for level, statements in self.statements.items():
-                        self.dialect.lock_period(connection, self._lock_key(level))
+                        self.dialect.serialise(connection, self.lock_keys[level])  # spec Q17
                         for statement in statements[:-1]:
                             connection.execute(statement, parameters)
                         counts = self.dialect.per_instance_counts(connection.execute(statements[-1], parameters))
@@ -255,15 +255,12 @@ class _WindowWriter:
                 outcome.records_read.setdefault(level, 0)
         return list(outcomes.values())
 
-    def _lock_key(self, level: Level) -> str:
-        return f"capacity_pipeline.{level.table}.{self.plan.period.value}.{self.plan.window.start}"
-
 
 def _ensure_partitions(engine: Engine, dialect: SqlDialect, plans: Sequence[WindowPlan]) -> None:
     """The month partitions the plans write into (spec Q16); a locked parent aborts like a batch."""
     tables = sorted({level.table for plan in plans for level in plan.levels})
     try:
-        dialect.ensure_month_partitions(engine, tables, [plan.window.start for plan in plans])
+        ensure_month_partitions(engine, tables, [plan.window.start for plan in plans])
     except SQLAlchemyError as error:
         kind = dialect.classify(error)
         if kind is ErrorKind.DATA:
@@ -277,8 +274,3 @@ def _abandon(engine: Engine, dialect: SqlDialect, connection: Connection, backen
             dialect.cancel_backend(engine, backend)
     with suppress(Exception):
         connection.invalidate()
-
-
-@contextmanager
-def _unwatched() -> Iterator[None]:
-    yield

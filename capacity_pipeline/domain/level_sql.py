@@ -212,7 +212,7 @@ class _LevelSql:
             f"ORDER BY {', '.join(self.keys)} ON CONFLICT ({conflict}) DO UPDATE SET {updates}"
         )
         temporary = f"capacity_batch_{self.level.value}"
-        return tuple(sql.upsert_statements(table, self.ctes, self.final, upsert, self.records_read, temporary))
+        return tuple(sql.upsert_statements(self.ctes, self.final, upsert, self.records_read, temporary))
 
 
 @cache

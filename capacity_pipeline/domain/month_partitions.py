@@ -29,17 +29,14 @@ def partition_name(table: str, month: date) -> str:
 def ensure_month_partitions(engine: Engine, tables: Iterable[str], months: Iterable[date]) -> list[str]:
     """Create the missing month partitions; returns the names created. A no-op where tables are not
     partitioned (SQLite)."""
-    return dialect_of(engine).ensure_month_partitions(engine, tables, months)
-
-
-def create_missing_partitions(engine: Engine, tables: Iterable[str], months: Iterable[date]) -> list[str]:
-    """PostgreSQL: create the missing month partitions of the partitioned parents; the names created."""
+    if not dialect_of(engine).partitions_by_month:
+        return []
     first_days = {month.replace(day=1) for month in months}  # `months` may be a one-shot iterable
     wanted = sorted({(table, month) for table in tables for month in first_days})
     for table, _ in wanted:
         if table not in PARTITIONED_TABLES:
             raise ValueError(f"table: {table!r} is not partitioned; allowed: {sorted(PARTITIONED_TABLES)}")
-    with engine.connect() as connection:  # one look at the catalog for all of them
+    with engine.connect() as connection:  # one connection for every look at the catalog
         missing = [
             (table, month, partition_name(table, month))
             for table, month in wanted
@@ -59,10 +56,7 @@ def create_missing_partitions(engine: Engine, tables: Iterable[str], months: Ite
 
 def _create_partition(engine: Engine, table: str, name: str, month: date) -> bool:
     with engine.begin() as connection:
-        connection.execute(
-            text("SELECT pg_advisory_xact_lock(hashtext(:key))"),
-            {"key": f"capacity_pipeline.partition.{name}"},
-        )
+        dialect_of(engine).serialise(connection, f"capacity_pipeline.partition.{name}")
         if not _needs_partition(connection, table, name):
             return False  # another process created it while we waited for the lock
         _, display_name = PARTITIONED_TABLES[table]
