@@ -72,7 +72,7 @@ _MISSING_TEMPLATE = {
 
 _MISSING = {level: sql.format(active=active_instance_sql("i")) for level, sql in _MISSING_TEMPLATE.items()}
 
-# Samples in the window (the rows an aggregation reads) that cannot be true.
+# Samples in the window that cannot be true: any negative size, the log size included.
 _NEGATIVE_INPUT_TEMPLATE = {
     Level.DATABASE: """
         SELECT s.instance_id, min(i.name) AS name FROM database_size_stats AS s

@@ -40,7 +40,6 @@ NIGHTLY_PERIOD_MESSAGES = {
     "skipped": "实例 {name} 在 {start} 到 {end} 没有统计数据,跳过聚合",
     "failed": "{period} 聚合失败: {error}",
 }
-NIGHTLY_ITEM_FAILED_FALLBACK = "实例聚合失败"
 
 # Not WhaleFall's: materializations and backfills started by hand in the Dagster UI.
 MATERIALIZE_TASK_KEY = "capacity_materialize"

@@ -58,6 +58,9 @@ class Progress:
     completed: int
     failed: int
 
+    def columns(self) -> dict[str, int]:
+        return {"progress_total": self.total, "progress_completed": self.completed, "progress_failed": self.failed}
+
 
 # Python None binds as SQL NULL here (not JSON null), so "no metrics" stays a NULL column.
 _JSON_OR_NULL = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
@@ -166,13 +169,18 @@ class RunCenter:
             if run is None or run.status not in IN_PROGRESS:
                 return False
             now = _now()
+            self._close_open_items(connection, run_id, TaskStatus.FAILED, message, now)
             connection.execute(
                 update(self.runs)
                 .where(self.runs.c.run_id == run_id)
-                .values(status=TaskStatus.FAILED, error_message=message, completed_at=now, updated_at=now)
+                .values(
+                    status=TaskStatus.FAILED,
+                    error_message=message,
+                    completed_at=now,
+                    updated_at=now,
+                    **self._count_progress(connection, run_id).columns(),
+                )
             )
-            self._close_open_items(connection, run_id, TaskStatus.FAILED, message, now)
-            self._write_progress(connection, run_id)
             return True
 
         return self._write(fail)
@@ -196,21 +204,27 @@ class RunCenter:
                 return None
             now = _now()
             status = TaskStatus(run.status)
+            if status not in (*IN_PROGRESS, TaskStatus.CANCELLED):
+                return status  # finished: left alone
+            progress = self._count_progress(connection, run_id)
             if status in IN_PROGRESS:
-                progress = self._write_progress(connection, run_id)
                 status = TaskStatus.FAILED if progress.failed else TaskStatus.COMPLETED
                 values: dict[str, Any] = {"status": status, "completed_at": now, "updated_at": now}
+                values.update(progress.columns())
                 if callable(summary):
                     values["summary_json"] = summary(run.summary_json, self._items(connection, run_id))
                 elif summary is not None:
                     values["summary_json"] = summary
                 connection.execute(update(self.runs).where(self.runs.c.run_id == run_id).values(**values))
-            elif status is TaskStatus.CANCELLED:
-                self._write_progress(connection, run_id)
+            else:  # cancelled: consistent counters and a completion time
                 connection.execute(
                     update(self.runs)
                     .where(self.runs.c.run_id == run_id)
-                    .values(completed_at=func.coalesce(self.runs.c.completed_at, now), updated_at=now)
+                    .values(
+                        completed_at=func.coalesce(self.runs.c.completed_at, now),
+                        updated_at=now,
+                        **progress.columns(),
+                    )
                 )
             return status
 
@@ -405,9 +419,8 @@ class RunCenter:
             .values(**values)
         )
 
-    def _write_progress(self, connection: Connection, run_id: str) -> Progress:
-        """Counters from the items: completed, and failed-or-cancelled (spec 6.1 finalize_run).
-        Only called with the run row locked."""
+    def _count_progress(self, connection: Connection, run_id: str) -> Progress:
+        """Counters from the items: completed, and failed-or-cancelled (spec 6.1 finalize_run)."""
         items = self.items
         counts = connection.execute(
             select(
@@ -416,15 +429,12 @@ class RunCenter:
                 func.count(case((items.c.status.in_((TaskStatus.FAILED, TaskStatus.CANCELLED)), 1))),
             ).where(items.c.run_id == run_id)
         ).one()
-        progress = Progress(*counts)
+        return Progress(*counts)
+
+    def _write_progress(self, connection: Connection, run_id: str) -> Progress:
+        """The counters, written to the run. Only called with the run row locked."""
+        progress = self._count_progress(connection, run_id)
         connection.execute(
-            update(self.runs)
-            .where(self.runs.c.run_id == run_id)
-            .values(
-                progress_total=progress.total,
-                progress_completed=progress.completed,
-                progress_failed=progress.failed,
-                updated_at=_now(),
-            )
+            update(self.runs).where(self.runs.c.run_id == run_id).values(updated_at=_now(), **progress.columns())
         )
         return progress

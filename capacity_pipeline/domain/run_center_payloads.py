@@ -232,7 +232,7 @@ def nightly_item_result(
         "instance_name": instance_name,
     }
     if errors:
-        return PhaseResult(TaskStatus.FAILED, None, details, "; ".join(errors) or c.NIGHTLY_ITEM_FAILED_FALLBACK)
+        return PhaseResult(TaskStatus.FAILED, None, details, "; ".join(errors))
     return PhaseResult(TaskStatus.COMPLETED, {"aggregated_count": count}, details)
 
 

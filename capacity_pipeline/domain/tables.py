@@ -35,15 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 
 from capacity_pipeline.domain.dialects import dialect_named
-
-TASK_RUN_STATUSES = (
-    "pending",
-    "running",
-    "completed",
-    "completed_with_errors",
-    "failed",
-    "cancelled",
-)
+from capacity_pipeline.domain.model import TaskStatus
 
 # Table -> (partition key, the display name WhaleFall writes into each partition's comment).
 PARTITIONED_TABLES: dict[str, tuple[str, str]] = {
@@ -66,7 +58,7 @@ _JSON = JSON().with_variant(JSONB(), "postgresql")
 
 
 def _status_check(table: str) -> CheckConstraint:
-    values = ", ".join(f"'{status}'" for status in TASK_RUN_STATUSES)
+    values = ", ".join(f"'{status.value}'" for status in TaskStatus)
     return CheckConstraint(f"status IN ({values})", name=f"{table}_status_check")
 
 
