@@ -27,8 +27,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,10 +89,12 @@ def _post(port: int, scope: str, cancel: bool) -> Request:
     return request
 
 
-def _watch(center: RunCenter, requests: list[Request], deadline: float) -> None:
-    """Poll the run center until every request is final (or the deadline passes)."""
-    while time.monotonic() < deadline and any(r.final_at is None for r in requests):
-        for request in requests:
+def _watch(center: RunCenter, requests: list[Request], deadline: float, expected: int | None = None) -> None:
+    """Poll the run center until every request is final (or the deadline passes). `requests` may
+    still be growing (a burst in progress) until it holds `expected` of them."""
+    expected = len(requests) if expected is None else expected
+    while time.monotonic() < deadline and (len(requests) < expected or any(r.final_at is None for r in requests)):
+        for request in list(requests):
             if request.final_at is not None:
                 continue
             run = center.get_run(request.run_id)
@@ -189,11 +192,20 @@ def main() -> int:
                 _watch(center, [request], time.monotonic() + 120)
                 idle.append(request)
 
+            # The burst is watched while it is being posted, so a request's start and end are seen
+            # when they happen, not after the last POST.
+            burst: list[Request] = []
             burst_started = time.monotonic()
+            watcher = threading.Thread(
+                target=_watch, args=(center, burst, burst_started + BURST_DEADLINE_SECONDS, args.burst), daemon=True
+            )
+            watcher.start()
             scopes = ["all", "database", "instance"]
             with ThreadPoolExecutor(max_workers=10) as pool:
-                burst = list(pool.map(lambda i: _post(port, scopes[i % 3], cancel=i % 2 == 1), range(args.burst)))
-            _watch(center, burst, burst_started + BURST_DEADLINE_SECONDS)
+                posts = [pool.submit(_post, port, scopes[i % 3], i % 2 == 1) for i in range(args.burst)]
+                for post in as_completed(posts):
+                    burst.append(post.result())
+            watcher.join()
             burst_final = max((r.final_at or float("inf")) for r in burst) - burst_started
 
             with server.instance() as instance:
