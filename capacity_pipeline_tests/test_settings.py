@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import date
 
 import pytest
@@ -66,9 +67,26 @@ def test_a_bad_secret_is_not_echoed(name):
     assert raw not in message and repr(raw) not in message
 
 
-def test_every_setting_is_in_the_readme_table():
+def _readme_settings_table() -> list[list[str]]:
+    """The rows of the README's settings table (under "## Settings"), each a list of its cells."""
     from capacity_pipeline_tests.support import REPO
 
-    readme = (REPO / "README.md").read_text()
-    missing = [setting.env for setting in SETTINGS.values() if f"`{setting.env}`" not in readme]
-    assert missing == []
+    section = (REPO / "README.md").read_text().split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    lines = [line.strip() for line in section.splitlines() if line.strip().startswith("|")]
+    return [[cell.strip() for cell in re.split(r"(?<!\\)\|", line[1:-1])] for line in lines]
+
+
+def test_the_readme_settings_table_is_the_settings_table():
+    header, separator, *rows = _readme_settings_table()
+    assert header == ["variable", "default", "accepts", "meaning", "read by"]
+    assert set(separator) == {"---"}
+    assert [row[0] for row in rows] == [f"`{setting.env}`" for setting in SETTINGS.values()]  # each once, in order
+    by_variable = {row[0]: row for row in rows}
+    for setting in SETTINGS.values():
+        _variable, default, accepts, meaning, read_by = by_variable[f"`{setting.env}`"]
+        assert (accepts, meaning) == (setting.accepts, setting.meaning), setting.env
+        assert read_by, setting.env
+        if setting.default is None:  # required (its meaning says so), or simply unset
+            assert default == ("(required)" if setting.meaning.endswith(" Required.") else "-"), setting.env
+        else:
+            assert setting.parse(default) == setting.default, setting.env
