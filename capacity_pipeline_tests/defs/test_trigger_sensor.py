@@ -4,6 +4,7 @@ fails alone and says why."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -177,18 +178,28 @@ def test_cancelled_requests_are_not_triggers(pg_engine, dagster_instance):
 def test_an_unreachable_whalefall_database_is_one_line_per_tick_and_the_tries_back_off(dagster_instance):
     resources = {"whalefall": WhaleFallDatabase(url="postgresql://nobody@127.0.0.1:1/none", connect_timeout_seconds=1)}
     with dg.build_sensor_context(instance=dagster_instance, resources=resources) as context:
+        before = time.time()
         first = capacity_current_trigger(context)
+        after = time.time()
         cursor = context.cursor
 
     assert isinstance(first, dg.SkipReason) and "\n" not in first.skip_message
-    assert first.skip_message.startswith("WHALEFALL_DATABASE_URL: cannot connect to the WhaleFall database")
-    assert first.skip_message.endswith("; next try in 4 s")  # twice the 2 s interval after one failure
+    state = json.loads(cursor)
+    assert state["error"].startswith("WHALEFALL_DATABASE_URL: cannot connect to the WhaleFall database")
+    assert first.skip_message == f"{state['error']}; next try in 4 s"  # twice the 2 s interval after one failure
+    assert state["failures"] == 1 and before + 4 <= state["retry_at"] <= after + 4
 
     with dg.build_sensor_context(instance=dagster_instance, resources=resources, cursor=cursor) as context:
-        started = time.monotonic()
+        before = time.time()
         waiting = capacity_current_trigger(context)
-        assert time.monotonic() - started < 0.5  # no connection attempt while backing off
-    assert "cannot connect" in waiting.skip_message and waiting.skip_message.endswith(" s")
+        after = time.time()
+        # No connection attempt while backing off: another failure would have moved the cursor on
+        # (failures 2, next try in 8 s).
+        assert context.cursor == cursor
+    # The whole seconds left until the next try, as the sensor rounds them at the moment it looked.
+    left = range(int(f"{state['retry_at'] - after:.0f}"), int(f"{state['retry_at'] - before:.0f}") + 1)
+    assert isinstance(waiting, dg.SkipReason)
+    assert waiting.skip_message in {f"{state['error']}; next try in {n} s" for n in left}, (waiting, left)
 
 
 @pytest.mark.parametrize("scope", list(Scope))
