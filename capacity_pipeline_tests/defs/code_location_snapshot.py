@@ -48,7 +48,7 @@ def _partitions(partitions: dg.PartitionsDefinition | None) -> str | None:
     return f"{partitions.cron_schedule} {partitions.timezone} from {start} end_offset={partitions.end_offset}"
 
 
-if __name__ == "__main__":  # regenerate: python -m capacity_pipeline_tests.defs.code_location_snapshot
+if __name__ == "__main__":  # regenerate: the command in test_snapshot.py, from the repository root
     import json
     import warnings
 
