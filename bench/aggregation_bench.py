@@ -42,7 +42,13 @@ from capacity_pipeline.domain.periods import (
     window_containing,
     windows_fed_by,
 )
-from capacity_pipeline.domain.stats_versions import baseline_versions, day_versions, observed_days, quarterly_baselines
+from capacity_pipeline.domain.stats_versions import (
+    baseline_days,
+    baseline_versions,
+    day_versions,
+    observed_days,
+    quarterly_baselines,
+)
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.tables import create_schema
 
@@ -268,11 +274,13 @@ def bench_freshness(scale: str) -> str:
     engine = _database_for(scale, reuse=True)
     days = observed_days(TODAY, SETTINGS["observe_days"].default)
     # What one observation tick queries (defs/sources.py): the daily sources read each table's day
-    # versions, and the quarterly baseline sources (another job) read them again for their quarters.
+    # versions; the quarterly baseline sources (another job) read the days of their baselines.
     started = time.perf_counter()
+    baselines = quarterly_baselines(days, corrected_quarter=False)
     for level in Level:
         day_versions(engine, level, days)
-        baseline_versions(day_versions(engine, level, days), quarterly_baselines(days, corrected_quarter=False))
+        if (span := baseline_days(baselines)) is not None:
+            baseline_versions(day_versions(engine, level, span), baselines)
     observation = time.perf_counter() - started
 
     late = TODAY - timedelta(days=20)

@@ -23,6 +23,7 @@ from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window, china_today
 from capacity_pipeline.domain.stats_versions import (
     STATS_TABLES,
+    baseline_days,
     baseline_versions,
     day_versions,
     observed_days,
@@ -45,6 +46,9 @@ def _changed_only(
     context: dg.AssetExecutionContext, key: dg.AssetKey, versions: dict[str, str]
 ) -> dg.DataVersionsByPartition:
     """The versions that differ from the last ones recorded for their partitions."""
+    if not versions:
+        context.log.info(f"{key.to_user_string()}: no partition in the observed days")
+        return dg.DataVersionsByPartition({})
     records = context.instance.fetch_observations(
         dg.AssetRecordsFilter(asset_key=key, asset_partitions=list(versions)), limit=4 * len(versions) or 1
     ).records
@@ -58,11 +62,9 @@ def _changed_only(
     return dg.DataVersionsByPartition({partition: dg.DataVersion(v) for partition, v in changed.items()})
 
 
-def _observed_day_versions(whalefall: WhaleFallDatabase, level: Level) -> tuple[dict[date, str], Window]:
-    days = observed_days(china_today(), whalefall.observe_days)
+def _versions_of_every_day(whalefall: WhaleFallDatabase, level: Level, days: Window) -> dict[date, str]:
     found = day_versions(whalefall.engine(), level, days)
-    every_day = {day: found.get(day, EMPTY_DAY) for day in _days(days.start, days.end)}
-    return every_day, days
+    return {day: found.get(day, EMPTY_DAY) for day in _days(days.start, days.end)}
 
 
 def _days(first: date, last: date) -> list[date]:
@@ -80,7 +82,7 @@ def _build_stats_source(level: Level) -> dg.SourceAsset:
         "changes when a sample of that day is inserted, updated or deleted.",
     )
     def source(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase) -> dg.DataVersionsByPartition:
-        versions, _ = _observed_day_versions(whalefall, level)
+        versions = _versions_of_every_day(whalefall, level, observed_days(china_today(), whalefall.observe_days))
         partitions = PARTITIONS[PeriodType.DAILY]
         keyed = {day.isoformat(): v for day, v in versions.items() if partitions.has_partition_key(day.isoformat())}
         return _changed_only(context, stats_key(level), keyed)
@@ -99,8 +101,12 @@ def _build_baseline_source(level: Level) -> dg.SourceAsset:
         "first two months of the quarter, or the whole quarter before a Q1 and in corrected mode.",
     )
     def baseline(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase) -> dg.DataVersionsByPartition:
-        versions, days = _observed_day_versions(whalefall, level)
+        days = observed_days(china_today(), whalefall.observe_days)
         windows = quarterly_baselines(days, corrected_quarter=whalefall.corrected_quarter)
+        span = baseline_days(windows)  # only their days are read, not the whole range again
+        if span is None:  # the usual case: the baselines in range feed quarters not begun yet
+            return _changed_only(context, baseline_key(level), {})
+        versions = _versions_of_every_day(whalefall, level, span)
         partitions = PARTITIONS[PeriodType.QUARTERLY]
         keyed = {
             start.isoformat(): version

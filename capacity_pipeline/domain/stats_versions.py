@@ -57,17 +57,25 @@ def day_versions(engine: Engine, level: Level, days: Window) -> dict[date, str]:
 
 
 def quarterly_baselines(days: Window, *, corrected_quarter: bool) -> dict[date, Window]:
-    """Quarter start -> the quarter's baseline window, for the baselines wholly inside the observed
-    days (a window that reaches past today counts: its future days have no samples yet)."""
+    """Quarter start -> the quarter's baseline window, for the baselines inside the observed days
+    whose next quarter has begun: a quarter not begun is not aggregated, so nothing reads its
+    baseline yet (and a baseline whose next quarter has begun is complete)."""
     baselines = {}
     quarter = window_containing(PeriodType.QUARTERLY, add_months(days.start, -3))
     while quarter.start <= days.end:
         following = window_containing(PeriodType.QUARTERLY, quarter.end + timedelta(days=1))
         baseline = previous_window(PeriodType.QUARTERLY, following, corrected_quarter=corrected_quarter)
-        if baseline.start >= days.start and baseline.start <= days.end:
+        if days.start <= baseline.start <= days.end and following.start <= days.end:
             baselines[quarter.start] = baseline
         quarter = following
     return baselines
+
+
+def baseline_days(baselines: Mapping[date, Window]) -> Window | None:
+    """The days the baselines cover, read once for all of them; None when there are none."""
+    if not baselines:
+        return None
+    return Window(min(w.start for w in baselines.values()), max(w.end for w in baselines.values()))
 
 
 def baseline_versions(day_versions_: Mapping[date, str], baselines: Mapping[date, Window]) -> dict[date, str]:
