@@ -142,21 +142,25 @@ def launch_triggers(
     engine = whalefall.engine()
     claims, center = RunClaims(engine), RunCenter(engine)
     pickup = timedelta(seconds=whalefall.trigger_pickup_timeout_seconds)
+    triggers = claims.unclaimed_triggers(c.CURRENT_TASK_KEY)
     expired = claims.expire_unclaimed(
-        c.CURRENT_TASK_KEY,
+        triggers,
         pickup,
         f"no Dagster daemon picked up this request within {pickup.total_seconds():.0f} s "
         "(is the capacity_current_trigger sensor running?)",
     )
-    for run_id in expired:
+    for run_id in sorted(expired):
         context.log.warning(f"TaskRun {run_id}: not picked up in time, failed")
     groups = claims.unclaimed_groups()
     dagster_runs = _runs_by_claim_key(context.instance, list(groups))
     alive = {key: group for key, group in groups.items() if _not_finished(dagster_runs.get(key))}
     joinable = {group["request_key"]: key for key, group in alive.items()}
     today, rejected = china_today(), 0
-    for trigger in claims.unclaimed_triggers(c.CURRENT_TASK_KEY):
+    first_triggers = {}  # the rows a new group's run is named after
+    for trigger in triggers:
         run_id = trigger["run_id"]
+        if run_id in expired:
+            continue
         try:
             request = read_trigger(trigger)
             key = RequestKey(request.scope, request.period, key_for_window(current_window(request.period, today)))
@@ -174,14 +178,19 @@ def launch_triggers(
             context.log.info(f"TaskRun {run_id} shares the run of {shared} (it has not started yet)")
             continue
         claim_key = f"{c.CURRENT_TASK_KEY}:{run_id}"
-        claims.link(run_id, claim_key, str(key))
+        if not claims.link(run_id, claim_key, str(key)):
+            continue  # another launcher (a second evaluation) linked it first
         alive[claim_key] = {"request_key": str(key), "task_run_ids": [run_id]}
         joinable[str(key)] = claim_key
-    # Every live group not yet claimed is requested: one the daemon has not turned into a run yet
-    # (new, or the daemon stopped mid-tick) starts now; one it has is dropped as a repeated run key.
+        first_triggers[run_id] = trigger
+    # Every live group without a Dagster run is requested: a new one, or one whose request the
+    # daemon did not turn into a run (it stopped mid-tick); the run key keeps it to one run.
     requests = []
     for claim_key, group in alive.items():
-        first = center.get_run(group["task_run_ids"][0])
+        if claim_key in dagster_runs:
+            continue  # its run exists and will claim it
+        first_id = group["task_run_ids"][0]
+        first = first_triggers.get(first_id) or center.get_run(first_id)
         if first is not None:
             requests.append(_run_request(claim_key, RequestKey.parse(group["request_key"]), first))
     if not requests:

@@ -83,15 +83,14 @@ class RunClaims:
         with self.engine.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
 
-    def expire_unclaimed(self, task_key: str, older_than: timedelta, message: str) -> list[str]:
-        """Fail the triggers nobody picked up within `older_than` (is a Dagster daemon running?)."""
+    def expire_unclaimed(self, triggers: list[dict[str, Any]], older_than: timedelta, message: str) -> set[str]:
+        """Fail the `triggers` (from unclaimed_triggers) that nobody picked up within `older_than`
+        (is a Dagster daemon running?); returns their run ids, none of which may be launched now."""
         deadline = _now() - older_than
-        expired = [
-            trigger["run_id"]
-            for trigger in self.unclaimed_triggers(task_key)
-            if as_utc(trigger["started_at"]) < deadline
-        ]
-        return [run_id for run_id in expired if self.center.mark_run_failed(run_id, message)]
+        expired = {trigger["run_id"] for trigger in triggers if as_utc(trigger["started_at"]) < deadline}
+        for run_id in expired:
+            self.center.mark_run_failed(run_id, message)  # a no-op on one cancelled meanwhile
+        return expired
 
     def link(self, task_run_id: str, claim_key: str, request_key: str | None = None) -> bool:
         """Give the TaskRun to the run of `claim_key`, unless that run has already claimed its
