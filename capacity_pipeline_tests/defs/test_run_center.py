@@ -329,8 +329,12 @@ def test_progress_moves_per_batch_and_never_completes_an_item_before_its_last_ph
     seen = []
     deadline = time.monotonic() + 60
     while runner.is_alive() and time.monotonic() < deadline:
-        run, items = center.get_run(task_run_id), center.get_items(task_run_id)
-        seen.append((run["status"], run["progress_completed"], run["progress_total"], items))
+        # Each read is its own connection while batches commit: a sample is kept only when the run
+        # row did not change around the items read (every write of the run sets updated_at, and an
+        # item becomes final in the same transaction as the run's counters).
+        run, items, again = center.get_run(task_run_id), center.get_items(task_run_id), center.get_run(task_run_id)
+        if run == again:
+            seen.append((run["status"], run["progress_completed"], run["progress_total"], items))
         time.sleep(0.05)
     runner.join()
 
