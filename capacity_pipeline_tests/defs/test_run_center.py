@@ -449,12 +449,9 @@ def test_cancel_from_the_run_center_stops_between_batches_and_ends_canceled(
         )
     )
     runner.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        run = center.get_run(task_run_id)
-        if run and run["progress_completed"] >= 1:
-            break
-        time.sleep(0.05)
+    wait_until(
+        lambda: center.get_run(task_run_id)["progress_completed"] >= 1, 30, "the first batch completing", interval=0.05
+    )
     assert center.cancel_run(task_run_id, cancelled_by=9)
     runner.join(timeout=60)
 
