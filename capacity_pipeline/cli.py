@@ -10,10 +10,10 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import date
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
@@ -75,14 +75,17 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _positive_seconds(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        number = 0.0
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds above 0")
-    return number
+def _setting_type(name: str) -> Callable[[str], Any]:
+    """An option that overrides a setting takes what the setting accepts."""
+    setting = SETTINGS[name]
+
+    def parse(value: str) -> Any:
+        try:
+            return setting.parse(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not {setting.accepts}") from None
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
         setting = SETTINGS[name]
         database.add_argument(
             option,
-            type=_positive_seconds,
+            dest=name,
+            type=_setting_type(name),
             default=None,
             help=f"{setting.meaning} (default: ${setting.env} or {setting.default})",
         )
@@ -111,7 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     aggregate.add_argument("--date", required=True, type=_iso_date, help="YYYY-MM-DD")
     aggregate.add_argument("--scope", default=Scope.ALL.value, choices=[s.value for s in Scope])
     aggregate.add_argument(
-        "--batch-size", type=_positive_int, default=None, help=f"default: ${SETTINGS['batch_size'].env} or 250"
+        "--batch-size",
+        type=_setting_type("batch_size"),
+        default=None,
+        help=f"default: ${SETTINGS['batch_size'].env} or {SETTINGS['batch_size'].default}",
     )
     aggregate.add_argument(
         "--corrected-quarter",
@@ -233,10 +240,7 @@ def _init_db(args: argparse.Namespace) -> int:
 
 def _limits(args: argparse.Namespace) -> ConnectionLimits:
     """Each timeout from its option, else from its setting (environment or default)."""
-    seconds = {
-        name: getattr(args, option.lstrip("-").replace("-", "_")) or read_setting(name)
-        for name, option in _TIMEOUT_OPTIONS.items()
-    }
+    seconds = {name: getattr(args, name) or read_setting(name) for name in _TIMEOUT_OPTIONS}
     return ConnectionLimits(
         connect_timeout=seconds["connect_timeout_seconds"],
         statement_timeout=seconds["statement_timeout_seconds"],

@@ -14,6 +14,12 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
+from capacity_pipeline.domain.database import DATABASE_URL_ENV
+from capacity_pipeline.domain.dialects import ConnectionLimits
+from capacity_pipeline.domain.engine import DEFAULT_BATCH_SIZE
+
+_LIMITS = ConnectionLimits()  # the domain's own defaults, so each is written once
+
 
 class SettingError(ValueError):
     """A setting's value cannot be used; the message names the variable and what it accepts."""
@@ -74,7 +80,7 @@ def _url(raw: str) -> str:
 
 SETTINGS: dict[str, Setting] = {
     "url": Setting(
-        "WHALEFALL_DATABASE_URL",
+        DATABASE_URL_ENV,
         None,
         _url,
         "postgresql://user@host:5432/db or sqlite:///path",
@@ -83,7 +89,7 @@ SETTINGS: dict[str, Setting] = {
     ),
     "batch_size": Setting(
         "CAPACITY_BATCH_SIZE",
-        250,
+        DEFAULT_BATCH_SIZE,
         _positive_int,
         "a whole number >= 1",
         "Instances per batch; each batch is one transaction per window.",
@@ -97,21 +103,21 @@ SETTINGS: dict[str, Setting] = {
     ),
     "connect_timeout_seconds": Setting(
         "CAPACITY_CONNECT_TIMEOUT_SECONDS",
-        10.0,
+        _LIMITS.connect_timeout,
         _positive_seconds,
         "seconds > 0",
         "Longest wait for a database connection (a host that accepts TCP but never answers).",
     ),
     "statement_timeout_seconds": Setting(
         "CAPACITY_STATEMENT_TIMEOUT_SECONDS",
-        600.0,
+        _LIMITS.statement_timeout,
         _positive_seconds,
         "seconds > 0",
         "Longest any one statement may run (PostgreSQL statement_timeout).",
     ),
     "lock_timeout_seconds": Setting(
         "CAPACITY_LOCK_TIMEOUT_SECONDS",
-        60.0,
+        _LIMITS.lock_timeout,
         _positive_seconds,
         "seconds > 0",
         "Longest wait for a lock (PostgreSQL lock_timeout; SQLite's busy timeout).",

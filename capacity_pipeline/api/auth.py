@@ -24,8 +24,9 @@ from capacity_pipeline.api.envelopes import (
     csrf_missing,
     permission_required,
 )
+from capacity_pipeline.settings import SETTINGS
 
-TOKENS_ENV = "CAPACITY_API_TOKENS"
+TOKENS_ENV = SETTINGS["api_tokens"].env
 ADMIN_ROLE = "admin"
 
 

@@ -93,7 +93,7 @@ def build_aggregation_asset(level: Level, period: PeriodType) -> dg.AssetsDefini
             partition_keys = context.partition_keys
         else:
             partition_keys = _partitions_to_check(context, key)
-        engine = whalefall.engine()
+        engine = whalefall.connected_engine()
         evaluations = [
             evaluation
             for partition_key in partition_keys

@@ -17,20 +17,6 @@ from capacity_pipeline.domain.dialects import ConnectionLimits, first_line
 from capacity_pipeline.settings import SETTINGS, read_settings
 
 DATABASE_URL_ENV = SETTINGS["url"].env
-# The settings a run reads, as the resource's fields (the others shape the definitions themselves).
-RESOURCE_SETTINGS = (
-    "batch_size",
-    "batch_pause_seconds",
-    "connect_timeout_seconds",
-    "statement_timeout_seconds",
-    "lock_timeout_seconds",
-    "heartbeat_seconds",
-    "heartbeat_timeout_seconds",
-    "trigger_pickup_timeout_seconds",
-    "corrected_quarter",
-    "webserver_url",
-    "observe_days",
-)
 
 
 @cache
@@ -67,11 +53,16 @@ class WhaleFallDatabase(dg.ConfigurableResource):
         )
 
     def engine(self) -> Engine:
-        """A connected engine, or a Failure that names WHALEFALL_DATABASE_URL (never the password)."""
+        """The process's engine for this database (a bad URL is a Failure that names the variable)."""
         try:
-            engine = _engine_for(self.url, self.limits)
+            return _engine_for(self.url, self.limits)
         except DatabaseConfigError as error:
             raise dg.Failure(description=str(error)) from None
+
+    def connected_engine(self) -> Engine:
+        """The engine, checked once: where a step starts, an unreachable database is a Failure that
+        names WHALEFALL_DATABASE_URL (never the password) rather than a driver traceback."""
+        engine = self.engine()
         try:
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
@@ -87,6 +78,10 @@ class WhaleFallDatabase(dg.ConfigurableResource):
             "dagster_run_id": dagster_run_id,
             "dagster_run_url": f"{self.webserver_url.rstrip('/')}/runs/{dagster_run_id}",
         }
+
+
+# The settings a run reads, as the resource's fields (the others shape the definitions themselves).
+RESOURCE_SETTINGS = tuple(field for field in WhaleFallDatabase.model_fields if field != "url")
 
 
 def whalefall_from_env() -> WhaleFallDatabase:

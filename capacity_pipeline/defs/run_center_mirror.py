@@ -25,6 +25,7 @@ from typing import Any
 
 import dagster as dg
 from dagster._core.errors import DagsterExecutionInterruptedError
+from sqlalchemy import Engine
 
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.domain import constants as c
@@ -154,7 +155,7 @@ class RunCenterStep:
         self.initial_summary = initial_summary
         self.by_name = by_name
         self.run = context.run
-        self.engine = whalefall.engine()
+        self.engine = whalefall.connected_engine()
         self.center = RunCenter(self.engine)
         self.claims = RunClaims(self.engine)
         self.control = BatchControl()
@@ -345,10 +346,9 @@ def final_summary(task_key: str) -> Callable[[dict[str, Any], list[dict[str, Any
     )
 
 
-def settle(engine_of: Callable[[], Any], run_id: str, *, failure: str | None = None) -> dict[str, TaskStatus | None]:
+def settle(engine: Engine, run_id: str, *, failure: str | None = None) -> dict[str, TaskStatus | None]:
     """Settle the TaskRuns of a Dagster run after one of its steps: failed with `failure`, or final
     once every item is (a run without instances at once: there is nothing left to wait for)."""
-    engine = engine_of()
     center, settled = RunCenter(engine), {}
     for task_run_id in RunClaims(engine).task_runs_of(run_id):
         run = center.get_run(task_run_id)
@@ -373,7 +373,7 @@ def _failure_message(error: BaseException | None) -> str:
 @dg.success_hook(name="settle_run_center", required_resource_keys={"whalefall"})
 def settle_run_center(context: dg.HookContext) -> None:
     """The step succeeded: its run's TaskRuns become final once all their items are."""
-    settled = settle(context.resources.whalefall.engine, context.run_id)
+    settled = settle(context.resources.whalefall.engine(), context.run_id)
     for task_run_id, status in settled.items():
         context.log.info(f"Run center: TaskRun {task_run_id} is {status.value if status else 'gone'}")
 
@@ -385,7 +385,7 @@ def fail_run_center(context: dg.HookContext) -> None:
     error = context.op_exception
     settled_already = isinstance(error, InstancesFailed | RunCenterClosed)
     failure = None if settled_already else _failure_message(error)
-    settled = settle(context.resources.whalefall.engine, context.run_id, failure=failure)
+    settled = settle(context.resources.whalefall.engine(), context.run_id, failure=failure)
     for task_run_id, status in settled.items():
         context.log.info(f"Run center: TaskRun {task_run_id} is {status.value if status else 'gone'}")
 

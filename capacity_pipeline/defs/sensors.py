@@ -139,7 +139,7 @@ def launch_triggers(
     context: dg.SensorEvaluationContext, whalefall: WhaleFallDatabase
 ) -> dg.SensorResult | dg.SkipReason:
     """One tick of the trigger launcher (see the module docstring)."""
-    engine = whalefall.engine()
+    engine = whalefall.connected_engine()  # a clear line per tick while it is down
     claims, center = RunClaims(engine), RunCenter(engine)
     pickup = timedelta(seconds=whalefall.trigger_pickup_timeout_seconds)
     triggers = claims.unclaimed_triggers(c.CURRENT_TASK_KEY)
@@ -282,7 +282,7 @@ def reconcile(
     instance: dg.DagsterInstance, whalefall: WhaleFallDatabase, *, location_name: str | None = None
 ) -> list[str]:
     """Bring the run center and Dagster in line; returns what was done, for the log."""
-    engine = whalefall.engine()
+    engine = whalefall.connected_engine()  # a clear line per tick while it is down
     center, claims, done = RunCenter(engine), RunClaims(engine), []
     now = datetime.now(UTC)
     # 1. Dead workers: a started run whose steps stopped heartbeating.

@@ -63,7 +63,7 @@ def _changed_only(
 
 
 def _versions_of_every_day(whalefall: WhaleFallDatabase, level: Level, days: Window) -> dict[date, str]:
-    found = day_versions(whalefall.engine(), level, days)
+    found = day_versions(whalefall.connected_engine(), level, days)
     return {day: found.get(day, EMPTY_DAY) for day in _days(days.start, days.end)}
 
 
