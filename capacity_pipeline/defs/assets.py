@@ -120,8 +120,9 @@ def build_aggregation_asset(level: Level, period: PeriodType) -> dg.AssetsDefini
 
 
 def _partitions_to_check(context: dg.AssetExecutionContext, key: dg.AssetKey) -> list[str]:
-    """The partitions a run of the checks alone looks at: the run's, else the latest materialized."""
-    if context.has_partition_key:
+    """The partitions a run of the checks alone looks at: the run's (one or a range), else the
+    latest materialized."""
+    if context.has_partition_key or context.has_partition_key_range:
         return context.partition_keys
     latest = context.instance.get_latest_materialization_event(key)
     partition = latest.dagster_event.partition if latest is not None and latest.dagster_event else None

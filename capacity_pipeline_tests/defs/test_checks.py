@@ -62,13 +62,15 @@ def test_negative_samples_are_flagged_naming_the_instances(engine, whalefall, da
 def test_the_checks_run_alone_with_a_partition_or_on_the_latest_one_without(pg_engine, pg_whalefall, dagster_instance):
     _seed(pg_whalefall)
     key = asset_key(Level.INSTANCE, PeriodType.DAILY)
-    materialized = dg.materialize(
-        [AGGREGATION_ASSETS[Level.INSTANCE, PeriodType.DAILY]],
-        partition_key=KEY,
-        resources=dagster_resources(pg_engine),
-        instance=dagster_instance,
-    )
-    assert materialized.success
+    day_before = date(2026, 6, 30).isoformat()
+    for partition in (day_before, KEY):  # the latest materialized is KEY
+        materialized = dg.materialize(
+            [AGGREGATION_ASSETS[Level.INSTANCE, PeriodType.DAILY]],
+            partition_key=partition,
+            resources=dagster_resources(pg_engine),
+            instance=dagster_instance,
+        )
+        assert materialized.success
     checks_alone = resolve_job(pg_engine, "__ASSET_JOB").get_subset(
         asset_selection=set(),
         asset_check_selection=set(AGGREGATION_ASSETS[Level.INSTANCE, PeriodType.DAILY].check_keys),
@@ -76,12 +78,18 @@ def test_the_checks_run_alone_with_a_partition_or_on_the_latest_one_without(pg_e
 
     with_partition = checks_alone.execute_in_process(instance=dagster_instance, tags={"dagster/partition": KEY})
     without_partition = checks_alone.execute_in_process(instance=dagster_instance)  # "Execute all" on the Checks tab
+    with_range = checks_alone.execute_in_process(
+        instance=dagster_instance,
+        tags={"dagster/asset_partition_range_start": day_before, "dagster/asset_partition_range_end": KEY},
+    )
 
-    assert with_partition.success and without_partition.success
+    assert with_partition.success and without_partition.success and with_range.success
     history = _evaluations(dagster_instance, key, "coverage")
-    # materialize, checks with the partition, checks without: on the partition, and its own result
-    assert sorted(str(record.partition) for record in history) == sorted([KEY, KEY, KEY, "None"])
-    assert all(record.status.value == "SUCCEEDED" for record in history)
+    # 2 materializations, checks with the partition, checks without (on the latest partition, and
+    # its own result), checks over the range (each partition, and the range's own result)
+    expected = [day_before, KEY, KEY, KEY, "None", day_before, KEY, "None"]
+    assert sorted(str(record.partition) for record in history) == sorted(expected)
+    assert all(record.status.value == "SUCCEEDED" for record in history)  # none left PLANNED (unevaluated)
     [summary] = [
         e for e in without_partition.get_asset_check_evaluations() if e.partition is None and e.check_name == "coverage"
     ]
