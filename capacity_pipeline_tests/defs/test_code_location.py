@@ -8,7 +8,6 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
-from sqlalchemy import Engine
 
 from capacity_pipeline.defs import defs
 from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key
@@ -32,10 +31,6 @@ SPEC = SyntheticSpec(instances=12, databases=4, days=220, end_date=TODAY, seed=3
 # One chosen partition per period: the last complete one on TODAY (daily: yesterday).
 CHOSEN = {period: key_for_window(last_window(period, TODAY)) for period in PeriodType}
 IGNORED = {"id", "calculated_at", "created_at"}
-
-
-def _url(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=False)
 
 
 def _period_assets(period: PeriodType) -> list:
