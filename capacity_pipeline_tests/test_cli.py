@@ -11,7 +11,7 @@ from sqlalchemy import func, inspect, select, text
 from capacity_pipeline.cli import main
 from capacity_pipeline.domain.database import make_engine
 from capacity_pipeline.domain.tables import create_schema
-from capacity_pipeline_tests.support import WhaleFallData, row_trigger
+from capacity_pipeline_tests.support import WhaleFallData, row_trigger, url_of
 
 DAY = date(2026, 6, 10)
 DAY_BEFORE = date(2026, 6, 9)
@@ -36,10 +36,6 @@ def no_ambient_database_url(monkeypatch):
     """Tests decide for themselves whether WHALEFALL_DATABASE_URL is set."""
     monkeypatch.delenv("WHALEFALL_DATABASE_URL", raising=False)
     monkeypatch.delenv("CAPACITY_CORRECTED_PREVIOUS_QUARTER", raising=False)
-
-
-def _url(engine) -> str:
-    return engine.url.render_as_string(hide_password=False)
 
 
 def _seed_two_instances(whalefall: WhaleFallData) -> None:
@@ -102,7 +98,7 @@ def test_init_db_creates_all_tables_once_on_a_fresh_sqlite_file(tmp_path, capsys
 
 
 def test_init_db_on_an_existing_postgresql_schema_creates_nothing(pg_engine, capsys):
-    assert main(["init-db", "--db-url", _url(pg_engine)]) == 0
+    assert main(["init-db", "--db-url", url_of(pg_engine)]) == 0
 
     captured = capsys.readouterr()
     assert json.loads(captured.out) == {"created_tables": []}
@@ -137,7 +133,7 @@ def _summary_without_seconds(stdout: str) -> dict:
 def test_aggregate_prints_the_run_summary_as_json(engine, whalefall, capsys):
     _seed_two_instances(whalefall)
 
-    exit_code = main([*AGGREGATE_DAILY, "--db-url", _url(engine)])
+    exit_code = main([*AGGREGATE_DAILY, "--db-url", url_of(engine)])
 
     captured = capsys.readouterr()
     assert exit_code == 0
@@ -161,7 +157,7 @@ def test_aggregate_prints_the_run_summary_as_json(engine, whalefall, capsys):
 def test_aggregate_with_database_scope_writes_only_database_rows(engine, whalefall, capsys):
     _seed_two_instances(whalefall)
 
-    exit_code = main([*AGGREGATE_DAILY, "--scope", "database", "--db-url", _url(engine)])
+    exit_code = main([*AGGREGATE_DAILY, "--scope", "database", "--db-url", url_of(engine)])
 
     captured = capsys.readouterr()
     assert exit_code == 0
@@ -174,7 +170,7 @@ def test_aggregate_with_database_scope_writes_only_database_rows(engine, whalefa
 
 def test_aggregate_takes_the_url_from_the_environment(engine, whalefall, capsys, monkeypatch):
     _seed_two_instances(whalefall)
-    monkeypatch.setenv("WHALEFALL_DATABASE_URL", _url(engine))
+    monkeypatch.setenv("WHALEFALL_DATABASE_URL", url_of(engine))
 
     exit_code = main(AGGREGATE_DAILY)
 
