@@ -19,8 +19,6 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from capacity_pipeline.api.auth import BearerTokenAuth, Caller
-from capacity_pipeline.api.server import create_app
 from capacity_pipeline.domain.run_center import RunCenter
 from capacity_pipeline_tests.api.whalefall_host import ADMIN_ID, VIEWER_ID, create_host_app, csrf_header, login
 from capacity_pipeline_tests.support import (
@@ -195,11 +193,9 @@ def _check(response, engine, before: list[tuple], endpoint: str) -> dict:  # noq
 
 
 @pytest.fixture
-def standalone(engine):
-    auth = BearerTokenAuth({ADMIN_TOKEN: Caller(9, "admin"), VIEWER_TOKEN: Caller(10, "user")})
-    client = create_app(engine, auth).test_client()
-    existing = client.post(CURRENT, json={}, headers={"Authorization": ADMIN_BEARER})
-    return client, existing.get_json()["data"]["run_id"]
+def standalone(bearer_client):
+    existing = bearer_client.post(CURRENT, json={}, headers={"Authorization": ADMIN_BEARER})
+    return bearer_client, existing.get_json()["data"]["run_id"]
 
 
 @pytest.fixture
