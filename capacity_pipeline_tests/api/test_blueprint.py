@@ -10,14 +10,14 @@ from capacity_pipeline.api.auth import BearerTokenAuth
 from capacity_pipeline.domain.model import Scope
 from capacity_pipeline.domain.run_center import RunCenter
 from capacity_pipeline.domain.run_center_payloads import current_summary
-from capacity_pipeline_tests.api.whalefall_host import csrf_header
+from capacity_pipeline_tests.api.whalefall_host import ADMIN_ID, VIEWER_ID, csrf_header, login
 from capacity_pipeline_tests.support import ADMIN_TOKEN, CURRENT, VIEWER_TOKEN
 from capacity_pipeline_tests.support import error as _error
 from capacity_pipeline_tests.support import task_runs as _task_runs
 
 
 def _admin_with_csrf(client) -> dict[str, str]:
-    client.get("/test/login/1")
+    login(client, ADMIN_ID)
     return csrf_header(client)
 
 
@@ -32,22 +32,22 @@ def test_not_logged_in_is_401_before_anything_else(host_client, engine):
 
 
 def test_not_admin_is_403_before_csrf(host_client, engine):
-    host_client.get("/test/login/2")
+    login(host_client, VIEWER_ID)
     response = host_client.post(CURRENT, json={"scope": "all"}, headers={"X-CSRFToken": "garbage"})
     body = _error(response, 403, "PERMISSION_REQUIRED", "需要 admin 权限", "authorization")
     assert body["suggestions"] == ["检查权限配置", "联系管理员"]
-    assert body["context"]["user_id"] == 2
+    assert body["context"]["user_id"] == VIEWER_ID == 2
     assert _task_runs(engine) == 0
 
 
 def test_missing_csrf_token_is_403(host_client, engine):
-    host_client.get("/test/login/1")
+    login(host_client, ADMIN_ID)
     _error(host_client.post(CURRENT, json={"scope": "all"}), 403, "CSRF_MISSING", "缺少 CSRF 令牌", "authorization")
     assert _task_runs(engine) == 0
 
 
 def test_invalid_csrf_token_is_403(host_client, engine):
-    host_client.get("/test/login/1")
+    login(host_client, ADMIN_ID)
     response = host_client.post(CURRENT, json={"scope": "bogus"}, headers={"X-CSRFToken": "not-a-token"})
     _error(response, 403, "CSRF_INVALID", "CSRF 令牌无效,请刷新后重试", "authorization")
     assert _task_runs(engine) == 0
@@ -151,7 +151,7 @@ def test_task_run_detail_and_cancel(host_client, engine, whalefall):
 
 def test_task_run_endpoints_check_login_admin_csrf_and_existence(host_client):
     _error(host_client.get("/api/v1/task-runs/nope"), 401, "AUTHENTICATION_REQUIRED", "请先登录", "authentication")
-    host_client.get("/test/login/2")
+    login(host_client, VIEWER_ID)
     _error(host_client.get("/api/v1/task-runs/nope"), 404, "RESOURCE_NOT_FOUND", "任务运行不存在", "business")
     _error(
         host_client.post("/api/v1/task-runs/nope/actions/cancel"),
@@ -160,7 +160,7 @@ def test_task_run_endpoints_check_login_admin_csrf_and_existence(host_client):
         "需要 admin 权限",
         "authorization",
     )
-    host_client.get("/test/login/1")
+    login(host_client, ADMIN_ID)
     _error(
         host_client.post("/api/v1/task-runs/nope/actions/cancel"),
         403,
