@@ -187,7 +187,7 @@ def _result(
             "partitions": dg.MetadataValue.int(len(reports)),
             "window": str(Window(reports[0].window.start, reports[-1].window.end)),
             "rows_written": dg.MetadataValue.int(sum(r.rows_written(level) for r in reports)),
-            "seconds": dg.MetadataValue.float(round(max(r.seconds for r in reports), 3)),
+            "seconds": dg.MetadataValue.float(round(sum(r.seconds for r in reports), 3)),
         },
     )
 

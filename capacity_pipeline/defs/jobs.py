@@ -1,7 +1,8 @@
 """The two jobs WhaleFall knows: the manual "current period" run and the nightly run.
 
-* `capacity_aggregate_current`: today's daily partition of the daily assets; a launcher picks the
-  database level, the instance level or both through the run's asset selection.
+* `capacity_aggregate_current`: today's daily partition of the daily assets, to launch by hand from
+  the UI. The API's requests do not use it: the trigger sensor requests the assets of their scope
+  and period directly, so their runs show as `__ASSET_JOB`.
 * `calculate_database` (spec 8): the last complete daily, weekly, monthly and quarterly periods at
   both levels, in one run. A run has one partition key, and these four periods are four partitions
   definitions, so the job is an op that runs the engine per period and reports each asset
@@ -22,11 +23,13 @@ from capacity_pipeline.defs.run_center_mirror import (
     CURRENT_JOB_NAME,
     NIGHTLY_JOB_NAME,
     RUN_CENTER_HOOKS,
+    TRIGGER_SOURCE_TAG,
     InstancesFailed,
     RunCenterStep,
     nightly_initial_summary,
     task_of_run,
 )
+from capacity_pipeline.domain import constants as c
 from capacity_pipeline.domain.engine import Batch
 from capacity_pipeline.domain.model import AggregationReport, Level, TaskStatus, WindowPlan
 from capacity_pipeline.domain.periods import PeriodType, china_today, last_window
@@ -153,5 +156,5 @@ def calculate_database_schedule(context: dg.ScheduleEvaluationContext) -> dg.Run
     return dg.RunRequest(
         run_key=f"{NIGHTLY_JOB_NAME}:{today.isoformat()}",
         run_config=dg.RunConfig(ops={NIGHTLY_OP_NAME: NightlyConfig(today=today.isoformat())}),
-        tags={"capacity/trigger": "scheduled", **{f"capacity/{p.value}": key for p, key in periods.items()}},
+        tags={TRIGGER_SOURCE_TAG: c.TRIGGER_SCHEDULED, **{f"capacity/{p.value}": key for p, key in periods.items()}},
     )

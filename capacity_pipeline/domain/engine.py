@@ -138,13 +138,14 @@ def aggregate_windows(
     if targets:
         _ensure_partitions(engine, dialect, plans)
     writers = [_WindowWriter(engine, dialect, plan, now, control) for plan in plans]
+    setup = time.perf_counter() - started  # shared by the plans: each report counts it once
     try:
         for number, batch in enumerate(batches, start=1):
             if control is not None and control.stop_reason is not None:
                 raise AggregationStopped(control.stop_reason)
             if before_batch is not None:
                 before_batch(batch)
-            written = Batch(number, len(batches), batch, {writer.plan: writer.write(batch) for writer in writers})
+            written = Batch(number, len(batches), batch, {writer.plan: writer.write_timed(batch) for writer in writers})
             for plan, outcomes in written.outcomes.items():
                 reports[plan].outcomes.extend(outcomes)
                 reports[plan].batches_done += 1
@@ -153,9 +154,8 @@ def aggregate_windows(
     except AggregationStopped:
         for report in reports.values():
             report.stopped = report.batches_done < report.batches_total
-    seconds = time.perf_counter() - started
-    for report in reports.values():
-        report.seconds = seconds
+    for writer in writers:  # each plan's own time, not the whole run's
+        reports[writer.plan].seconds = setup + writer.seconds
     return list(reports.values())
 
 
@@ -190,6 +190,7 @@ class _WindowWriter:
         self.plan = plan
         self.now = now
         self.control = control
+        self.seconds = 0.0  # spent writing this window, over all batches
         self.statements = {level: level_statements(dialect.name, level) for level in plan.levels}
         self.parameters = {
             "period_type": plan.period.value,
@@ -202,6 +203,13 @@ class _WindowWriter:
         self.lock_keys = {
             level: f"capacity_pipeline.{level.table}.{plan.period.value}.{plan.window.start}" for level in plan.levels
         }
+
+    def write_timed(self, batch: Sequence[ActiveInstance]) -> list[InstanceOutcome]:
+        started = time.perf_counter()
+        try:
+            return self.write(batch)
+        finally:
+            self.seconds += time.perf_counter() - started
 
     def write(self, batch: Sequence[ActiveInstance]) -> list[InstanceOutcome]:
         try:

@@ -138,7 +138,7 @@ class AggregationReport:
     batches_total: int = 0
     batches_done: int = 0
     stopped: bool = False
-    seconds: float = 0.0
+    seconds: float = 0.0  # listing the instances and writing this window (not the other windows of the run)
 
     @property
     def period_type(self) -> PeriodType:

@@ -18,6 +18,7 @@ from capacity_pipeline.defs.jobs import (
 )
 from capacity_pipeline.defs.partitions import PARTITIONS, key_for_window, window_for_key
 from capacity_pipeline.defs.resources import WhaleFallDatabase, whalefall_from_env
+from capacity_pipeline.defs.run_center_mirror import TRIGGER_SOURCE_TAG
 from capacity_pipeline.domain.engine import aggregate_period
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, last_window, previous_window, window_containing
@@ -229,7 +230,7 @@ def test_schedule_at_four_requests_the_last_complete_period_of_each_type(tick, e
     assert {p: request.tags[f"capacity/{p}"] for p in expected} == expected
     assert request.run_config["ops"][NIGHTLY_OP_NAME]["config"]["today"] == tick.date().isoformat()
     assert request.run_key == f"calculate_database:{tick.date().isoformat()}"
-    assert request.tags["capacity/trigger"] == "scheduled"
+    assert request.tags[TRIGGER_SOURCE_TAG] == "scheduled"
 
 
 def test_backfill_takes_a_range_of_partitions_in_one_run(engine, synthetic, dagster_instance):
