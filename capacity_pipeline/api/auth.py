@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import Protocol
 
-from flask import g, request
+from flask import request
 
 from capacity_pipeline.api.body import form_csrf_token
 from capacity_pipeline.api.envelopes import (
@@ -48,8 +48,8 @@ def require_login(auth: AuthBackend) -> Caller:
     caller = auth.caller()
     if caller is None:
         raise authentication_required()
-    g.capacity_user_id = caller.user_id  # for the error envelope's context
-    request.environ[USER_ID_ENVIRON] = caller.user_id  # for the access log, which runs outside Flask
+    # For the error envelope's context and the access log (which runs outside Flask).
+    request.environ[USER_ID_ENVIRON] = caller.user_id
     return caller
 
 

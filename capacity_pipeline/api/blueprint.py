@@ -25,6 +25,7 @@ from capacity_pipeline.api.envelopes import (
     success,
     validation_error,
 )
+from capacity_pipeline.domain.dialects import first_line
 from capacity_pipeline.domain.model import InvalidScope, Scope
 from capacity_pipeline.domain.run_center import RunCenter
 from capacity_pipeline.domain.triggers import request_current_aggregation
@@ -51,8 +52,7 @@ def _known_shape(run_id: str) -> str:
 
 def _reason(error: BaseException, engine: Engine | None) -> str:
     """One line on why the database failed, for the log: the driver's message without the password."""
-    detail = str(getattr(error, "orig", None) or error).strip().splitlines()
-    reason = f"{type(error).__name__}: {detail[0]}" if detail else type(error).__name__
+    reason = f"{type(error).__name__}: {first_line(error)}"
     password = engine.url.password if engine is not None else None
     return reason.replace(str(password), "***") if password else reason
 

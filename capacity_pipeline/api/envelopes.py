@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
-from flask import Response, g, has_request_context, jsonify, request
+from flask import Response, has_request_context, jsonify, request
 
 # Per-request facts the standalone server's access log (a WSGI middleware) reads back from environ.
 REQUEST_ID_ENVIRON = "capacity_pipeline.request_id"
@@ -42,8 +42,13 @@ def success(message: str, data: dict[str, Any] | None = None) -> tuple[Response,
 
 def safe_path(limit: int = 512) -> str:
     """The request's path, percent-encoded and bounded: no query string, nothing raw reflected."""
-    path = quote(request.script_root + request.path, safe="/-._~!$&'()*+,;=:@")
-    return path if len(path) <= limit else path[:limit] + "..."
+    return quoted_path(request.script_root + request.path, limit)
+
+
+def quoted_path(path: str | bytes, limit: int = 512) -> str:
+    """A path as it may be shown (error context, access log): percent-encoded, at most `limit` long."""
+    quoted = quote(path, safe="/-._~!$&'()*+,;=:@")
+    return quoted if len(quoted) <= limit else quoted[:limit] + "..."
 
 
 def _request_context() -> dict[str, Any]:
@@ -58,7 +63,7 @@ def _request_context() -> dict[str, Any]:
     return {
         # The access log's id when there is one (to find the log line), never a client's X-Request-ID.
         "request_id": request.environ.get(REQUEST_ID_ENVIRON) or f"req_{uuid.uuid4().hex}",
-        "user_id": getattr(g, "capacity_user_id", None),
+        "user_id": request.environ.get(USER_ID_ENVIRON),
         "url": safe_path(),
         "method": request.method,
         "meta": {key: value for key, value in meta.items() if value is not None},

@@ -20,7 +20,7 @@ from werkzeug.wsgi import ClosingIterator
 from capacity_pipeline.api.auth import AuthBackend
 from capacity_pipeline.api.blueprint import create_blueprint
 from capacity_pipeline.api.body import MAX_BODY_BYTES
-from capacity_pipeline.api.envelopes import REQUEST_ID_ENVIRON, USER_ID_ENVIRON, http_error
+from capacity_pipeline.api.envelopes import REQUEST_ID_ENVIRON, USER_ID_ENVIRON, http_error, quoted_path
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -62,8 +62,7 @@ class AccessLog:
     def _log(environ: WSGIEnvironment, status: str, started: float) -> None:
         elapsed_ms = (time.perf_counter() - started) * 1000
         raw_path = (environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1", "replace")
-        path = quote(raw_path, safe="/-._~!$&'()*+,;=:@")
-        path = path if len(path) <= 512 else path[:512] + "..."
+        path = quoted_path(raw_path)
         method = quote(environ.get("REQUEST_METHOD", "-")[:16], safe="")
         user = environ.get(USER_ID_ENVIRON)
         access_log.info(
