@@ -395,10 +395,16 @@ class DagsterDev:
     def instance(self) -> dg.DagsterInstance:
         """The same Dagster instance (PostgreSQL storage), opened from the test process without
         touching this process's environment."""
-        from dagster._core.instance.ref import InstanceRef
+        return dagster_instance_at(self.home, self.env["DAGSTER_POSTGRES_URL"])
 
-        storage = {"storage": {"postgres": {"postgres_url": self.env["DAGSTER_POSTGRES_URL"]}}}
-        return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home), overrides=storage))
+
+def dagster_instance_at(home: Path, storage_url: str) -> dg.DagsterInstance:
+    """The Dagster instance of this DAGSTER_HOME (its dagster.yaml) on this PostgreSQL storage,
+    opened from the test process without touching this process's environment."""
+    from dagster._core.instance.ref import InstanceRef
+
+    storage = {"storage": {"postgres": {"postgres_url": storage_url}}}
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(home), overrides=storage))
 
 
 def submit_job(client: Any, deadline: float, **kwargs: Any) -> str:

@@ -39,6 +39,7 @@ from capacity_pipeline_tests.support import (
     CURRENT,
     HEALTH,
     REPO,
+    dagster_instance_at,
     database_url,
     free_port,
     scratch_database,
@@ -387,7 +388,7 @@ def test_the_deployed_topology_serves_a_request_end_to_end_and_survives_a_code_s
         finally:
             stop_group(observe)
 
-        with dg.DagsterInstance.from_ref(_instance_ref(home, storage_url)) as instance:
+        with dagster_instance_at(home, storage_url) as instance:
             first = _post_and_wait(processes, api_port, instance)
 
             # An upgrade: the code server restarts (once no run is in progress: the runs execute in
@@ -405,12 +406,6 @@ def test_the_deployed_topology_serves_a_request_end_to_end_and_survives_a_code_s
         processes.check_alive()
     assert TOKEN not in (tmp_path / "capacity-api.log").read_text()  # tokens are never logged
     assert time.monotonic() - began < 120
-
-
-def _instance_ref(home: Path, storage_url: str):  # noqa: ANN202
-    from dagster._core.instance.ref import InstanceRef
-
-    return InstanceRef.from_dir(str(home), overrides={"storage": {"postgres": {"postgres_url": storage_url}}})
 
 
 def _wait_for_code_server(processes: Topology, port: int, env: dict[str, str]) -> None:
