@@ -18,7 +18,13 @@ from capacity_pipeline.domain.engine import aggregate_period
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, china_today, window_containing
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
-from capacity_pipeline_tests.support import WhaleFallData, dagster_resources, expected_reaggregation, wait_until
+from capacity_pipeline_tests.support import (
+    FINISHED,
+    WhaleFallData,
+    dagster_resources,
+    expected_reaggregation,
+    wait_until,
+)
 
 TODAY = china_today()
 PREVIOUS_MONTH = (TODAY.replace(day=1) - timedelta(days=1)).replace(day=1)
@@ -146,7 +152,7 @@ def test_changed_samples_re_aggregate_exactly_the_windows_they_feed(fresh_dagste
         def settled() -> bool:
             done = _materializations_since(instance, before)
             in_flight = instance.get_runs(
-                filters=dg.RunsFilter(statuses=[s for s in dg.DagsterRunStatus if s not in _FINISHED])
+                filters=dg.RunsFilter(statuses=[s for s in dg.DagsterRunStatus if s not in FINISHED])
             )
             return done == expected and not [run for run in in_flight if run.asset_selection]
 
@@ -160,6 +166,3 @@ def test_changed_samples_re_aggregate_exactly_the_windows_they_feed(fresh_dagste
     automated = _tables(pg_whalefall)
     _aggregate_everything(pg_engine)
     assert _tables(pg_whalefall) == automated
-
-
-_FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
