@@ -211,6 +211,24 @@ def resolve_job(engine: Engine, name: str, **settings: Any) -> dg.JobDefinition:
     return definitions.resolve_job_def(name)
 
 
+def code_location_definitions(engine: Engine, **settings: Any) -> dg.Definitions:
+    """The code location's assets and jobs, with test resources, executed in process."""
+    from capacity_pipeline.defs import defs as code_location
+
+    return dg.Definitions(
+        assets=list(code_location.assets or []),
+        jobs=list(code_location.jobs or []),
+        resources=dagster_resources(engine, **settings),
+        executor=dg.in_process_executor,
+    )
+
+
+def observe_samples(definitions: dg.Definitions, instance: dg.DagsterInstance) -> None:
+    """One observation of the samples and of the quarterly baselines, as their schedules run it."""
+    for job in ("observe_capacity_samples", "observe_quarterly_baselines"):
+        assert definitions.resolve_job_def(job).execute_in_process(instance=instance).success
+
+
 def expected_reaggregation(
     changed: dict[Level, set[date]], today: date, *, current_periods: bool, corrected_quarter: bool = False
 ) -> dict[dg.AssetKey, set[str]]:

@@ -21,27 +21,18 @@ from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window, china_today, previous_window, window_containing
 from capacity_pipeline.domain.stats_versions import quarterly_baselines
 from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
-from capacity_pipeline_tests.support import dagster_resources, expected_reaggregation
+from capacity_pipeline_tests.support import (
+    code_location_definitions,
+    dagster_resources,
+    expected_reaggregation,
+    observe_samples,
+)
 
 TODAY = china_today()
 PREVIOUS_QUARTER = window_containing(
     PeriodType.QUARTERLY, window_containing(PeriodType.QUARTERLY, TODAY).start - timedelta(days=1)
 )
 OBSERVE_DAYS = (TODAY - PREVIOUS_QUARTER.start).days  # the observed range starts on that quarter's first day
-
-
-def _definitions(engine, **settings) -> dg.Definitions:  # noqa: ANN001
-    return dg.Definitions(
-        assets=list(code_location.assets),
-        jobs=list(code_location.jobs),
-        resources=dagster_resources(engine, observe_days=OBSERVE_DAYS, **settings),
-        executor=dg.in_process_executor,
-    )
-
-
-def _observe(definitions: dg.Definitions, instance: dg.DagsterInstance) -> None:
-    for job in ("observe_capacity_samples", "observe_quarterly_baselines"):
-        assert definitions.resolve_job_def(job).execute_in_process(instance=instance).success
 
 
 def _versions(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, str]:
@@ -92,20 +83,20 @@ def _expected(changed: dict[Level, set[date]], *, current_periods: bool) -> dict
 
 
 def test_an_observation_versions_each_day_and_records_only_what_changed(pg_engine, samples, dagster_instance):
-    definitions = _definitions(pg_engine)
-    _observe(definitions, dagster_instance)
+    definitions = code_location_definitions(pg_engine, observe_days=OBSERVE_DAYS)
+    observe_samples(definitions, dagster_instance)
     first = _versions(dagster_instance, stats_key(Level.DATABASE))
     observed = len(first)
     assert observed == (TODAY - PREVIOUS_QUARTER.start).days + 1  # every day of the range, today included
 
-    _observe(definitions, dagster_instance)  # nothing changed
+    observe_samples(definitions, dagster_instance)  # nothing changed
     assert _observation_count(dagster_instance, stats_key(Level.DATABASE)) == observed
 
     changed = _change_three_days(pg_engine)
     with pg_engine.begin() as connection:  # a day whose samples are all deleted changes too
         gone = PREVIOUS_QUARTER.start + timedelta(days=3)
         connection.execute(text("DELETE FROM database_size_stats WHERE collected_date = :day"), {"day": gone})
-    _observe(definitions, dagster_instance)
+    observe_samples(definitions, dagster_instance)
 
     now = _versions(dagster_instance, stats_key(Level.DATABASE))
     differ = {day for day in first if first[day] != now[day]}
@@ -155,13 +146,13 @@ def _days(window: Window) -> set[date]:
 
 
 def test_a_changed_day_re_aggregates_exactly_the_windows_it_feeds(pg_engine, samples, dagster_instance):
-    definitions = _definitions(pg_engine)
-    _observe(definitions, dagster_instance)
+    definitions = code_location_definitions(pg_engine, observe_days=OBSERVE_DAYS)
+    observe_samples(definitions, dagster_instance)
     first = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance)
     assert first.total_requested == 0  # nothing changed since the automation began
 
     changed = _change_three_days(pg_engine)
-    _observe(definitions, dagster_instance)
+    observe_samples(definitions, dagster_instance)
     result = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=first.cursor)
 
     requested = {
@@ -186,11 +177,11 @@ def test_with_current_periods_on_the_quarter_in_progress_follows_only_the_days_i
         jobs=list(code_location.jobs),
         resources=dagster_resources(pg_engine, observe_days=OBSERVE_DAYS),
     )
-    _observe(definitions, dagster_instance)
+    observe_samples(definitions, dagster_instance)
     first = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance)
 
     changed = _change_three_days(pg_engine)
-    _observe(definitions, dagster_instance)
+    observe_samples(definitions, dagster_instance)
     result = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=first.cursor)
 
     requested = {

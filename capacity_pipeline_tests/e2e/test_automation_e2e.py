@@ -21,8 +21,9 @@ from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_dat
 from capacity_pipeline_tests.support import (
     FINISHED,
     WhaleFallData,
-    dagster_resources,
+    code_location_definitions,
     expected_reaggregation,
+    observe_samples,
     wait_until,
 )
 
@@ -56,19 +57,6 @@ def _aggregate_everything(engine) -> None:  # noqa: ANN001
     for period in PeriodType:
         for key in _complete_partitions(period):
             assert not aggregate_period(engine, period, window_for_key(period, key)).failures
-
-
-def _observe(engine, instance: dg.DagsterInstance) -> None:  # noqa: ANN001
-    from capacity_pipeline.defs import defs
-
-    definitions = dg.Definitions(
-        assets=list(defs.assets),
-        jobs=list(defs.jobs),
-        resources=dagster_resources(engine, observe_days=OBSERVE_DAYS),
-        executor=dg.in_process_executor,
-    )
-    for job in ("observe_capacity_samples", "observe_quarterly_baselines"):
-        assert definitions.resolve_job_def(job).execute_in_process(instance=instance).success
 
 
 def _sensor_ticks(client: DagsterGraphQLClient, name: str) -> int:
@@ -135,7 +123,7 @@ def test_changed_samples_re_aggregate_exactly_the_windows_they_feed(fresh_dagste
     # (the rollout the README describes), so the automation begins with nothing to catch up.
     _aggregate_everything(pg_engine)
     with server.instance() as instance:
-        _observe(pg_engine, instance)
+        observe_samples(code_location_definitions(pg_engine, observe_days=OBSERVE_DAYS), instance)
         before = instance.event_log_storage.get_maximum_record_id()
     server.start()
     client = DagsterGraphQLClient("127.0.0.1", port_number=server.port)
