@@ -30,10 +30,8 @@ from datetime import date, timedelta
 
 from sqlalchemy import Connection, Engine, create_engine, make_url, text
 
-from capacity_pipeline.domain.database import make_engine
-from capacity_pipeline.domain.engine import aggregate_period
+from capacity_pipeline.domain.aggregation.engine import aggregate_period
 from capacity_pipeline.domain.model import AggregationReport, Level, Scope
-from capacity_pipeline.domain.month_partitions import ensure_month_partitions
 from capacity_pipeline.domain.periods import (
     PeriodType,
     Window,
@@ -42,15 +40,17 @@ from capacity_pipeline.domain.periods import (
     window_containing,
     windows_fed_by,
 )
-from capacity_pipeline.domain.stats_versions import (
+from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
+from capacity_pipeline.domain.samples.versions import (
     baseline_days,
     baseline_versions,
     day_versions,
     observed_days,
     quarterly_baselines,
 )
-from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
-from capacity_pipeline.domain.tables import create_schema
+from capacity_pipeline.domain.storage.database import make_engine
+from capacity_pipeline.domain.storage.month_partitions import ensure_month_partitions
+from capacity_pipeline.domain.storage.tables import create_schema
 
 SERVER_URL = os.environ.get("CAPACITY_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 TODAY = date(2026, 7, 2)

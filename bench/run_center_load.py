@@ -38,12 +38,12 @@ import dagster as dg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: its test toolkit
 
 from capacity_pipeline.defs.run_center_mirror import CLAIM_TAG
-from capacity_pipeline.domain.database import make_engine
 from capacity_pipeline.domain.periods import china_today
-from capacity_pipeline.domain.run_center import RunCenter
-from capacity_pipeline.domain.run_claims import RunClaims
-from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
-from capacity_pipeline.domain.tables import create_schema
+from capacity_pipeline.domain.run_center.claims import RunClaims
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
+from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
+from capacity_pipeline.domain.storage.database import make_engine
+from capacity_pipeline.domain.storage.tables import create_schema
 from capacity_pipeline_tests.support import (
     DagsterDev,
     database_url,

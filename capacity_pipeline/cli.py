@@ -19,20 +19,20 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
-from capacity_pipeline.domain.database import (
+from capacity_pipeline.domain.aggregation.engine import AggregationAborted, aggregate_period
+from capacity_pipeline.domain.model import InvalidScope, Outcome, Scope
+from capacity_pipeline.domain.periods import PeriodType, china_today, window_containing
+from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
+from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
+from capacity_pipeline.domain.storage.database import (
     DATABASE_URL_ENV,
     DatabaseConfigError,
     make_engine,
     normalise_url,
     safe_url,
 )
-from capacity_pipeline.domain.dialects import ConnectionLimits, first_line
-from capacity_pipeline.domain.engine import AggregationAborted, aggregate_period
-from capacity_pipeline.domain.model import InvalidScope, Outcome, Scope
-from capacity_pipeline.domain.periods import PeriodType, china_today, window_containing
-from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
-from capacity_pipeline.domain.tables import create_schema
-from capacity_pipeline.domain.triggers import request_current_aggregation
+from capacity_pipeline.domain.storage.dialects import ConnectionLimits, first_line
+from capacity_pipeline.domain.storage.tables import create_schema
 from capacity_pipeline.settings import SETTINGS, SettingError, read_setting
 
 PROG = "capacity-pipeline"

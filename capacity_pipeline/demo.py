@@ -14,12 +14,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from capacity_pipeline.domain.database import make_engine
+from capacity_pipeline.domain.aggregation.top_growth import top_growth
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, china_today, last_window, window_containing
-from capacity_pipeline.domain.queries import top_growth
-from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
-from capacity_pipeline.domain.tables import create_schema
+from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
+from capacity_pipeline.domain.storage.database import make_engine
+from capacity_pipeline.domain.storage.tables import create_schema
 
 DEMO_SPEC = {"instances": 12, "databases": 6, "days": 200, "seed": 7}
 # The runs' own event logs stay in the Dagster instance (see them with `make dev`), not on the terminal.

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from capacity_pipeline.domain.database import DATABASE_URL_ENV
-from capacity_pipeline.domain.dialects import ConnectionLimits
-from capacity_pipeline.domain.engine import DEFAULT_BATCH_SIZE
+from capacity_pipeline.domain.aggregation.engine import DEFAULT_BATCH_SIZE
+from capacity_pipeline.domain.storage.database import DATABASE_URL_ENV
+from capacity_pipeline.domain.storage.dialects import ConnectionLimits
 
 _LIMITS = ConnectionLimits()  # the domain's own defaults, so each is written once
 

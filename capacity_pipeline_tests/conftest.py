@@ -14,8 +14,8 @@ import dagster as dg
 import pytest
 from sqlalchemy import Engine
 
-from capacity_pipeline.domain.database import make_engine
-from capacity_pipeline.domain.tables import create_schema
+from capacity_pipeline.domain.storage.database import make_engine
+from capacity_pipeline.domain.storage.tables import create_schema
 from capacity_pipeline_tests.support import WhaleFallData, database_url, empty_tables, scratch_database
 
 

@@ -27,9 +27,9 @@ from sqlalchemy import Engine, create_engine, func, insert, make_url, select, te
 
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.domain.model import Level
-from capacity_pipeline.domain.month_partitions import ensure_month_partitions
 from capacity_pipeline.domain.periods import PeriodType, months_between, windows_fed_by
-from capacity_pipeline.domain.tables import tables_for
+from capacity_pipeline.domain.storage.month_partitions import ensure_month_partitions
+from capacity_pipeline.domain.storage.tables import tables_for
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get("CAPACITY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")

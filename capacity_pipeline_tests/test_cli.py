@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import func, inspect, select, text
 
 from capacity_pipeline.cli import main
-from capacity_pipeline.domain.database import make_engine
-from capacity_pipeline.domain.tables import create_schema
+from capacity_pipeline.domain.storage.database import make_engine
+from capacity_pipeline.domain.storage.tables import create_schema
 from capacity_pipeline_tests.support import WhaleFallData, row_trigger, url_of
 
 DAY = date(2026, 6, 10)

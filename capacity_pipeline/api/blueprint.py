@@ -25,10 +25,10 @@ from capacity_pipeline.api.envelopes import (
     success,
     validation_error,
 )
-from capacity_pipeline.domain.dialects import first_line
 from capacity_pipeline.domain.model import InvalidScope, Scope
-from capacity_pipeline.domain.run_center import RunCenter
-from capacity_pipeline.domain.triggers import request_current_aggregation
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
+from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
+from capacity_pipeline.domain.storage.dialects import first_line
 
 log = logging.getLogger("capacity_pipeline.api")
 

@@ -25,11 +25,11 @@ from capacity_pipeline.defs.run_center_mirror import (
     task_of_run,
 )
 from capacity_pipeline.defs.sources import GROUP, baseline_key, stats_key
-from capacity_pipeline.domain.engine import Batch
+from capacity_pipeline.domain.aggregation.engine import Batch
 from capacity_pipeline.domain.model import AggregationReport, Level, WindowPlan, merge_outcomes
 from capacity_pipeline.domain.periods import PeriodType, Window
-from capacity_pipeline.domain.run_center import ItemPhase
-from capacity_pipeline.domain.run_center_payloads import current_phase_result, current_summary
+from capacity_pipeline.domain.run_center.payloads import current_phase_result, current_summary
+from capacity_pipeline.domain.run_center.task_runs import ItemPhase
 
 _SPEC_SECTION = {Level.DATABASE: "spec 4.1", Level.INSTANCE: "spec 4.2"}
 

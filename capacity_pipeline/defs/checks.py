@@ -3,7 +3,7 @@
 The checks are specs of the aggregation assets themselves, so every materialization evaluates them
 in its own step (UI, backfill, automation, the API's runs), and the nightly op reports them for
 the partitions it wrote. A failed check warns (severity WARN); it does not undo the rows. The SQL
-lives in the domain (domain/checks.py).
+lives in the domain (domain/aggregation/checks.py).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import dagster as dg
 from sqlalchemy import Engine
 
 from capacity_pipeline.defs.partitions import PARTITIONS, window_for_key
-from capacity_pipeline.domain import checks
+from capacity_pipeline.domain.aggregation import checks
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window
 

@@ -30,16 +30,16 @@ from capacity_pipeline.defs.run_center_mirror import (
     task_of_run,
 )
 from capacity_pipeline.domain import constants as c
-from capacity_pipeline.domain.engine import Batch
+from capacity_pipeline.domain.aggregation.engine import Batch
 from capacity_pipeline.domain.model import AggregationReport, Level, TaskStatus, WindowPlan
 from capacity_pipeline.domain.periods import PeriodType, china_today, last_window
-from capacity_pipeline.domain.run_center import ItemPhase
-from capacity_pipeline.domain.run_center_payloads import (
+from capacity_pipeline.domain.run_center.payloads import (
     NIGHTLY_PHASE,
     nightly_item_result,
     nightly_period_result,
     nightly_summary,
 )
+from capacity_pipeline.domain.run_center.task_runs import ItemPhase
 
 NIGHTLY_OP_NAME = "aggregate_last_periods"
 

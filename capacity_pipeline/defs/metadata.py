@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING, Any
 import dagster as dg
 from sqlalchemy import Engine
 
+from capacity_pipeline.domain.aggregation.top_growth import top_growth
 from capacity_pipeline.domain.model import AggregationReport, Level
-from capacity_pipeline.domain.queries import top_growth
 
 if TYPE_CHECKING:
     import pandas as pd

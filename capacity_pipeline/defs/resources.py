@@ -12,8 +12,8 @@ import dagster as dg
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from capacity_pipeline.domain.database import DatabaseConfigError, make_engine, normalise_url
-from capacity_pipeline.domain.dialects import ConnectionLimits, first_line
+from capacity_pipeline.domain.storage.database import DatabaseConfigError, make_engine, normalise_url
+from capacity_pipeline.domain.storage.dialects import ConnectionLimits, first_line
 from capacity_pipeline.settings import SETTINGS, read_settings
 
 DATABASE_URL_ENV = SETTINGS["url"].env

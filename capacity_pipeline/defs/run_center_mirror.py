@@ -29,8 +29,7 @@ from sqlalchemy import Engine
 
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.domain import constants as c
-from capacity_pipeline.domain.dialects import first_line
-from capacity_pipeline.domain.engine import (
+from capacity_pipeline.domain.aggregation.engine import (
     AggregationAborted,
     Batch,
     BatchControl,
@@ -45,10 +44,11 @@ from capacity_pipeline.domain.model import (
     TaskStatus,
     WindowPlan,
 )
-from capacity_pipeline.domain.run_center import ItemPhase, RunCenter, TaskRunSpec
-from capacity_pipeline.domain.run_center_payloads import current_summary, nightly_summary, with_overall_status
-from capacity_pipeline.domain.run_claims import RunClaims
-from capacity_pipeline.domain.worker_watch import WorkerWatch
+from capacity_pipeline.domain.run_center.claims import RunClaims
+from capacity_pipeline.domain.run_center.payloads import current_summary, nightly_summary, with_overall_status
+from capacity_pipeline.domain.run_center.task_runs import ItemPhase, RunCenter, TaskRunSpec
+from capacity_pipeline.domain.run_center.worker_watch import WorkerWatch
+from capacity_pipeline.domain.storage.dialects import first_line
 
 # Tags the pipeline reads and writes on Dagster runs.
 CLAIM_TAG = "capacity/claim_key"  # set by the trigger sensor: the run claims that key's TaskRuns

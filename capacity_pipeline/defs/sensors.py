@@ -42,12 +42,12 @@ from capacity_pipeline.defs.run_center_mirror import (
     final_summary,
 )
 from capacity_pipeline.domain import constants as c
-from capacity_pipeline.domain.dialects import first_line
 from capacity_pipeline.domain.model import InvalidScope, Scope
 from capacity_pipeline.domain.periods import PeriodType, china_today, current_window
-from capacity_pipeline.domain.run_center import RunCenter
-from capacity_pipeline.domain.run_claims import RunClaims
-from capacity_pipeline.domain.triggers import read_trigger
+from capacity_pipeline.domain.run_center.claims import RunClaims
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
+from capacity_pipeline.domain.run_center.triggers import read_trigger
+from capacity_pipeline.domain.storage.dialects import first_line
 
 TRIGGER_SENSOR_SECONDS = 2
 RECONCILER_SECONDS = 5

@@ -21,7 +21,7 @@ from capacity_pipeline.defs.partitions import PARTITIONS
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window, china_today
-from capacity_pipeline.domain.stats_versions import (
+from capacity_pipeline.domain.samples.versions import (
     STATS_TABLES,
     baseline_days,
     baseline_versions,

@@ -8,8 +8,8 @@ import pytest
 
 from capacity_pipeline.api.auth import BearerTokenAuth
 from capacity_pipeline.domain.model import Scope
-from capacity_pipeline.domain.run_center import RunCenter
-from capacity_pipeline.domain.run_center_payloads import current_summary
+from capacity_pipeline.domain.run_center.payloads import current_summary
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline_tests.api.whalefall_host import ADMIN_ID, VIEWER_ID, csrf_header, login
 from capacity_pipeline_tests.support import ADMIN_TOKEN, CURRENT, VIEWER_TOKEN
 from capacity_pipeline_tests.support import error as _error

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from capacity_pipeline.domain.run_center import RunCenter
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline_tests.api.whalefall_host import ADMIN_ID, VIEWER_ID, create_host_app, csrf_header, login
 from capacity_pipeline_tests.support import (
     ADMIN_TOKEN,

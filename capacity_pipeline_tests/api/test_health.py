@@ -8,7 +8,7 @@ import pytest
 
 from capacity_pipeline.api.auth import BearerTokenAuth, Caller
 from capacity_pipeline.api.server import create_app
-from capacity_pipeline.domain.database import make_engine
+from capacity_pipeline.domain.storage.database import make_engine
 from capacity_pipeline_tests.api.whalefall_host import create_host_app
 from capacity_pipeline_tests.support import ADMIN_TOKEN, HEALTH, SUCCESS_KEYS, error
 

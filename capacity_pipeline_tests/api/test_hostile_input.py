@@ -10,7 +10,7 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import event
 
-from capacity_pipeline.domain.run_center import RunCenter
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline_tests.api.whalefall_host import ADMIN_ID, csrf_header, login
 from capacity_pipeline_tests.support import ADMIN_TOKEN, CURRENT, error, task_runs
 

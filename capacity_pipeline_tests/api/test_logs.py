@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import re
 
-from capacity_pipeline.domain.run_center import RunCenter
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline_tests.support import ADMIN_TOKEN, CURRENT, VIEWER_TOKEN
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from capacity_pipeline.domain.database import make_engine
-from capacity_pipeline.domain.tables import create_schema
+from capacity_pipeline.domain.storage.database import make_engine
+from capacity_pipeline.domain.storage.tables import create_schema
 from capacity_pipeline_tests.support import free_port
 
 TOKEN = "serve-api-token-8c2f"

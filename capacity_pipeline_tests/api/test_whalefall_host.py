@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from capacity_pipeline.domain.run_center import RunCenter
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline_tests.api.whalefall_host import ADMIN_ID, VIEWER_ID, create_host_app, csrf_header, login
 from capacity_pipeline_tests.support import CURRENT, HEALTH, error, task_runs
 

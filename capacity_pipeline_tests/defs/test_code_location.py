@@ -19,10 +19,10 @@ from capacity_pipeline.defs.jobs import (
 from capacity_pipeline.defs.partitions import PARTITIONS, key_for_window, window_for_key
 from capacity_pipeline.defs.resources import WhaleFallDatabase, whalefall_from_env
 from capacity_pipeline.defs.run_center_mirror import TRIGGER_SOURCE_TAG
-from capacity_pipeline.domain.engine import aggregate_period
+from capacity_pipeline.domain.aggregation.engine import aggregate_period
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, last_window, previous_window, window_containing
-from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
+from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline_tests import whalefall_reference as reference
 from capacity_pipeline_tests.support import dagster_resources, resolve_job, row_trigger
 

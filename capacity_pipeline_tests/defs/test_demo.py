@@ -6,10 +6,10 @@ import dagster as dg
 
 from capacity_pipeline.cli import main
 from capacity_pipeline.defs.assets import asset_key
-from capacity_pipeline.domain.database import make_engine
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType
-from capacity_pipeline.domain.run_center import RunCenter
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
+from capacity_pipeline.domain.storage.database import make_engine
 
 
 def test_demo_materializes_every_period_through_dagster_and_prints_a_summary(tmp_path, capsys):

@@ -19,8 +19,8 @@ from capacity_pipeline.defs.partitions import key_for_window
 from capacity_pipeline.defs.sources import EMPTY_DAY, SOURCES, baseline_key, stats_key
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window, china_today, previous_window, window_containing
-from capacity_pipeline.domain.stats_versions import quarterly_baselines
-from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
+from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
+from capacity_pipeline.domain.samples.versions import quarterly_baselines
 from capacity_pipeline_tests.support import (
     code_location_definitions,
     dagster_resources,

@@ -26,10 +26,10 @@ from capacity_pipeline.defs.run_center_mirror import CLAIM_TAG, CREATED_BY_TAG, 
 from capacity_pipeline.defs.sensors import reconcile, run_center_reconciler
 from capacity_pipeline.domain.model import Level, Scope
 from capacity_pipeline.domain.periods import PeriodType
-from capacity_pipeline.domain.run_center import RunCenter
-from capacity_pipeline.domain.run_claims import RunClaims, WorkerStats
-from capacity_pipeline.domain.tables import tables_for
-from capacity_pipeline.domain.triggers import request_current_aggregation
+from capacity_pipeline.domain.run_center.claims import RunClaims, WorkerStats
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
+from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
+from capacity_pipeline.domain.storage.tables import tables_for
 from capacity_pipeline_tests.support import dagster_resources, resolve_job, row_trigger, wait_until
 
 DAY = date(2026, 7, 1)

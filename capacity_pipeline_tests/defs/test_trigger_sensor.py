@@ -21,10 +21,10 @@ from capacity_pipeline.defs.sensors import capacity_current_trigger
 from capacity_pipeline.domain import constants as c
 from capacity_pipeline.domain.model import Level, Scope
 from capacity_pipeline.domain.periods import PeriodType, china_today, current_window
-from capacity_pipeline.domain.run_center import RunCenter
-from capacity_pipeline.domain.run_center_payloads import current_summary
-from capacity_pipeline.domain.tables import tables_for
-from capacity_pipeline.domain.triggers import current_task_run_spec, request_current_aggregation
+from capacity_pipeline.domain.run_center.payloads import current_summary
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
+from capacity_pipeline.domain.run_center.triggers import current_task_run_spec, request_current_aggregation
+from capacity_pipeline.domain.storage.tables import tables_for
 from capacity_pipeline_tests.support import dagster_resources, resolve_job
 
 

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from capacity_pipeline.domain.database import make_engine
-from capacity_pipeline.domain.tables import create_schema
+from capacity_pipeline.domain.storage.database import make_engine
+from capacity_pipeline.domain.storage.tables import create_schema
 from capacity_pipeline_tests.support import DagsterDev, database_url, scratch_database
 
 SHARED_SETTINGS = {

@@ -11,8 +11,8 @@ from dagster_graphql import DagsterGraphQLClient
 from capacity_pipeline.defs.jobs import NIGHTLY_OP_NAME
 from capacity_pipeline.defs.run_center_mirror import NIGHTLY_JOB_NAME
 from capacity_pipeline.domain.periods import PeriodType, last_window
-from capacity_pipeline.domain.run_center import RunCenter
-from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
+from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline_tests.support import submit_job, wait_for_run
 
 TODAY = date(2026, 7, 2)

@@ -18,9 +18,9 @@ from capacity_pipeline.defs.jobs import NIGHTLY_OP_NAME
 from capacity_pipeline.defs.run_center_mirror import NIGHTLY_JOB_NAME, TASK_RUN_TAG
 from capacity_pipeline.domain.model import Scope
 from capacity_pipeline.domain.periods import china_today
-from capacity_pipeline.domain.run_center import RunCenter
-from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
-from capacity_pipeline.domain.triggers import request_current_aggregation
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
+from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
+from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline_tests.support import submit_job, wait_for_run, wait_until
 
 TODAY = date(2026, 7, 2)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, text
 
-from capacity_pipeline.domain.instances import active_instance_sql
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window
+from capacity_pipeline.domain.samples.instances import active_instance_sql
 
 _ORDERING = {
     Level.DATABASE: """

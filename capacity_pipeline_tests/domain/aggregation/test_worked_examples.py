@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, timedelta
 from decimal import Decimal
 
-from capacity_pipeline.domain.engine import aggregate_period
+from capacity_pipeline.domain.aggregation.engine import aggregate_period
 from capacity_pipeline.domain.model import Scope
 from capacity_pipeline.domain.periods import PeriodType, Window
 

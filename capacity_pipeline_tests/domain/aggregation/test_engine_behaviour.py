@@ -8,10 +8,10 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 from sqlalchemy import text
 
-from capacity_pipeline.domain.engine import aggregate_period
-from capacity_pipeline.domain.instances import list_active_instances
+from capacity_pipeline.domain.aggregation.engine import aggregate_period
 from capacity_pipeline.domain.model import Level, Outcome, Scope
 from capacity_pipeline.domain.periods import PeriodType, Window
+from capacity_pipeline.domain.samples.instances import list_active_instances
 from capacity_pipeline_tests.support import row_trigger
 
 DAY = date(2026, 6, 10)

@@ -19,9 +19,9 @@ from datetime import date, timedelta
 
 from sqlalchemy import Engine, text
 
-from capacity_pipeline.domain.dialects import dialect_of
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window, add_months, previous_window, window_containing
+from capacity_pipeline.domain.storage.dialects import dialect_of
 
 STATS_TABLES = {Level.DATABASE: "database_size_stats", Level.INSTANCE: "instance_size_stats"}
 

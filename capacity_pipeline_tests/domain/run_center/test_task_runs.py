@@ -17,8 +17,8 @@ from sqlalchemy import Engine, text
 
 from capacity_pipeline.domain import constants as c
 from capacity_pipeline.domain.model import ActiveInstance, TaskStatus
-from capacity_pipeline.domain.run_center import ItemPhase, Progress, RunCenter, TaskRunSpec
-from capacity_pipeline.domain.run_center_payloads import PhaseResult
+from capacity_pipeline.domain.run_center.payloads import PhaseResult
+from capacity_pipeline.domain.run_center.task_runs import ItemPhase, Progress, RunCenter, TaskRunSpec
 
 RUN_ID = "11111111-1111-4111-8111-111111111111"
 OTHER_RUN_ID = "22222222-2222-4222-8222-222222222222"

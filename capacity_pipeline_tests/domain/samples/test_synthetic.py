@@ -7,9 +7,9 @@ from datetime import UTC, date, datetime
 import pytest
 from sqlalchemy import func, select, text
 
-from capacity_pipeline.domain.database import make_engine
-from capacity_pipeline.domain.synthetic import LoadedCounts, SyntheticSpec, load_synthetic_data
-from capacity_pipeline.domain.tables import create_schema, tables_for
+from capacity_pipeline.domain.samples.synthetic import LoadedCounts, SyntheticSpec, load_synthetic_data
+from capacity_pipeline.domain.storage.database import make_engine
+from capacity_pipeline.domain.storage.tables import create_schema, tables_for
 
 FIRST_DAY = date(2026, 6, 1)
 LAST_DAY = date(2026, 6, 30)

@@ -15,14 +15,14 @@ from datetime import date
 import pytest
 from sqlalchemy import Connection, Engine, text
 
-from capacity_pipeline.domain.database import make_engine
-from capacity_pipeline.domain.dialects import ConnectionLimits, ErrorKind
-from capacity_pipeline.domain.engine import AggregationAborted, BatchControl, aggregate_period
+from capacity_pipeline.domain.aggregation.engine import AggregationAborted, BatchControl, aggregate_period
 from capacity_pipeline.domain.model import Scope
-from capacity_pipeline.domain.month_partitions import ensure_month_partitions
 from capacity_pipeline.domain.periods import PeriodType, Window
-from capacity_pipeline.domain.run_claims import RunClaims
-from capacity_pipeline.domain.worker_watch import WorkerWatch
+from capacity_pipeline.domain.run_center.claims import RunClaims
+from capacity_pipeline.domain.run_center.worker_watch import WorkerWatch
+from capacity_pipeline.domain.storage.database import make_engine
+from capacity_pipeline.domain.storage.dialects import ConnectionLimits, ErrorKind
+from capacity_pipeline.domain.storage.month_partitions import ensure_month_partitions
 from capacity_pipeline_tests.support import WhaleFallData, url_of, wait_until
 
 DAY = date(2026, 6, 10)

@@ -9,9 +9,9 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import text
 
-from capacity_pipeline.domain.database import make_engine
-from capacity_pipeline.domain.dialects import dialect_of
-from capacity_pipeline.domain.sqlmath import postgres_numeric_avg_float
+from capacity_pipeline.domain.storage.database import make_engine
+from capacity_pipeline.domain.storage.dialects import dialect_of
+from capacity_pipeline.domain.storage.sqlmath import postgres_numeric_avg_float
 
 
 def _ties_and_neighbours() -> list[float]:

@@ -14,11 +14,11 @@ from collections.abc import Callable, Collection
 
 from sqlalchemy import Engine
 
-from capacity_pipeline.domain.dialects import dialect_of, first_line
-from capacity_pipeline.domain.engine import BatchControl
+from capacity_pipeline.domain.aggregation.engine import BatchControl
 from capacity_pipeline.domain.model import IN_PROGRESS
-from capacity_pipeline.domain.run_center import RunCenter
-from capacity_pipeline.domain.run_claims import RunClaims, WorkerStats
+from capacity_pipeline.domain.run_center.claims import RunClaims, WorkerStats
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
+from capacity_pipeline.domain.storage.dialects import dialect_of, first_line
 
 WAIT_REPORT_AFTER_SECONDS = 2.0  # a statement busy this long is looked at for lock waits
 

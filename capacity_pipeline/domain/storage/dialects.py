@@ -28,7 +28,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from capacity_pipeline.domain import sqlmath
+from capacity_pipeline.domain.storage import sqlmath
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -7,7 +7,7 @@ from datetime import datetime
 from sqlalchemy import ColumnElement, Connection, Engine, Table, and_, or_, select
 
 from capacity_pipeline.domain.model import ActiveInstance
-from capacity_pipeline.domain.tables import tables_for
+from capacity_pipeline.domain.storage.tables import tables_for
 
 
 def active_instance_sql(alias: str = "") -> str:

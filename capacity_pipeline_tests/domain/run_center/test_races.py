@@ -18,8 +18,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from capacity_pipeline.domain.model import TaskStatus
-from capacity_pipeline.domain.run_center import ItemPhase, RunCenter, TaskRunSpec
-from capacity_pipeline.domain.run_center_payloads import PhaseResult
+from capacity_pipeline.domain.run_center.payloads import PhaseResult
+from capacity_pipeline.domain.run_center.task_runs import ItemPhase, RunCenter, TaskRunSpec
 from capacity_pipeline_tests.support import WhaleFallData
 
 ITERATIONS = 30

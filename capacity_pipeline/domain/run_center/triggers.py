@@ -3,7 +3,7 @@
 The route writes one row, exactly as WhaleFall's start_run does (status `running`, spec 6.1), with
 the scope in `summary_json.common.inputs.scope` and, when the caller named one, the requested
 period type in `summary_json.ext.data`. A launcher (the Dagster sensor) picks each such row up
-once (run_claims). Because the row is `running` from the start, WhaleFall's own run center can
+once (claims.py). Because the row is `running` from the start, WhaleFall's own run center can
 cancel it at once, before any run exists.
 """
 
@@ -18,8 +18,8 @@ from sqlalchemy import Engine
 from capacity_pipeline.domain import constants as c
 from capacity_pipeline.domain.model import InvalidScope, Scope, TaskStatus
 from capacity_pipeline.domain.periods import PeriodType
-from capacity_pipeline.domain.run_center import RunCenter, TaskRunSpec
-from capacity_pipeline.domain.run_center_payloads import current_summary
+from capacity_pipeline.domain.run_center.payloads import current_summary
+from capacity_pipeline.domain.run_center.task_runs import RunCenter, TaskRunSpec
 
 
 def effective_period(requested: Any) -> PeriodType:

@@ -12,9 +12,9 @@ from functools import cache
 
 from sqlalchemy import TextClause
 
-from capacity_pipeline.domain.dialects import SqlDialect, dialect_named
 from capacity_pipeline.domain.model import Level
-from capacity_pipeline.domain.tables import whalefall_metadata
+from capacity_pipeline.domain.storage.dialects import SqlDialect, dialect_named
+from capacity_pipeline.domain.storage.tables import whalefall_metadata
 
 
 def _database_level(sql: SqlDialect) -> _LevelSql:

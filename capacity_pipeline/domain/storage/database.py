@@ -1,7 +1,7 @@
 """Connecting to the WhaleFall database: URL rules, engine set-up, clear errors.
 
 The project speaks to PostgreSQL through one driver, psycopg 3; users may write plain
-`postgresql://` URLs. Each dialect sets its engines up (dialects.py): timeouts on every
+`postgresql://` URLs. Each dialect sets its engines up (storage/dialects.py): timeouts on every
 connection, and on SQLite the SQL functions the aggregation needs.
 """
 
@@ -15,7 +15,7 @@ from sqlalchemy import Connection, Engine, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from capacity_pipeline.domain.dialects import ConnectionLimits, ErrorKind, SqlDialect, dialect_named, dialect_of
+from capacity_pipeline.domain.storage.dialects import ConnectionLimits, ErrorKind, SqlDialect, dialect_named, dialect_of
 
 T = TypeVar("T")
 WRITE_ATTEMPTS = 5  # a deadlock or serialization failure is retried this many times in all

@@ -22,11 +22,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, select, update
 
-from capacity_pipeline.domain.database import in_transaction
-from capacity_pipeline.domain.dialects import dialect_of
 from capacity_pipeline.domain.model import IN_PROGRESS, TaskStatus
-from capacity_pipeline.domain.run_center import RunCenter
-from capacity_pipeline.domain.tables import tables_for
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
+from capacity_pipeline.domain.storage.database import in_transaction
+from capacity_pipeline.domain.storage.dialects import dialect_of
+from capacity_pipeline.domain.storage.tables import tables_for
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Engine, func, insert, select
 
-from capacity_pipeline.domain.dialects import dialect_of
-from capacity_pipeline.domain.month_partitions import ensure_month_partitions
 from capacity_pipeline.domain.periods import months_between
-from capacity_pipeline.domain.tables import tables_for
+from capacity_pipeline.domain.storage.dialects import dialect_of
+from capacity_pipeline.domain.storage.month_partitions import ensure_month_partitions
+from capacity_pipeline.domain.storage.tables import tables_for
 
 DB_TYPES = ("mysql", "postgresql", "sqlserver", "oracle")
 

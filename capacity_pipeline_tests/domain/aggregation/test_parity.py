@@ -10,11 +10,11 @@ from datetime import date
 
 import pytest
 
-from capacity_pipeline.domain.database import make_engine
-from capacity_pipeline.domain.engine import aggregate_period
+from capacity_pipeline.domain.aggregation.engine import aggregate_period
 from capacity_pipeline.domain.periods import PeriodType, current_window, last_window, previous_window
-from capacity_pipeline.domain.synthetic import SyntheticSpec, load_synthetic_data
-from capacity_pipeline.domain.tables import create_schema
+from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
+from capacity_pipeline.domain.storage.database import make_engine
+from capacity_pipeline.domain.storage.tables import create_schema
 from capacity_pipeline_tests import whalefall_reference as reference
 from capacity_pipeline_tests.support import WhaleFallData
 

@@ -7,7 +7,7 @@ from datetime import date
 import pytest
 
 from capacity_pipeline.domain.periods import Window
-from capacity_pipeline.domain.stats_versions import baseline_days, observed_days, quarterly_baselines
+from capacity_pipeline.domain.samples.versions import baseline_days, observed_days, quarterly_baselines
 
 D = date.fromisoformat
 

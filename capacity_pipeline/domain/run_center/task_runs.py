@@ -20,12 +20,12 @@ from sqlalchemy import JSON, Connection, Engine, bindparam, case, func, insert, 
 from sqlalchemy.dialects.postgresql import JSONB
 
 from capacity_pipeline.domain import constants as c
-from capacity_pipeline.domain.database import in_transaction
-from capacity_pipeline.domain.dialects import dialect_of
-from capacity_pipeline.domain.instances import list_active_instances
 from capacity_pipeline.domain.model import IN_PROGRESS, ActiveInstance, TaskStatus
-from capacity_pipeline.domain.run_center_payloads import PhaseResult, replay_phases
-from capacity_pipeline.domain.tables import tables_for
+from capacity_pipeline.domain.run_center.payloads import PhaseResult, replay_phases
+from capacity_pipeline.domain.samples.instances import list_active_instances
+from capacity_pipeline.domain.storage.database import in_transaction
+from capacity_pipeline.domain.storage.dialects import dialect_of
+from capacity_pipeline.domain.storage.tables import tables_for
 
 T = TypeVar("T")
 

@@ -2,7 +2,7 @@
 computed set-based inside the database.
 
 Instances go in batches (default 250); per batch, each window is written in one transaction that
-runs its levels' statements (level_sql). A batch that fails on its data is rolled back whole and
+runs its levels' statements (level_sql.py). A batch that fails on its data is rolled back whole and
 retried one instance at a time, so one bad instance fails alone (fixes spec Q11) and committed
 batches stay committed. A failure of the database as a whole (a lock or statement timeout, a
 cancel, a lost connection) stops the work instead: retrying instance by instance cannot help.
@@ -23,10 +23,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from capacity_pipeline.domain.database import retrying
-from capacity_pipeline.domain.dialects import ErrorKind, SqlDialect, dialect_of, first_line
-from capacity_pipeline.domain.instances import list_active_instances
-from capacity_pipeline.domain.level_sql import level_statements
+from capacity_pipeline.domain.aggregation.level_sql import level_statements
 from capacity_pipeline.domain.model import (
     ActiveInstance,
     AggregationReport,
@@ -34,8 +31,11 @@ from capacity_pipeline.domain.model import (
     Scope,
     WindowPlan,
 )
-from capacity_pipeline.domain.month_partitions import ensure_month_partitions
 from capacity_pipeline.domain.periods import PeriodType, Window
+from capacity_pipeline.domain.samples.instances import list_active_instances
+from capacity_pipeline.domain.storage.database import retrying
+from capacity_pipeline.domain.storage.dialects import ErrorKind, SqlDialect, dialect_of, first_line
+from capacity_pipeline.domain.storage.month_partitions import ensure_month_partitions
 
 DEFAULT_BATCH_SIZE = 250
 RETRY_ATTEMPTS = 3  # a deadlock or serialization failure is retried this many times in all

@@ -34,7 +34,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from capacity_pipeline.domain.dialects import dialect_named
+from capacity_pipeline.domain.storage.dialects import dialect_named
 from capacity_pipeline.domain.model import TaskStatus
 
 # Table -> (partition key, the display name WhaleFall writes into each partition's comment).

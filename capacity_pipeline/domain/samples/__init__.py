@@ -1,0 +1,1 @@
+"""WhaleFall's inputs: active instances, the size samples' data versions, synthetic samples."""
