@@ -37,7 +37,7 @@ import dagster as dg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: its test toolkit
 
-from capacity_pipeline.defs.run_center_mirror import CLAIM_TAG
+from capacity_pipeline.defs.run_center.tags import CLAIM_TAG
 from capacity_pipeline.domain.periods import china_today
 from capacity_pipeline.domain.run_center.claims import RunClaims
 from capacity_pipeline.domain.run_center.task_runs import RunCenter

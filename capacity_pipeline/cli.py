@@ -33,7 +33,7 @@ from capacity_pipeline.domain.storage.database import (
 )
 from capacity_pipeline.domain.storage.dialects import ConnectionLimits, first_line
 from capacity_pipeline.domain.storage.tables import create_schema
-from capacity_pipeline.settings import SETTINGS, SettingError, read_setting
+from capacity_pipeline.settings import SETTINGS, SettingError, Settings
 
 PROG = "capacity-pipeline"
 # Timeout settings every command that connects takes as options (seconds).
@@ -174,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _COMMANDS[args.command](args)
+        settings = Settings.from_env()  # read once; the options override what they name
+        return _COMMANDS[args.command](args, settings)
     except (UsageError, DatabaseConfigError, SettingError) as error:
         print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
         return 2
@@ -202,11 +203,11 @@ def _database_error(error: DBAPIError, args: argparse.Namespace) -> str:
     return detail
 
 
-def _database_url(explicit: str | None, option: str = "--db-url") -> URL:
+def _database_url(explicit: str | None, settings: Settings, option: str = "--db-url") -> URL:
     """The URL given through `option`, else the setting WHALEFALL_DATABASE_URL."""
     if explicit:
         return normalise_url(explicit, source=option)
-    raw = read_setting("url")
+    raw = settings.url
     if raw is None:
         raise DatabaseConfigError(
             f"{DATABASE_URL_ENV} is not set: give the WhaleFall database URL "
@@ -215,32 +216,32 @@ def _database_url(explicit: str | None, option: str = "--db-url") -> URL:
     return normalise_url(raw)
 
 
-def _engine(args: argparse.Namespace, *, create: bool = False) -> Engine:
+def _engine(args: argparse.Namespace, settings: Settings, *, create: bool = False) -> Engine:
     """The engine for --db-url / WHALEFALL_DATABASE_URL, checked to answer.
 
     Only commands that create a schema may create a new SQLite file; the others refuse a path
     that does not exist instead of aggregating an empty database.
     """
-    url = _database_url(args.db_url)
+    url = _database_url(args.db_url, settings)
     database = url.database or ""
     is_file = url.get_backend_name() == "sqlite" and database not in ("", ":memory:")
     if is_file and not create and not Path(database).exists():
         raise UsageError(f"SQLite file {database} does not exist (run '{PROG} init-db' to create it)")
-    engine = make_engine(url, _limits(args))
+    engine = make_engine(url, _limits(args, settings))
     with engine.connect() as connection:  # fail here, clearly, when the database is unreachable
         connection.execute(text("SELECT 1"))
     return engine
 
 
-def _init_db(args: argparse.Namespace) -> int:
-    created = create_schema(_engine(args, create=True))
+def _init_db(args: argparse.Namespace, settings: Settings) -> int:
+    created = create_schema(_engine(args, settings, create=True))
     print(json.dumps({"created_tables": created}, ensure_ascii=False))
     return 0
 
 
-def _limits(args: argparse.Namespace) -> ConnectionLimits:
+def _limits(args: argparse.Namespace, settings: Settings) -> ConnectionLimits:
     """Each timeout from its option, else from its setting (environment or default)."""
-    seconds = {name: getattr(args, name) or read_setting(name) for name in _TIMEOUT_OPTIONS}
+    seconds = {name: getattr(args, name) or getattr(settings, name) for name in _TIMEOUT_OPTIONS}
     return ConnectionLimits(
         connect_timeout=seconds["connect_timeout_seconds"],
         statement_timeout=seconds["statement_timeout_seconds"],
@@ -248,15 +249,15 @@ def _limits(args: argparse.Namespace) -> ConnectionLimits:
     )
 
 
-def _aggregate(args: argparse.Namespace) -> int:
+def _aggregate(args: argparse.Namespace, settings: Settings) -> int:
     period = PeriodType(args.period)
-    corrected = read_setting("corrected_quarter") if args.corrected_quarter is None else True
+    corrected = settings.corrected_quarter if args.corrected_quarter is None else True
     report = aggregate_period(
-        _engine(args),
+        _engine(args, settings),
         period,
         window_containing(period, args.date),
         scope=Scope(args.scope),
-        batch_size=args.batch_size or read_setting("batch_size"),
+        batch_size=args.batch_size or settings.batch_size,
         corrected_quarter=corrected,
     )
     print(json.dumps(report.summary(), ensure_ascii=False, indent=2))
@@ -270,8 +271,8 @@ def _aggregate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generate(args: argparse.Namespace) -> int:
-    engine = _engine(args, create=True)
+def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    engine = _engine(args, settings, create=True)
     create_schema(engine)
     spec = SyntheticSpec(
         instances=args.instances,
@@ -288,31 +289,33 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from capacity_pipeline.demo import run_demo  # imports Dagster, which only the demo needs
 
-    print(run_demo(args.folder))
+    print(run_demo(args.folder, settings))
     return 0
 
 
-def _request(args: argparse.Namespace) -> int:
+def _request(args: argparse.Namespace, settings: Settings) -> int:
     try:
         scope = Scope.from_request(args.scope)  # bad input fails before any connection
     except InvalidScope as error:
         raise UsageError(f"--scope: {error}") from None
-    print(request_current_aggregation(_engine(args), scope, created_by=args.created_by, period_type=args.period))
+    print(
+        request_current_aggregation(_engine(args, settings), scope, created_by=args.created_by, period_type=args.period)
+    )
     return 0
 
 
-def _serve_api(args: argparse.Namespace) -> int:
+def _serve_api(args: argparse.Namespace, settings: Settings) -> int:
     from capacity_pipeline.api.auth import BearerTokenAuth
     from capacity_pipeline.api.server import BindError, bind, configure_logging, create_app, run
 
     try:
-        auth = BearerTokenAuth.from_env()
+        auth = BearerTokenAuth.from_settings(settings)
     except ValueError as error:
         raise UsageError(str(error)) from None
-    engine = _engine(args)
+    engine = _engine(args, settings)
     configure_logging()  # the access log and the cancels go to stderr
     try:
         server = bind(create_app(engine, auth), args.host, args.port)  # before saying "serving"

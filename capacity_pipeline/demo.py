@@ -20,6 +20,7 @@ from capacity_pipeline.domain.periods import PeriodType, china_today, last_windo
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.storage.database import make_engine
 from capacity_pipeline.domain.storage.tables import create_schema
+from capacity_pipeline.settings import Settings
 
 DEMO_SPEC = {"instances": 12, "databases": 6, "days": 200, "seed": 7}
 # The runs' own event logs stay in the Dagster instance (see them with `make dev`), not on the terminal.
@@ -44,13 +45,17 @@ class DemoPaths:
         return f"sqlite:///{self.database.resolve()}"
 
 
-def run_demo(folder: Path) -> str:
+def run_demo(folder: Path, settings: Settings) -> str:
     """Build the demo from scratch in `folder` and return the text to print."""
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-    from capacity_pipeline.defs.assets import AGGREGATION_ASSETS
-    from capacity_pipeline.defs.partitions import key_for_window
+    from capacity_pipeline.defs.aggregation.assets import build_aggregation_assets
+    from capacity_pipeline.defs.partitions import key_for_window, partitions_by_period
     from capacity_pipeline.defs.resources import WhaleFallDatabase
+
+    aggregation_assets = build_aggregation_assets(
+        partitions_by_period(settings.partitions_start), automate_current_periods=settings.automate_current_periods
+    )
 
     paths = DemoPaths(folder)
     _reset(paths)
@@ -69,7 +74,7 @@ def run_demo(folder: Path) -> str:
     rows = [("period", "partition", "window", "compared with", "instances", "db rows", "inst rows", "checks")]
     with dg.DagsterInstance.from_config(str(paths.dagster_home)) as instance:
         for period, window in windows:
-            assets = [AGGREGATION_ASSETS[level, period] for level in Level]  # their checks come with them
+            assets = [aggregation_assets[level, period] for level in Level]  # their checks come with them
             result = dg.materialize(
                 assets,
                 partition_key=key_for_window(window),

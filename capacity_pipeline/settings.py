@@ -1,16 +1,19 @@
 """Every setting of the pipeline in one table: its environment variable, type, default and meaning.
 
-Read once, where a process starts (the Dagster definitions, the command line, the API server);
-below that, settings travel as typed values (the `whalefall` resource's fields, function
-arguments). A bad value fails with a message that names the variable and what it accepts. The
-README's settings table is this table.
+`Settings.from_env()` reads them all once, where a process starts (the Dagster definitions when
+Dagster loads the code location, the command line, the API server); below that, settings travel
+as one typed `Settings` value (the definitions are built from it, the `whalefall` resource's
+fields come from it). A bad value fails with a message that names the variable and what it
+accepts, never echoing a secret. The settings tables in docs/ and deploy/README.md are generated
+from this table, and a test keeps them in step.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from typing import Any
 
@@ -23,6 +26,10 @@ _LIMITS = ConnectionLimits()  # the domain's own defaults, so each is written on
 
 class SettingError(ValueError):
     """A setting's value cannot be used; the message names the variable and what it accepts."""
+
+
+class InvalidValue(ValueError):
+    """A parser's reason a value is refused, safe to show (it never quotes a secret)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,42 @@ def _url(raw: str) -> str:
     if not raw.strip():
         raise ValueError
     return raw.strip()
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """Who a bearer token of the standalone API acts as."""
+
+    user_id: int
+    role: str
+
+
+_MAX_USER_ID = 2**31 - 1  # WhaleFall's task_runs.created_by is an integer column
+
+
+def _api_tokens(raw: str) -> dict[str, ApiToken]:
+    """JSON {"<token>": {"user_id": 1, "role": "admin"}, ...}; a reason names the entry by its
+    position, never by the token."""
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        raise InvalidValue("not valid JSON") from None
+    if not isinstance(parsed, dict) or not parsed:
+        raise InvalidValue("expected a non-empty JSON object of tokens")
+    tokens = {}
+    for position, (token, entry) in enumerate(parsed.items(), start=1):
+        if not token.strip():
+            raise InvalidValue(f"token {position} is blank")
+        if not isinstance(entry, dict) or set(entry) != {"user_id", "role"}:
+            raise InvalidValue(f"token {position}: expected exactly the keys user_id and role")
+        user_id, role = entry["user_id"], entry["role"]
+        # bool is an int in Python and 1.9 would truncate: only a JSON whole number is a user id.
+        if type(user_id) is not int or not 1 <= user_id <= _MAX_USER_ID:
+            raise InvalidValue(f"token {position}: user_id must be a whole number from 1 to {_MAX_USER_ID}")
+        if not isinstance(role, str) or not role.strip():
+            raise InvalidValue(f"token {position}: role must be a non-empty string")
+        tokens[token] = ApiToken(user_id, role.strip())
+    return tokens
 
 
 SETTINGS: dict[str, Setting] = {
@@ -195,7 +238,7 @@ SETTINGS: dict[str, Setting] = {
     "api_tokens": Setting(
         "CAPACITY_API_TOKENS",
         None,
-        _url,
+        _api_tokens,
         'JSON like {"<token>": {"user_id": 1, "role": "admin"}}',
         "Bearer tokens of the standalone API (serve-api).",
         secret=True,
@@ -218,6 +261,9 @@ def read_setting(name: str, environ: Mapping[str, str] | None = None) -> Any:
         return setting.default
     try:
         return setting.parse(raw)
+    except InvalidValue as reason:
+        shown = "(hidden)" if setting.secret else repr(raw)
+        raise SettingError(f"{setting.env}: {shown} is not {setting.accepts} ({reason})") from None
     except ValueError:
         shown = "(hidden)" if setting.secret else repr(raw)
         raise SettingError(f"{setting.env}: {shown} is not {setting.accepts}") from None
@@ -226,3 +272,35 @@ def read_setting(name: str, environ: Mapping[str, str] | None = None) -> Any:
 def read_settings(names: tuple[str, ...] | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Typed values of these settings (default: all)."""
     return {name: read_setting(name, environ) for name in names or tuple(SETTINGS)}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting's typed value: what a process read once where it started (or a test chose)."""
+
+    url: str | None = SETTINGS["url"].default
+    batch_size: int = SETTINGS["batch_size"].default
+    batch_pause_seconds: float = SETTINGS["batch_pause_seconds"].default
+    connect_timeout_seconds: float = SETTINGS["connect_timeout_seconds"].default
+    statement_timeout_seconds: float = SETTINGS["statement_timeout_seconds"].default
+    lock_timeout_seconds: float = SETTINGS["lock_timeout_seconds"].default
+    heartbeat_seconds: float = SETTINGS["heartbeat_seconds"].default
+    heartbeat_timeout_seconds: float = SETTINGS["heartbeat_timeout_seconds"].default
+    trigger_pickup_timeout_seconds: float = SETTINGS["trigger_pickup_timeout_seconds"].default
+    corrected_quarter: bool = SETTINGS["corrected_quarter"].default
+    webserver_url: str = SETTINGS["webserver_url"].default
+    automation: bool = SETTINGS["automation"].default
+    automate_current_periods: bool = SETTINGS["automate_current_periods"].default
+    observe_minutes: int = SETTINGS["observe_minutes"].default
+    observe_days: int = SETTINGS["observe_days"].default
+    automation_sensor_seconds: int = SETTINGS["automation_sensor_seconds"].default
+    api_tokens: dict[str, ApiToken] | None = SETTINGS["api_tokens"].default
+    partitions_start: date = SETTINGS["partitions_start"].default
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """All settings, read once from the environment (or `environ`)."""
+        return cls(**read_settings(environ=environ))
+
+    def with_changes(self, **changes: Any) -> Settings:
+        return replace(self, **changes)

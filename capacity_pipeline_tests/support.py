@@ -25,11 +25,15 @@ from typing import Any, TypeVar
 import dagster as dg
 from sqlalchemy import Engine, create_engine, func, insert, make_url, select, text
 
+from capacity_pipeline.defs.aggregation.assets import asset_key
+from capacity_pipeline.defs.definitions import build_defs
+from capacity_pipeline.defs.partitions import partitions_by_period
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, months_between, windows_fed_by
 from capacity_pipeline.domain.storage.month_partitions import ensure_month_partitions
 from capacity_pipeline.domain.storage.tables import tables_for
+from capacity_pipeline.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get("CAPACITY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -186,6 +190,17 @@ def row_trigger(engine: Engine, table: str, condition: str, *, event: str = "INS
 # -- Dagster --------------------------------------------------------------------------------------
 
 
+# Tests build the code location from explicit settings, never from the shell's environment.
+TEST_SETTINGS = Settings()
+PARTITIONS = partitions_by_period(TEST_SETTINGS.partitions_start)
+_TEST_LOCATION = build_defs(TEST_SETTINGS)
+AGGREGATION_ASSETS = {
+    (level, period): _TEST_LOCATION.resolve_assets_def(asset_key(level, period))
+    for period in PeriodType
+    for level in Level
+}
+
+
 def url_of(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=False)
 
@@ -195,32 +210,19 @@ def dagster_resources(engine: Engine, **settings: Any) -> dict:
     return {"whalefall": WhaleFallDatabase(url=url_of(engine), **settings)}
 
 
-def resolve_job(engine: Engine, name: str, **settings: Any) -> dg.JobDefinition:
-    """One of the code location's jobs (or the implicit asset job), with test resources."""
-    from capacity_pipeline.defs import defs as code_location
+def code_location_definitions(
+    engine: Engine, settings: Settings = TEST_SETTINGS, **resource_settings: Any
+) -> dg.Definitions:
+    """The code location built from `settings`, its resource pointed at a test database."""
+    return build_defs(settings, resources=dagster_resources(engine, **resource_settings))
 
-    definitions = dg.Definitions(
-        assets=list(code_location.assets or []),
-        asset_checks=list(code_location.asset_checks or []),
-        jobs=[job for job in code_location.jobs or [] if getattr(job, "name", None) == name],
-        resources=dagster_resources(engine, **settings),
-        executor=dg.in_process_executor,
-    )
+
+def resolve_job(engine: Engine, name: str, **resource_settings: Any) -> dg.JobDefinition:
+    """One of the code location's jobs (or the implicit asset job), with test resources."""
+    definitions = code_location_definitions(engine, **resource_settings)
     if name == "__ASSET_JOB":
         return definitions.resolve_implicit_global_asset_job_def()
     return definitions.resolve_job_def(name)
-
-
-def code_location_definitions(engine: Engine, **settings: Any) -> dg.Definitions:
-    """The code location's assets and jobs, with test resources, executed in process."""
-    from capacity_pipeline.defs import defs as code_location
-
-    return dg.Definitions(
-        assets=list(code_location.assets or []),
-        jobs=list(code_location.jobs or []),
-        resources=dagster_resources(engine, **settings),
-        executor=dg.in_process_executor,
-    )
 
 
 def observe_samples(definitions: dg.Definitions, instance: dg.DagsterInstance) -> None:
@@ -236,7 +238,6 @@ def expected_reaggregation(
     the window containing each day, and the window after when its previous window (Q1 quirk
     included) contains the day; never a period not begun, and the one in progress only for days
     or when `current_periods`."""
-    from capacity_pipeline.defs.assets import asset_key
     from capacity_pipeline.defs.partitions import key_for_window
 
     expected: dict[dg.AssetKey, set[str]] = {}

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
+from dataclasses import fields
 from datetime import date
 
 import pytest
 
-from capacity_pipeline.settings import SETTINGS, SettingError, read_setting, read_settings
+from capacity_pipeline.settings import SETTINGS, ApiToken, SettingError, Settings, read_setting, read_settings
 
 
 def test_defaults_apply_when_nothing_is_set():
@@ -55,15 +56,14 @@ def test_a_bad_value_names_the_variable_and_what_it_accepts(name, raw):
     assert str(raised.value) == f"{setting.env}: {raw!r} is not {setting.accepts}"
 
 
-@pytest.mark.parametrize("name", ["url", "api_tokens"])
-def test_a_bad_secret_is_not_echoed(name):
+@pytest.mark.parametrize(("name", "raw", "reason"), [("url", " \t ", ""), ("api_tokens", " {x ", " (not valid JSON)")])
+def test_a_bad_secret_is_not_echoed(name, raw, reason):
     setting = SETTINGS[name]
-    raw = " \t "  # blank: the only value these settings refuse
     assert setting.secret
     with pytest.raises(SettingError) as raised:
         read_setting(name, {setting.env: raw})
     message = str(raised.value)
-    assert message == f"{setting.env}: (hidden) is not {setting.accepts}"
+    assert message == f"{setting.env}: (hidden) is not {setting.accepts}{reason}"
     assert raw not in message and repr(raw) not in message
 
 
@@ -90,3 +90,61 @@ def test_the_readme_settings_table_is_the_settings_table():
             assert default == ("(required)" if setting.meaning.endswith(" Required.") else "-"), setting.env
         else:
             assert setting.parse(default) == setting.default, setting.env
+
+
+def test_the_settings_object_names_every_setting_of_the_table_once_in_order():
+    assert [field.name for field in fields(Settings)] == list(SETTINGS)
+    assert Settings() == Settings.from_env({})  # the defaults are the table's
+
+
+def test_settings_are_read_from_the_given_environment_only():
+    settings = Settings.from_env({"CAPACITY_BATCH_SIZE": "3", "CAPACITY_AUTOMATION": "off"})
+    assert (settings.batch_size, settings.automation) == (3, False)
+
+
+def test_api_tokens_parse_into_user_ids_and_roles():
+    raw = '{"tok-a": {"user_id": 1, "role": "admin"}, "tok-b": {"user_id": 2147483647, "role": " viewer "}}'
+    assert read_setting("api_tokens", {"CAPACITY_API_TOKENS": raw}) == {
+        "tok-a": ApiToken(1, "admin"),
+        "tok-b": ApiToken(2147483647, "viewer"),
+    }
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("not json", "not valid JSON"),
+        ("{}", "expected a non-empty JSON object of tokens"),
+        ('["s3cr3t"]', "expected a non-empty JSON object of tokens"),
+        ('{"s3cr3t": {"role": "admin"}}', "token 1: expected exactly the keys user_id and role"),
+        ('{"s3cr3t": {"user_id": 1, "role": "admin", "x": 1}}', "token 1: expected exactly the keys user_id and role"),
+        (
+            '{"s3cr3t": {"user_id": 2147483648, "role": "admin"}}',
+            "token 1: user_id must be a whole number from 1 to 2147483647",
+        ),
+        (
+            '{"s3cr3t": {"user_id": 1.9, "role": "admin"}}',
+            "token 1: user_id must be a whole number from 1 to 2147483647",
+        ),
+        (
+            '{"s3cr3t": {"user_id": true, "role": "admin"}}',
+            "token 1: user_id must be a whole number from 1 to 2147483647",
+        ),
+        (
+            '{"s3cr3t": {"user_id": "7", "role": "admin"}}',
+            "token 1: user_id must be a whole number from 1 to 2147483647",
+        ),
+        ('{"s3cr3t": {"user_id": 0, "role": "admin"}}', "token 1: user_id must be a whole number from 1 to 2147483647"),
+        (
+            '{"s3cr3t-a": {"user_id": 1, "role": "admin"}, "s3cr3t-b": {"user_id": 2, "role": ""}}',
+            "token 2: role must be a non-empty string",
+        ),
+        ('{" ": {"user_id": 1, "role": "admin"}}', "token 1 is blank"),
+    ],
+)
+def test_a_bad_token_table_says_what_is_wrong_without_quoting_any_token(raw, reason):
+    setting = SETTINGS["api_tokens"]
+    with pytest.raises(SettingError) as raised:
+        read_setting("api_tokens", {setting.env: raw})
+    assert str(raised.value) == f"{setting.env}: (hidden) is not {setting.accepts} ({reason})"
+    assert "s3cr3t" not in str(raised.value)

@@ -9,8 +9,6 @@
 from __future__ import annotations
 
 import hmac
-import json
-import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,7 +22,7 @@ from capacity_pipeline.api.envelopes import (
     csrf_missing,
     permission_required,
 )
-from capacity_pipeline.settings import SETTINGS
+from capacity_pipeline.settings import SETTINGS, Settings
 
 TOKENS_ENV = SETTINGS["api_tokens"].env
 ADMIN_ROLE = "admin"
@@ -96,22 +94,11 @@ class BearerTokenAuth:
         self._tokens = [(token.encode(), caller) for token, caller in tokens.items()]
 
     @classmethod
-    def from_env(cls) -> BearerTokenAuth:
-        """CAPACITY_API_TOKENS = {"<token>": {"user_id": 1, "role": "admin"}, ...} (JSON)."""
-        raw = os.environ.get(TOKENS_ENV, "").strip()
-        if not raw:
+    def from_settings(cls, settings: Settings) -> BearerTokenAuth:
+        """The tokens of CAPACITY_API_TOKENS, parsed and checked by the settings table."""
+        if not settings.api_tokens:
             raise ValueError(f"{TOKENS_ENV} is not set: it maps bearer tokens to a user id and role (JSON)")
-        try:
-            parsed = json.loads(raw)
-            tokens = {
-                str(token): Caller(user_id=int(entry["user_id"]), role=str(entry["role"]))
-                for token, entry in parsed.items()
-            }
-        except (ValueError, TypeError, KeyError, AttributeError):
-            raise ValueError(
-                f'{TOKENS_ENV}: expected JSON like {{"<token>": {{"user_id": 1, "role": "admin"}}}}'
-            ) from None
-        return cls(tokens)
+        return cls({token: Caller(t.user_id, t.role) for token, t in settings.api_tokens.items()})
 
     def caller(self) -> Caller | None:
         header = request.headers.get("Authorization", "")

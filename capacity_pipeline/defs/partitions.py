@@ -2,23 +2,24 @@
 
 Weeks start on Monday, quarters on Jan/Apr/Jul/Oct 1, all in Asia/Shanghai. Every period type
 includes the period in progress (today, this week, this month, this quarter): the API's "current
-period" runs it, and the nightly run takes the last complete one.
-The first partition is the setting CAPACITY_PARTITIONS_START (default 2025-07-01, WhaleFall's
-earliest capacity partitions), moved back to the start of its period; partitions are fixed when
-the code location loads, so this one setting cannot be a resource field.
+period" runs it, and the nightly run takes the last complete one. The first partition is the
+setting CAPACITY_PARTITIONS_START, moved back to the start of its period; `partitions_by_period`
+builds the four definitions from it when the definitions are built.
 """
 
 from __future__ import annotations
 
-from datetime import date, timedelta
+from datetime import date
+from functools import cache
 
 import dagster as dg
 
 from capacity_pipeline.domain.periods import PeriodType, Window, window_containing
-from capacity_pipeline.settings import read_setting
 
 TIMEZONE = "Asia/Shanghai"
 KEY_FORMAT = "%Y-%m-%d"
+
+PartitionsByPeriod = dict[PeriodType, dg.TimeWindowPartitionsDefinition]
 
 
 def build_partitions(period: PeriodType, start: date) -> dg.TimeWindowPartitionsDefinition:
@@ -35,15 +36,18 @@ def build_partitions(period: PeriodType, start: date) -> dg.TimeWindowPartitions
     )
 
 
-PARTITIONS: dict[PeriodType, dg.TimeWindowPartitionsDefinition] = {
-    period: build_partitions(period, read_setting("partitions_start")) for period in PeriodType
-}
+@cache
+def partitions_by_period(start: date) -> PartitionsByPeriod:
+    """The four partitions definitions from one first day (the same objects for the same day)."""
+    return {period: build_partitions(period, start) for period in PeriodType}
 
 
 def window_for_key(period: PeriodType, partition_key: str) -> Window:
-    """The WhaleFall window (inclusive dates) of a partition."""
-    time_window = PARTITIONS[period].time_window_for_partition_key(partition_key)
-    return Window(time_window.start.date(), time_window.end.date() - timedelta(days=1))
+    """The WhaleFall window (inclusive dates) of a partition: the period that starts on its key."""
+    window = window_containing(period, date.fromisoformat(partition_key))
+    if key_for_window(window) != partition_key:
+        raise ValueError(f"{partition_key} is not the first day of a {period.value} period")
+    return window
 
 
 def key_for_window(window: Window) -> str:

@@ -1,7 +1,7 @@
 """The `whalefall` resource: WhaleFall's database and every setting a run needs, as typed fields.
 
-The fields' values are read once, from the settings table (capacity_pipeline/settings.py), when
-the code location loads; the URL stays an EnvVar so that it never shows in the UI.
+The fields' values come from the `Settings` the definitions are built from (read once, when
+Dagster loads the code location); the URL stays an EnvVar so that it never shows in the UI.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 
 from capacity_pipeline.domain.storage.database import DatabaseConfigError, make_engine, normalise_url
 from capacity_pipeline.domain.storage.dialects import ConnectionLimits, first_line
-from capacity_pipeline.settings import SETTINGS, read_settings
+from capacity_pipeline.settings import SETTINGS, Settings
 
 DATABASE_URL_ENV = SETTINGS["url"].env
 
@@ -84,7 +84,8 @@ class WhaleFallDatabase(dg.ConfigurableResource):
 RESOURCE_SETTINGS = tuple(field for field in WhaleFallDatabase.model_fields if field != "url")
 
 
-def whalefall_from_env() -> WhaleFallDatabase:
-    """The resource with every setting read once from the environment (the URL at run time)."""
-    values = read_settings(RESOURCE_SETTINGS)
+def whalefall_from_settings(settings: Settings) -> WhaleFallDatabase:
+    """The resource with the run settings of `settings`; the URL is read from the environment when
+    a run or tick uses it, so it never shows in the UI."""
+    values = {name: getattr(settings, name) for name in RESOURCE_SETTINGS}
     return WhaleFallDatabase(url=dg.EnvVar(DATABASE_URL_ENV), **values)

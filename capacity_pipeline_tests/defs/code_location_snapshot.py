@@ -53,6 +53,7 @@ if __name__ == "__main__":  # regenerate: the command in test_snapshot.py, from 
     import warnings
 
     warnings.filterwarnings("ignore")
-    from capacity_pipeline.defs import defs
+    from capacity_pipeline.defs.definitions import build_defs
+    from capacity_pipeline.settings import Settings
 
-    print(json.dumps(describe(defs), indent=2, ensure_ascii=False))
+    print(json.dumps(describe(build_defs(Settings())), indent=2, ensure_ascii=False))

@@ -8,10 +8,10 @@ from datetime import date
 import dagster as dg
 from sqlalchemy import text
 
-from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key
+from capacity_pipeline.defs.aggregation.assets import asset_key
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType
-from capacity_pipeline_tests.support import dagster_resources, resolve_job
+from capacity_pipeline_tests.support import AGGREGATION_ASSETS, dagster_resources, resolve_job
 
 DAY = date(2026, 7, 1)
 KEY = DAY.isoformat()

@@ -3,28 +3,38 @@ real instance, against SQLite and PostgreSQL WhaleFall databases."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
 
-from capacity_pipeline.defs import defs
-from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key
-from capacity_pipeline.defs.jobs import (
+from capacity_pipeline.defs.aggregation.assets import asset_key
+from capacity_pipeline.defs.aggregation.jobs import (
     NIGHTLY_OP_NAME,
-    calculate_database_job,
     calculate_database_schedule,
 )
-from capacity_pipeline.defs.partitions import PARTITIONS, key_for_window, window_for_key
-from capacity_pipeline.defs.resources import WhaleFallDatabase, whalefall_from_env
-from capacity_pipeline.defs.run_center_mirror import TRIGGER_SOURCE_TAG
+from capacity_pipeline.defs.definitions import build_defs
+from capacity_pipeline.defs.partitions import key_for_window, window_for_key
+from capacity_pipeline.defs.resources import WhaleFallDatabase, whalefall_from_settings
+from capacity_pipeline.defs.run_center.tags import TRIGGER_SOURCE_TAG
 from capacity_pipeline.domain.aggregation.engine import aggregate_period
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, last_window, previous_window, window_containing
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline_tests import whalefall_reference as reference
-from capacity_pipeline_tests.support import dagster_resources, resolve_job, row_trigger
+from capacity_pipeline_tests.support import (
+    AGGREGATION_ASSETS,
+    PARTITIONS,
+    REPO,
+    TEST_SETTINGS,
+    dagster_resources,
+    resolve_job,
+    row_trigger,
+)
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 TODAY = date(2026, 7, 2)
@@ -54,6 +64,7 @@ def synthetic(engine, whalefall):
 
 
 def test_definitions_load():
+    defs = build_defs(TEST_SETTINGS)
     dg.Definitions.validate_loadable(defs)
     assert {job.name for job in defs.resolve_all_job_defs()} >= {
         "capacity_aggregate_current",
@@ -198,9 +209,8 @@ def test_checks_pass_on_good_rows_and_fail_on_broken_ones(engine, synthetic, dag
 
 
 def test_nightly_job_aggregates_the_last_period_of_each_type(engine, synthetic, dagster_instance):
-    result = calculate_database_job.execute_in_process(
+    result = resolve_job(engine, "calculate_database").execute_in_process(
         run_config={"ops": {NIGHTLY_OP_NAME: {"config": {"today": TODAY.isoformat()}}}},
-        resources=dagster_resources(engine),
         instance=dagster_instance,
     )
 
@@ -257,7 +267,7 @@ def test_missing_database_url_names_the_variable(monkeypatch, dagster_instance):
         dg.materialize(
             _period_assets(PeriodType.DAILY),
             partition_key=CHOSEN[PeriodType.DAILY],
-            resources={"whalefall": whalefall_from_env()},
+            resources={"whalefall": whalefall_from_settings(TEST_SETTINGS)},
             instance=dagster_instance,
         )
 
@@ -278,3 +288,39 @@ def test_wrong_database_url_fails_with_the_variable_name_and_no_password(dagster
     logs = dagster_instance.all_logs(result.run_id)
     assert not any("pw-s3cret" in str(entry.dagster_event or entry.user_message) for entry in logs)
     assert "pw-s3cret" not in str(dagster_instance.get_run_by_id(result.run_id).tags)
+
+
+def test_importing_the_code_location_reads_no_setting_and_loading_it_reads_them_once():
+    """Importing any module of the package has no side effect: a bad setting in the environment
+    only fails when Dagster loads the location, naming the variable."""
+    modules = sorted(
+        ".".join(path.relative_to(REPO).with_suffix("").parts)
+        for path in (REPO / "capacity_pipeline" / "defs").rglob("*.py")
+    )
+    script = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)\n"
+    env = {**os.environ, "CAPACITY_BATCH_SIZE": "0", "CAPACITY_PARTITIONS_START": "someday"}
+    imported = subprocess.run([sys.executable, "-c", script, *modules], env=env, capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr
+    loaded = subprocess.run(
+        [sys.executable, "-c", "from capacity_pipeline.defs import defs; defs()"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert loaded.returncode != 0
+    assert "SettingError: CAPACITY_BATCH_SIZE: '0' is not a whole number >= 1" in loaded.stderr
+
+
+def test_the_loader_builds_the_location_from_the_environment(monkeypatch):
+    from capacity_pipeline.defs import defs as load_code_location
+
+    monkeypatch.setenv("CAPACITY_AUTOMATION", "off")
+    monkeypatch.setenv("CAPACITY_PARTITIONS_START", "2026-02-11")
+    monkeypatch.setenv("CAPACITY_OBSERVE_MINUTES", "7")
+    location = load_code_location()
+    assert location.resolve_sensor_def("capacity_automation").default_status == dg.DefaultSensorStatus.STOPPED
+    schedule = location.resolve_schedule_def("observe_capacity_samples_schedule")
+    assert schedule.cron_schedule == "*/7 * * * *"
+    daily = location.resolve_assets_def(asset_key(Level.DATABASE, PeriodType.DAILY)).partitions_def
+    weekly = location.resolve_assets_def(asset_key(Level.DATABASE, PeriodType.WEEKLY)).partitions_def
+    assert (daily.get_first_partition_key(), weekly.get_first_partition_key()) == ("2026-02-11", "2026-02-09")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from capacity_pipeline.cli import main
-from capacity_pipeline.defs.assets import asset_key
+from capacity_pipeline.defs.aggregation.assets import asset_key
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType
 from capacity_pipeline.domain.run_center.task_runs import RunCenter

@@ -13,17 +13,18 @@ import dagster as dg
 import pytest
 from sqlalchemy import text
 
-from capacity_pipeline.defs import defs as code_location
-from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key, build_aggregation_asset
+from capacity_pipeline.defs.aggregation.assets import asset_key
+from capacity_pipeline.defs.definitions import build_defs
 from capacity_pipeline.defs.partitions import key_for_window
-from capacity_pipeline.defs.sources import EMPTY_DAY, SOURCES, baseline_key, stats_key
+from capacity_pipeline.defs.samples.sources import EMPTY_DAY, baseline_key, stats_key
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window, china_today, previous_window, window_containing
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.samples.versions import quarterly_baselines
 from capacity_pipeline_tests.support import (
+    AGGREGATION_ASSETS,
+    TEST_SETTINGS,
     code_location_definitions,
-    dagster_resources,
     expected_reaggregation,
     observe_samples,
 )
@@ -118,7 +119,7 @@ SAMPLE_PARTITIONS = {
 @pytest.mark.parametrize("level", list(Level))
 @pytest.mark.parametrize("period", list(PeriodType))
 def test_the_lineage_maps_a_partition_to_exactly_the_days_it_reads(level, period):
-    graph = code_location.resolve_asset_graph()
+    graph = build_defs(TEST_SETTINGS).resolve_asset_graph()
     key = SAMPLE_PARTITIONS[period]
     window = window_containing(period, date.fromisoformat(key))
     previous = previous_window(period, window)
@@ -166,17 +167,12 @@ def test_a_changed_day_re_aggregates_exactly_the_windows_it_feeds(pg_engine, sam
 
 
 def test_with_current_periods_on_the_quarter_in_progress_follows_only_the_days_it_compares_with(
-    pg_engine, samples, dagster_instance, monkeypatch
+    pg_engine, samples, dagster_instance
 ):
     """Spec Q1: a quarter compares with the first two months of the quarter before (outside Q1), so
     a change in that quarter's third month re-aggregates it, but not the quarter after."""
-    monkeypatch.setenv("CAPACITY_AUTOMATE_CURRENT_PERIODS", "on")
-    rebuilt = [build_aggregation_asset(level, period) for (level, period) in AGGREGATION_ASSETS]
-    definitions = dg.Definitions(
-        assets=[*SOURCES, *rebuilt],
-        jobs=list(code_location.jobs),
-        resources=dagster_resources(pg_engine, observe_days=OBSERVE_DAYS),
-    )
+    settings = TEST_SETTINGS.with_changes(automate_current_periods=True)
+    definitions = code_location_definitions(pg_engine, settings, observe_days=OBSERVE_DAYS)
     observe_samples(definitions, dagster_instance)
     first = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance)
 
@@ -185,7 +181,9 @@ def test_with_current_periods_on_the_quarter_in_progress_follows_only_the_days_i
     result = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=first.cursor)
 
     requested = {
-        asset.key: partitions for asset in rebuilt if (partitions := set(result.get_requested_partitions(asset.key)))
+        asset.key: partitions
+        for asset in AGGREGATION_ASSETS.values()
+        if (partitions := set(result.get_requested_partitions(asset.key)))
     }
     assert requested == _expected(changed, current_periods=True)
     quarter = window_containing(PeriodType.QUARTERLY, TODAY)

@@ -15,22 +15,21 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 import pytest
-from dagster._core.errors import DagsterExecutionInterruptedError
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
 from sqlalchemy import update
 
-from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key
-from capacity_pipeline.defs.jobs import calculate_database_schedule
+from capacity_pipeline.defs.aggregation.assets import asset_key
+from capacity_pipeline.defs.aggregation.jobs import calculate_database_schedule
 from capacity_pipeline.defs.resources import WhaleFallDatabase
-from capacity_pipeline.defs.run_center_mirror import CLAIM_TAG, CREATED_BY_TAG, SCOPE_TAG, TASK_RUN_TAG
-from capacity_pipeline.defs.sensors import reconcile, run_center_reconciler
+from capacity_pipeline.defs.run_center.reconciler import reconcile, run_center_reconciler
+from capacity_pipeline.defs.run_center.tags import CLAIM_TAG, CREATED_BY_TAG, SCOPE_TAG, TASK_RUN_TAG
 from capacity_pipeline.domain.model import Level, Scope
 from capacity_pipeline.domain.periods import PeriodType
 from capacity_pipeline.domain.run_center.claims import RunClaims, WorkerStats
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
 from capacity_pipeline.domain.storage.tables import tables_for
-from capacity_pipeline_tests.support import dagster_resources, resolve_job, row_trigger, wait_until
+from capacity_pipeline_tests.support import AGGREGATION_ASSETS, dagster_resources, resolve_job, row_trigger, wait_until
 
 DAY = date(2026, 7, 1)
 PREVIOUS = date(2026, 6, 30)
@@ -616,7 +615,7 @@ def test_an_interrupt_nobody_asked_for_fails_the_task_run_as_dagster_fails_the_r
     task_run_id = request_current_aggregation(pg_engine, Scope.INSTANCE, created_by=None)
 
     def interrupt(_signum: int, _frame: object) -> None:
-        raise DagsterExecutionInterruptedError("interrupted")
+        raise dg.DagsterExecutionInterruptedError("interrupted")
 
     def interrupt_once_working() -> None:
         wait_until(lambda: (center.get_run(task_run_id) or {}).get("progress_completed", 0) >= 1, 30, "progress")

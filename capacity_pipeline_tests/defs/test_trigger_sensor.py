@@ -13,11 +13,11 @@ import dagster as dg
 import pytest
 from sqlalchemy import update
 
-from capacity_pipeline.defs.assets import asset_key
+from capacity_pipeline.defs.aggregation.assets import asset_key
 from capacity_pipeline.defs.partitions import key_for_window
 from capacity_pipeline.defs.resources import WhaleFallDatabase
-from capacity_pipeline.defs.run_center_mirror import CLAIM_TAG, TASK_RUN_TAG
-from capacity_pipeline.defs.sensors import capacity_current_trigger
+from capacity_pipeline.defs.run_center.tags import CLAIM_TAG, TASK_RUN_TAG
+from capacity_pipeline.defs.run_center.trigger_sensor import build_trigger_sensor
 from capacity_pipeline.domain import constants as c
 from capacity_pipeline.domain.model import Level, Scope
 from capacity_pipeline.domain.periods import PeriodType, china_today, current_window
@@ -25,7 +25,9 @@ from capacity_pipeline.domain.run_center.payloads import current_summary
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.run_center.triggers import current_task_run_spec, request_current_aggregation
 from capacity_pipeline.domain.storage.tables import tables_for
-from capacity_pipeline_tests.support import dagster_resources, resolve_job
+from capacity_pipeline_tests.support import PARTITIONS, dagster_resources, resolve_job
+
+capacity_current_trigger = build_trigger_sensor(PARTITIONS)
 
 
 def _evaluate(instance, engine, cursor=None, **settings):  # noqa: ANN001, ANN202

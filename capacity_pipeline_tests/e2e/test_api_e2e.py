@@ -18,7 +18,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from capacity_pipeline.defs.run_center_mirror import TASK_RUN_TAG
+from capacity_pipeline.defs.run_center.tags import TASK_RUN_TAG
 from capacity_pipeline.domain.periods import china_today
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline_tests.support import free_port, stop_group, wait_until

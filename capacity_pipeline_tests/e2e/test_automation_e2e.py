@@ -12,14 +12,15 @@ import dagster as dg
 from dagster_graphql import DagsterGraphQLClient
 from sqlalchemy import text
 
-from capacity_pipeline.defs.assets import AGGREGATION_ASSETS
-from capacity_pipeline.defs.partitions import PARTITIONS, key_for_window, window_for_key
+from capacity_pipeline.defs.partitions import key_for_window, window_for_key
 from capacity_pipeline.domain.aggregation.engine import aggregate_period
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, china_today, window_containing
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline_tests.support import (
+    AGGREGATION_ASSETS,
     FINISHED,
+    PARTITIONS,
     WhaleFallData,
     code_location_definitions,
     expected_reaggregation,

@@ -8,8 +8,8 @@ from datetime import date
 from dagster import DagsterRunStatus
 from dagster_graphql import DagsterGraphQLClient
 
-from capacity_pipeline.defs.jobs import NIGHTLY_OP_NAME
-from capacity_pipeline.defs.run_center_mirror import NIGHTLY_JOB_NAME
+from capacity_pipeline.defs.aggregation.jobs import NIGHTLY_OP_NAME
+from capacity_pipeline.defs.run_center.tags import NIGHTLY_JOB_NAME
 from capacity_pipeline.domain.periods import PeriodType, last_window
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data

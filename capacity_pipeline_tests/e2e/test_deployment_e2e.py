@@ -33,7 +33,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
-from capacity_pipeline.defs.run_center_mirror import TASK_RUN_TAG
+from capacity_pipeline.defs.run_center.tags import TASK_RUN_TAG
 from capacity_pipeline.settings import SETTINGS
 from capacity_pipeline_tests.support import (
     CURRENT,

@@ -14,8 +14,8 @@ import dagster as dg
 from dagster_graphql import DagsterGraphQLClient
 from sqlalchemy import text
 
-from capacity_pipeline.defs.jobs import NIGHTLY_OP_NAME
-from capacity_pipeline.defs.run_center_mirror import NIGHTLY_JOB_NAME, TASK_RUN_TAG
+from capacity_pipeline.defs.aggregation.jobs import NIGHTLY_OP_NAME
+from capacity_pipeline.defs.run_center.tags import NIGHTLY_JOB_NAME, TASK_RUN_TAG
 from capacity_pipeline.domain.model import Scope
 from capacity_pipeline.domain.periods import china_today
 from capacity_pipeline.domain.run_center.task_runs import RunCenter

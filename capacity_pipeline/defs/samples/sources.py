@@ -8,16 +8,17 @@
 
 An observation records only the partitions whose version changed since the last one (the first
 records them all), so the event log grows with changes, not with time. Observation runs on its own
-schedule (automation.py) and from the UI ("Observe sources").
+schedule (observation.py) and from the UI ("Observe sources").
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date
 
 import dagster as dg
 
-from capacity_pipeline.defs.partitions import PARTITIONS
+from capacity_pipeline.defs.partitions import PartitionsByPeriod
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window, china_today
@@ -71,31 +72,30 @@ def _days(first: date, last: date) -> list[date]:
     return [date.fromordinal(ordinal) for ordinal in range(first.toordinal(), last.toordinal() + 1)]
 
 
-def _build_stats_source(level: Level) -> dg.SourceAsset:
+def _build_stats_source(level: Level, partitions: dg.TimeWindowPartitionsDefinition) -> dg.SourceAsset:
     table = STATS_TABLES[level]
 
     @dg.observable_source_asset(
         key=stats_key(level),
-        partitions_def=PARTITIONS[PeriodType.DAILY],
+        partitions_def=partitions,
         group_name=GROUP,
         description=f"WhaleFall's {table} (spec 1.3, 1.4), one partition per collected_date; its data version "
         "changes when a sample of that day is inserted, updated or deleted.",
     )
     def source(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase) -> dg.DataVersionsByPartition:
         versions = _versions_of_every_day(whalefall, level, observed_days(china_today(), whalefall.observe_days))
-        partitions = PARTITIONS[PeriodType.DAILY]
         keyed = {day.isoformat(): v for day, v in versions.items() if partitions.has_partition_key(day.isoformat())}
         return _changed_only(context, stats_key(level), keyed)
 
     return source
 
 
-def _build_baseline_source(level: Level) -> dg.SourceAsset:
+def _build_baseline_source(level: Level, partitions: dg.TimeWindowPartitionsDefinition) -> dg.SourceAsset:
     table = STATS_TABLES[level]
 
     @dg.observable_source_asset(
         key=baseline_key(level),
-        partitions_def=PARTITIONS[PeriodType.QUARTERLY],
+        partitions_def=partitions,
         group_name=GROUP,
         description=f"The days of {table} that the next quarter's change fields compare with (spec 3, Q1): the "
         "first two months of the quarter, or the whole quarter before a Q1 and in corrected mode.",
@@ -107,7 +107,6 @@ def _build_baseline_source(level: Level) -> dg.SourceAsset:
         if span is None:  # the usual case: the baselines in range feed quarters not begun yet
             return _changed_only(context, baseline_key(level), {})
         versions = _versions_of_every_day(whalefall, level, span)
-        partitions = PARTITIONS[PeriodType.QUARTERLY]
         keyed = {
             start.isoformat(): version
             for start, version in baseline_versions(versions, windows).items()
@@ -118,6 +117,20 @@ def _build_baseline_source(level: Level) -> dg.SourceAsset:
     return baseline
 
 
-STATS_SOURCES = {level: _build_stats_source(level) for level in Level}
-BASELINE_SOURCES = {level: _build_baseline_source(level) for level in Level}
-SOURCES = [*STATS_SOURCES.values(), *BASELINE_SOURCES.values()]
+@dataclass(frozen=True)
+class SampleSources:
+    """The sample sources of both levels: per day, and per quarterly baseline."""
+
+    stats: dict[Level, dg.SourceAsset]
+    baselines: dict[Level, dg.SourceAsset]
+
+    @property
+    def all(self) -> list[dg.SourceAsset]:
+        return [*self.stats.values(), *self.baselines.values()]
+
+
+def build_sample_sources(partitions: PartitionsByPeriod) -> SampleSources:
+    return SampleSources(
+        stats={level: _build_stats_source(level, partitions[PeriodType.DAILY]) for level in Level},
+        baselines={level: _build_baseline_source(level, partitions[PeriodType.QUARTERLY]) for level in Level},
+    )

@@ -7,62 +7,29 @@
   center cancel is seen after the batch (or at once by the watch). A run whose TaskRuns were all
   cancelled ends CANCELED in Dagster, never FAILURE; a TaskRun cancelled while others share the
   run just stops being written.
-* The step's success / failure hooks settle the TaskRuns as the work ends: final within a second,
-  with or without a daemon. What hooks cannot see (a terminated run, a dead worker, a cancelled
-  queued run) the reconciler sensor settles (sensors.py).
+* The step's success / failure hooks (hooks.py) settle the TaskRuns as the work ends: final
+  within a second, with or without a daemon. What hooks cannot see (a terminated run, a dead
+  worker, a cancelled queued run) the reconciler sensor settles (reconciler.py).
 
-Which TaskRun a run mirrors into follows from its tags and job (`task_of_run`): a trigger's
-claim key, an explicit TaskRun id, the nightly job, or else a hand-made materialization.
+Which TaskRuns a run mirrors into follows from its tags and job (tags.py).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 import dagster as dg
-from dagster._core.errors import DagsterExecutionInterruptedError
-from sqlalchemy import Engine
 
 from capacity_pipeline.defs.resources import WhaleFallDatabase
-from capacity_pipeline.domain import constants as c
-from capacity_pipeline.domain.aggregation.engine import (
-    AggregationAborted,
-    Batch,
-    BatchControl,
-    aggregate_windows,
-)
-from capacity_pipeline.domain.model import (
-    IN_PROGRESS,
-    ActiveInstance,
-    AggregationReport,
-    Level,
-    Scope,
-    TaskStatus,
-    WindowPlan,
-)
+from capacity_pipeline.defs.run_center.tags import CLAIM_TAG, TASK_RUN_TAG, RunTask
+from capacity_pipeline.domain.aggregation.engine import AggregationAborted, Batch, BatchControl, aggregate_windows
+from capacity_pipeline.domain.model import IN_PROGRESS, ActiveInstance, AggregationReport, TaskStatus, WindowPlan
 from capacity_pipeline.domain.run_center.claims import RunClaims
-from capacity_pipeline.domain.run_center.payloads import current_summary, nightly_summary, with_overall_status
-from capacity_pipeline.domain.run_center.task_runs import ItemPhase, RunCenter, TaskRunSpec
+from capacity_pipeline.domain.run_center.task_runs import ItemPhase, RunCenter
 from capacity_pipeline.domain.run_center.worker_watch import WorkerWatch
-from capacity_pipeline.domain.storage.dialects import first_line
-
-# Tags the pipeline reads and writes on Dagster runs.
-CLAIM_TAG = "capacity/claim_key"  # set by the trigger sensor: the run claims that key's TaskRuns
-TASK_RUN_TAG = "capacity/task_run_id"  # a TaskRun the run works for (the first one, for people)
-TASK_KEY_TAG = "capacity/task_key"  # the run-center task this run is (else from the job)
-TRIGGER_SOURCE_TAG = "capacity/trigger_source"  # "scheduled" for runs no person asked for
-SCOPE_TAG = "capacity/scope"
-CREATED_BY_TAG = "capacity/created_by"
-REQUESTED_PERIOD_TAG = "capacity/requested_period_type"
-SCHEDULE_TAG = "dagster/schedule_name"
-MIRRORED_TASK_KEYS = (c.CURRENT_TASK_KEY, c.NIGHTLY_TASK_KEY, c.MATERIALIZE_TASK_KEY)
-# The two jobs WhaleFall knows carry its task keys as their names (spec 6.2, 8).
-CURRENT_JOB_NAME = c.CURRENT_TASK_KEY
-NIGHTLY_JOB_NAME = c.NIGHTLY_TASK_KEY
 
 
 class InstancesFailed(dg.Failure):
@@ -71,66 +38,6 @@ class InstancesFailed(dg.Failure):
 
 class RunCenterClosed(dg.Failure):
     """The run center closed this run's TaskRuns (another step failed it): nothing left to do."""
-
-
-@dataclass(frozen=True)
-class RunTask:
-    """The run-center task a Dagster run is, as its tags and job say."""
-
-    task_key: str
-    task_name: str
-    trigger_source: str
-    created_by: int | None
-    scope: Scope
-    requested_period_type: str | None = None
-
-    @property
-    def is_nightly(self) -> bool:
-        return self.task_key == c.NIGHTLY_TASK_KEY
-
-    def spec(self, summary: dict[str, Any]) -> TaskRunSpec:
-        result_url = c.NIGHTLY_RESULT_URL if self.is_nightly else c.CURRENT_RESULT_URL[self.scope.value]
-        return TaskRunSpec(
-            task_key=self.task_key,
-            task_name=self.task_name,
-            trigger_source=self.trigger_source,
-            created_by=self.created_by,
-            result_url=result_url,
-            summary_json=summary,
-        )
-
-
-_TASK_NAMES = {
-    c.CURRENT_TASK_KEY: c.CURRENT_TASK_NAME,
-    c.NIGHTLY_TASK_KEY: c.NIGHTLY_TASK_NAME,
-    c.MATERIALIZE_TASK_KEY: c.MATERIALIZE_TASK_NAME,
-}
-
-
-def levels_of(asset_keys: Iterable[dg.AssetKey]) -> set[Level]:
-    """The aggregation levels among these assets (a run's: the assets its job executes)."""
-    names = {key.to_user_string() for key in asset_keys}
-    return {level for level in Level if any(name.endswith(f"_{level.table}") for name in names)}
-
-
-def task_of_run(run: dg.DagsterRun, asset_keys: Iterable[dg.AssetKey] = ()) -> RunTask:
-    """The task a run is: its TASK_KEY_TAG, else its job's (the jobs are named for their task keys),
-    else a materialization made by hand (or by automation). `asset_keys`: the assets the run
-    executes, which give its scope when no tag does."""
-    job_task = run.job_name if run.job_name in (CURRENT_JOB_NAME, NIGHTLY_JOB_NAME) else c.MATERIALIZE_TASK_KEY
-    task_key = run.tags.get(TASK_KEY_TAG) or job_task
-    scheduled = SCHEDULE_TAG in run.tags or run.tags.get(TRIGGER_SOURCE_TAG) == c.TRIGGER_SCHEDULED
-    tagged_scope = run.tags.get(SCOPE_TAG)
-    scope = Scope(tagged_scope) if tagged_scope in set(Scope) else Scope.of_levels(levels_of(asset_keys) or set(Level))
-    created_by = run.tags.get(CREATED_BY_TAG, "")
-    return RunTask(
-        task_key=task_key,
-        task_name=_TASK_NAMES.get(task_key, c.MATERIALIZE_TASK_NAME),
-        trigger_source=c.TRIGGER_SCHEDULED if scheduled else c.TRIGGER_MANUAL,
-        created_by=None if scheduled or not created_by.lstrip("-").isdigit() else int(created_by),
-        scope=Scope.ALL if task_key == c.NIGHTLY_TASK_KEY else scope,
-        requested_period_type=run.tags.get(REQUESTED_PERIOD_TAG),
-    )
 
 
 # The results one batch writes into the items: (instance, phase, result) for every instance.
@@ -303,7 +210,7 @@ class RunCenterStep:
             self.center.finalize_run(run_id)  # consistent counters and completed_at (spec Q14)
         self.context.log.warning(reason)
         self.context.instance.report_run_canceling(self.run, message=reason)
-        raise DagsterExecutionInterruptedError(reason)
+        raise dg.DagsterExecutionInterruptedError(reason)
 
     # -- closing ----------------------------------------------------------------------------------
 
@@ -311,7 +218,7 @@ class RunCenterStep:
         self, kind: type[BaseException] | None, error: BaseException | None, _traceback: TracebackType | None
     ) -> None:
         self.watch.__exit__()
-        if isinstance(error, DagsterExecutionInterruptedError | KeyboardInterrupt) and not self._cancelling:
+        if isinstance(error, dg.DagsterExecutionInterruptedError | KeyboardInterrupt) and not self._cancelling:
             self._interrupted()
 
     def _interrupted(self) -> None:
@@ -331,71 +238,3 @@ class RunCenterStep:
         for run_id in self.open_ids:
             self.center.mark_run_failed(run_id, f"Dagster run {self.run.run_id} failed: {reason}")
         self.context.log.error(f"Interrupted: TaskRun(s) {taskruns} failed in the run center: {reason}")
-
-
-# -- hooks: the normal way a run's TaskRuns become final ---------------------------------------
-
-
-def final_summary(task_key: str) -> Callable[[dict[str, Any], list[dict[str, Any]]], dict[str, Any]] | None:
-    """How finalize fills a TaskRun's summary: the current-period status from its items (spec 6.2);
-    the nightly run wrote its own final summary already."""
-    if task_key == c.NIGHTLY_TASK_KEY:
-        return None
-    return lambda stored, items: (
-        with_overall_status(stored, items) if "period_start" in stored["ext"]["data"] else stored
-    )
-
-
-def settle(engine: Engine, run_id: str, *, failure: str | None = None) -> dict[str, TaskStatus | None]:
-    """Settle the TaskRuns of a Dagster run after one of its steps: failed with `failure`, or final
-    once every item is (a run without instances at once: there is nothing left to wait for)."""
-    center, settled = RunCenter(engine), {}
-    for task_run_id in RunClaims(engine).task_runs_of(run_id):
-        run = center.get_run(task_run_id)
-        if run is None or run["status"] not in IN_PROGRESS:
-            continue
-        if failure is not None:
-            center.mark_run_failed(task_run_id, failure)
-        elif center.items_settled(task_run_id):
-            center.finalize_run(task_run_id, final_summary(run["task_key"]))
-        settled[task_run_id] = center.status(task_run_id)
-    return settled
-
-
-def _failure_message(error: BaseException | None) -> str:
-    """The first line of why a step failed (a Failure's description, else the error itself)."""
-    if error is None:
-        return "the step failed"
-    description = getattr(error, "description", None)
-    return first_line(RuntimeError(description)) if description else first_line(error)
-
-
-@dg.success_hook(name="settle_run_center", required_resource_keys={"whalefall"})
-def settle_run_center(context: dg.HookContext) -> None:
-    """The step succeeded: its run's TaskRuns become final once all their items are."""
-    settled = settle(context.resources.whalefall.engine(), context.run_id)
-    for task_run_id, status in settled.items():
-        context.log.info(f"Run center: TaskRun {task_run_id} is {status.value if status else 'gone'}")
-
-
-@dg.failure_hook(name="fail_run_center", required_resource_keys={"whalefall"})
-def fail_run_center(context: dg.HookContext) -> None:
-    """The step failed. Failed instances are in the items already (the run ends failed once they are
-    all settled); any other failure fails the TaskRuns and their open items with its reason."""
-    error = context.op_exception
-    settled_already = isinstance(error, InstancesFailed | RunCenterClosed)
-    failure = None if settled_already else _failure_message(error)
-    settled = settle(context.resources.whalefall.engine(), context.run_id, failure=failure)
-    for task_run_id, status in settled.items():
-        context.log.info(f"Run center: TaskRun {task_run_id} is {status.value if status else 'gone'}")
-
-
-RUN_CENTER_HOOKS = {settle_run_center, fail_run_center}
-
-
-def nightly_initial_summary(whalefall: WhaleFallDatabase, run_id: str) -> dict[str, Any]:
-    return nightly_summary(extra=whalefall.run_url(run_id))
-
-
-def current_initial_summary(task: RunTask) -> dict[str, Any]:
-    return current_summary(task.task_key, task.scope)

@@ -1,8 +1,9 @@
 """The two jobs WhaleFall knows: the manual "current period" run and the nightly run.
 
-* `capacity_aggregate_current`: today's daily partition of the daily assets, to launch by hand from
-  the UI. The API's requests do not use it: the trigger sensor requests the assets of their scope
-  and period directly, so their runs show as `__ASSET_JOB`.
+* `capacity_aggregate_current`: the daily assets at both levels, to launch by hand from the UI for
+  the day partition you pick (the Launchpad asks for it). The API's requests do not use it: the
+  trigger sensor requests the assets of their scope and period directly, so their runs show as
+  `__ASSET_JOB`.
 * `calculate_database` (spec 8): the last complete daily, weekly, monthly and quarterly periods at
   both levels, in one run. A run has one partition key, and these four periods are four partitions
   definitions, so the job is an op that runs the engine per period and reports each asset
@@ -14,21 +15,14 @@ from datetime import date
 import dagster as dg
 from sqlalchemy import Engine
 
-from capacity_pipeline.defs import checks
-from capacity_pipeline.defs.assets import AGGREGATION_ASSETS, asset_key
-from capacity_pipeline.defs.metadata import failure_description, growth_metadata, report_metadata
-from capacity_pipeline.defs.partitions import PARTITIONS, key_for_window
+from capacity_pipeline.defs.aggregation import checks
+from capacity_pipeline.defs.aggregation.assets import aggregation_selection, asset_key
+from capacity_pipeline.defs.aggregation.metadata import failure_description, growth_metadata, report_metadata
+from capacity_pipeline.defs.partitions import PartitionsByPeriod, key_for_window
 from capacity_pipeline.defs.resources import WhaleFallDatabase
-from capacity_pipeline.defs.run_center_mirror import (
-    CURRENT_JOB_NAME,
-    NIGHTLY_JOB_NAME,
-    RUN_CENTER_HOOKS,
-    TRIGGER_SOURCE_TAG,
-    InstancesFailed,
-    RunCenterStep,
-    nightly_initial_summary,
-    task_of_run,
-)
+from capacity_pipeline.defs.run_center.hooks import RUN_CENTER_HOOKS
+from capacity_pipeline.defs.run_center.step import InstancesFailed, RunCenterStep
+from capacity_pipeline.defs.run_center.tags import CURRENT_JOB_NAME, NIGHTLY_JOB_NAME, TRIGGER_SOURCE_TAG, task_of_run
 from capacity_pipeline.domain import constants as c
 from capacity_pipeline.domain.aggregation.engine import Batch
 from capacity_pipeline.domain.model import AggregationReport, Level, TaskStatus, WindowPlan
@@ -45,8 +39,8 @@ NIGHTLY_OP_NAME = "aggregate_last_periods"
 
 capacity_aggregate_current_job = dg.define_asset_job(
     name=CURRENT_JOB_NAME,
-    selection=dg.AssetSelection.assets(*(AGGREGATION_ASSETS[level, PeriodType.DAILY] for level in Level)),
-    description="Aggregate today's daily period (Asia/Shanghai) at the selected levels.",
+    selection=aggregation_selection((PeriodType.DAILY,)),
+    description="Aggregate the daily period you pick (today's, Asia/Shanghai, for the current one) at both levels.",
 )
 
 
@@ -65,44 +59,53 @@ def _today(config: NightlyConfig) -> date:
         raise dg.Failure(description=f"today: {config.today!r} is not a date; expected YYYY-MM-DD") from None
 
 
-@dg.op(name=NIGHTLY_OP_NAME, description="Last complete daily, weekly, monthly and quarterly periods.")
-def calculate_database_op(context: dg.OpExecutionContext, config: NightlyConfig, whalefall: WhaleFallDatabase) -> None:
-    """Spec 8: per batch of instances (name order), every period at both levels, then the items."""
-    today = _today(config)
-    task = task_of_run(context.run)
-    plans = [
-        WindowPlan(period, last_window(period, today), tuple(Level), whalefall.corrected_quarter)
-        for period in PeriodType
-    ]
-
-    def phase_results(batch: Batch) -> list[ItemPhase]:
-        periods: dict[int, dict[PeriodType, dict]] = {instance.id: {} for instance in batch.instances}
-        for plan, outcomes in batch.outcomes.items():
-            for outcome in outcomes:
-                periods[outcome.instance.id][plan.period] = nightly_period_result(outcome, plan.period, plan.window)
-        return [
-            ItemPhase(instance.id, NIGHTLY_PHASE, nightly_item_result(instance.id, instance.name, periods[instance.id]))
-            for instance in batch.instances
+def _calculate_database_op(partitions: PartitionsByPeriod) -> dg.OpDefinition:
+    @dg.op(name=NIGHTLY_OP_NAME, description="Last complete daily, weekly, monthly and quarterly periods.")
+    def calculate_database_op(
+        context: dg.OpExecutionContext, config: NightlyConfig, whalefall: WhaleFallDatabase
+    ) -> None:
+        """Spec 8: per batch of instances (name order), every period at both levels, then the items."""
+        today = _today(config)
+        task = task_of_run(context.run)
+        plans = [
+            WindowPlan(period, last_window(period, today), tuple(Level), whalefall.corrected_quarter)
+            for period in PeriodType
         ]
 
-    run_id = context.run.run_id
-    with RunCenterStep(
-        context, whalefall, task, initial_summary=lambda: nightly_initial_summary(whalefall, run_id), by_name=True
-    ) as step:
-        reports = step.aggregate(plans, phase_results, [NIGHTLY_PHASE])
-        step.write_summaries(lambda task_run_id: _final_summary(step, task_run_id, reports, whalefall.run_url(run_id)))
-    _report_materializations(context, step.engine, reports)
-    failed = [report for report in reports if report.failures]
-    if failed:
-        raise InstancesFailed(description="; ".join(failure_description(report) for report in failed))
+        def phase_results(batch: Batch) -> list[ItemPhase]:
+            periods: dict[int, dict[PeriodType, dict]] = {instance.id: {} for instance in batch.instances}
+            for plan, outcomes in batch.outcomes.items():
+                for outcome in outcomes:
+                    periods[outcome.instance.id][plan.period] = nightly_period_result(outcome, plan.period, plan.window)
+            return [
+                ItemPhase(
+                    instance.id, NIGHTLY_PHASE, nightly_item_result(instance.id, instance.name, periods[instance.id])
+                )
+                for instance in batch.instances
+            ]
+
+        link = whalefall.run_url(context.run.run_id)
+        with RunCenterStep(
+            context, whalefall, task, initial_summary=lambda: nightly_summary(extra=link), by_name=True
+        ) as step:
+            reports = step.aggregate(plans, phase_results, [NIGHTLY_PHASE])
+            step.write_summaries(lambda task_run_id: _final_summary(step, task_run_id, reports, link))
+        _report_materializations(context, step.engine, reports, partitions)
+        failed = [report for report in reports if report.failures]
+        if failed:
+            raise InstancesFailed(description="; ".join(failure_description(report) for report in failed))
+
+    return calculate_database_op
 
 
-def _report_materializations(context: dg.OpExecutionContext, engine: Engine, reports: list[AggregationReport]) -> None:
+def _report_materializations(
+    context: dg.OpExecutionContext, engine: Engine, reports: list[AggregationReport], partitions: PartitionsByPeriod
+) -> None:
     """Each asset partition written without failures shows as a materialization of that asset, with
     its checks evaluated on that partition (as a materialization from any other path has them)."""
     for report in reports:
         partition_key = key_for_window(report.window)
-        if report.failures or not PARTITIONS[report.period_type].has_partition_key(partition_key):
+        if report.failures or not partitions[report.period_type].has_partition_key(partition_key):
             continue
         for level in Level:
             key = asset_key(level, report.period_type)
@@ -136,16 +139,22 @@ def _final_summary(step: RunCenterStep, task_run_id: str, reports: list[Aggregat
     )
 
 
-@dg.job(name=NIGHTLY_JOB_NAME, tags={"capacity/job": NIGHTLY_JOB_NAME}, hooks=RUN_CENTER_HOOKS)
-def calculate_database_job() -> None:
-    calculate_database_op()
+def build_nightly_job(partitions: PartitionsByPeriod) -> dg.JobDefinition:
+    """WhaleFall's nightly job; a period before the first partition is aggregated but not reported."""
+    calculate_database_op = _calculate_database_op(partitions)
+
+    @dg.job(name=NIGHTLY_JOB_NAME, tags={"capacity/job": NIGHTLY_JOB_NAME}, hooks=RUN_CENTER_HOOKS)
+    def calculate_database_job() -> None:
+        calculate_database_op()
+
+    return calculate_database_job
 
 
 @dg.schedule(
     name="calculate_database_nightly",
     cron_schedule="0 4 * * *",
     execution_timezone="Asia/Shanghai",
-    job=calculate_database_job,
+    job_name=NIGHTLY_JOB_NAME,
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="WhaleFall's 04:00 aggregation (spec 8). Re-running a period is idempotent, so "
     "every night recomputes the last periods and absorbs late samples.",

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 import dagster as dg
 from sqlalchemy import Engine
 
-from capacity_pipeline.defs.partitions import PARTITIONS, window_for_key
+from capacity_pipeline.defs.partitions import window_for_key
 from capacity_pipeline.domain.aggregation import checks
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window
@@ -31,9 +31,9 @@ CHECKS: dict[str, tuple[DomainCheck, str]] = {
 }
 
 
-def check_specs(key: dg.AssetKey, period: PeriodType) -> list[dg.AssetCheckSpec]:
+def check_specs(key: dg.AssetKey, partitions: dg.PartitionsDefinition) -> list[dg.AssetCheckSpec]:
     return [
-        dg.AssetCheckSpec(name, asset=key, description=description, partitions_def=PARTITIONS[period])
+        dg.AssetCheckSpec(name, asset=key, description=description, partitions_def=partitions)
         for name, (_, description) in CHECKS.items()
     ]
 

@@ -1,7 +1,7 @@
 """The aggregation assets: one per level and period type, partitioned by period window.
 
 Materializing a partition (or a range of them, in a backfill) runs the domain's engine for each
-window at the asset's level, mirrored into the run center (run_center_mirror), then evaluates the
+window at the asset's level, mirrored into the run center (defs/run_center), then evaluates the
 asset's checks on each partition written. Each asset depends on the samples it reads: its own
 window and the previous one (the change fields compare with it), through partition mappings, so
 the lineage is true and automation re-aggregates exactly what a changed day feeds. The asset holds
@@ -12,19 +12,20 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from capacity_pipeline.defs import checks
-from capacity_pipeline.defs.automation_conditions import aggregation_condition
-from capacity_pipeline.defs.metadata import failure_description, failures_metadata, growth_metadata, report_metadata
-from capacity_pipeline.defs.partitions import PARTITIONS, window_for_key
-from capacity_pipeline.defs.resources import WhaleFallDatabase
-from capacity_pipeline.defs.run_center_mirror import (
-    RUN_CENTER_HOOKS,
-    InstancesFailed,
-    RunCenterStep,
-    current_initial_summary,
-    task_of_run,
+from capacity_pipeline.defs.aggregation import checks
+from capacity_pipeline.defs.aggregation.automation import aggregation_condition
+from capacity_pipeline.defs.aggregation.metadata import (
+    failure_description,
+    failures_metadata,
+    growth_metadata,
+    report_metadata,
 )
-from capacity_pipeline.defs.sources import GROUP, baseline_key, stats_key
+from capacity_pipeline.defs.partitions import PartitionsByPeriod, window_for_key
+from capacity_pipeline.defs.resources import WhaleFallDatabase
+from capacity_pipeline.defs.run_center.hooks import RUN_CENTER_HOOKS
+from capacity_pipeline.defs.run_center.step import InstancesFailed, RunCenterStep
+from capacity_pipeline.defs.run_center.tags import task_of_run
+from capacity_pipeline.defs.samples.sources import GROUP, baseline_key, stats_key
 from capacity_pipeline.domain.aggregation.engine import Batch
 from capacity_pipeline.domain.model import AggregationReport, Level, WindowPlan, merge_outcomes
 from capacity_pipeline.domain.periods import PeriodType, Window
@@ -46,6 +47,11 @@ def asset_key(level: Level, period: PeriodType) -> dg.AssetKey:
     return dg.AssetKey(f"{period.value}_{level.table}")
 
 
+def aggregation_selection(periods: tuple[PeriodType, ...] = tuple(PeriodType)) -> dg.AssetSelection:
+    """The aggregation assets of these periods, at both levels."""
+    return dg.AssetSelection.assets(*(asset_key(level, period) for period in periods for level in Level))
+
+
 def _deps(level: Level, period: PeriodType) -> list[dg.AssetDep]:
     """The samples a partition reads: its window and the previous one (spec 3)."""
     if period is PeriodType.QUARTERLY:
@@ -65,7 +71,9 @@ def _window(start_offset: int, end_offset: int = 0) -> dg.TimeWindowPartitionMap
     )
 
 
-def build_aggregation_asset(level: Level, period: PeriodType) -> dg.AssetsDefinition:
+def build_aggregation_asset(
+    level: Level, period: PeriodType, partitions: dg.TimeWindowPartitionsDefinition, *, automate_current_periods: bool
+) -> dg.AssetsDefinition:
     key = asset_key(level, period)
 
     @dg.multi_asset(
@@ -76,13 +84,13 @@ def build_aggregation_asset(level: Level, period: PeriodType) -> dg.AssetsDefini
                 group_name=GROUP,
                 deps=_deps(level, period),
                 kinds={"sql"},
-                automation_condition=aggregation_condition(period),
+                automation_condition=aggregation_condition(period, automate_current_periods=automate_current_periods),
                 description=f"WhaleFall's {level.table} rows for {period.value} periods ({_SPEC_SECTION[level]}).",
             )
         ],
-        check_specs=checks.check_specs(key, period),
+        check_specs=checks.check_specs(key, partitions),
         can_subset=True,  # the checks can run alone (the Checks tab's "Execute")
-        partitions_def=PARTITIONS[period],
+        partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.multi_run(_PARTITIONS_PER_BACKFILL_RUN[period]),
         hooks=RUN_CENTER_HOOKS,
     )
@@ -147,7 +155,10 @@ def _materialize(
         ]
 
     with RunCenterStep(
-        context.op_execution_context, whalefall, task, initial_summary=lambda: current_initial_summary(task)
+        context.op_execution_context,
+        whalefall,
+        task,
+        initial_summary=lambda: current_summary(task.task_key, task.scope),
     ) as step:
         step.write_summaries(
             lambda _: current_summary(
@@ -192,6 +203,15 @@ def _result(
     )
 
 
-AGGREGATION_ASSETS: dict[tuple[Level, PeriodType], dg.AssetsDefinition] = {
-    (level, period): build_aggregation_asset(level, period) for period in PeriodType for level in Level
-}
+AggregationAssets = dict[tuple[Level, PeriodType], dg.AssetsDefinition]
+
+
+def build_aggregation_assets(partitions: PartitionsByPeriod, *, automate_current_periods: bool) -> AggregationAssets:
+    """The eight aggregation assets (every period at both levels), each with its checks."""
+    return {
+        (level, period): build_aggregation_asset(
+            level, period, partitions[period], automate_current_periods=automate_current_periods
+        )
+        for period in PeriodType
+        for level in Level
+    }

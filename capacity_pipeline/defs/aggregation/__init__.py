@@ -1,0 +1,1 @@
+"""The aggregation assets, their checks and automation, and the jobs WhaleFall knows."""

@@ -1,0 +1,162 @@
+"""The run-center reconciler: the safety net for what the steps' hooks cannot see.
+
+`run_center_reconciler` settles a run that ended without its hooks (terminated, crashed), fails a
+run whose worker stopped heartbeating (in Dagster and in the run center, which frees its
+concurrency slot), and cancels a queued run whose TaskRuns were all cancelled before it starts.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from capacity_pipeline.defs.backoff import guarded_tick
+from capacity_pipeline.defs.resources import WhaleFallDatabase
+from capacity_pipeline.defs.run_center.hooks import final_summary
+from capacity_pipeline.defs.run_center.tags import CLAIM_TAG, FINISHED, MIRRORED_TASK_KEYS, runs_by_claim_key
+from capacity_pipeline.domain.run_center.claims import RunClaims
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
+
+RECONCILER_SECONDS = 5
+_NOT_STARTED = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING}
+
+
+_KILLED = re.compile(r"terminated by signal (\d+)|exit code -(\d+)")
+_MEMORY_SHARE_OF_AN_OOM_KILL = 0.5  # a worker this far below the machine's memory was not its victim
+
+
+def dagster_run_failure_reason(instance: dg.DagsterInstance, claims: RunClaims, run: dg.DagsterRun) -> str:
+    """Why the run failed, as precisely as we can tell: a worker killed by a signal says by which,
+    and its last heartbeat says whether it was short of memory (Dagster's event guesses so for
+    every SIGKILL); otherwise the run's own failure message."""
+    engine_events = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT).records
+    for record in reversed(engine_events):
+        killed = _KILLED.search(record.event_log_entry.message or "")
+        if killed:
+            how = _killed(claims, run.run_id, int(killed.group(1) or killed.group(2)))
+            return f"Dagster run {run.run_id} failed: {how}"
+    failures = instance.get_records_for_run(run.run_id, of_type=dg.DagsterEventType.RUN_FAILURE).records
+    detail = failures[-1].event_log_entry.message if failures else "the run failed"
+    return f"Dagster run {run.run_id} failed: {detail}"
+
+
+def _killed(claims: RunClaims, run_id: str, number: int) -> str:
+    try:
+        name = f"signal {number} ({signal.Signals(number).name})"
+    except ValueError:
+        name = f"signal {number}"
+    last = claims.last_worker(run_id)
+    if last is None:
+        return f"its worker process was killed by {name}"
+    beat_at, worker = last
+    used = f"{worker.memory_mib} MiB of the machine's {worker.machine_memory_mib} MiB"
+    if worker.memory_mib < _MEMORY_SHARE_OF_AN_OOM_KILL * worker.machine_memory_mib:
+        verdict = "not short of memory: something killed it (an operator, a supervisor, a restart)"
+    else:
+        verdict = "it may have run the machine out of memory"
+    return (
+        f"its worker process (pid {worker.pid}) was killed by {name}; at its last heartbeat "
+        f"({beat_at.isoformat(timespec='seconds')}) it used {used}: {verdict}"
+    )
+
+
+def _is_ours(run: dg.DagsterRun, location_name: str | None) -> bool:
+    origin = run.remote_job_origin
+    if origin is None or location_name is None:
+        return True
+    return origin.location_name == location_name
+
+
+def reconcile(
+    instance: dg.DagsterInstance, whalefall: WhaleFallDatabase, *, location_name: str | None = None
+) -> list[str]:
+    """Bring the run center and Dagster in line; returns what was done, for the log."""
+    engine = whalefall.connected_engine()  # a clear line per tick while it is down
+    center, claims, done = RunCenter(engine), RunClaims(engine), []
+    now = datetime.now(UTC)
+    # 1. Dead workers: a started run whose steps stopped heartbeating.
+    started = [
+        run
+        for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+        if _is_ours(run, location_name)
+    ]
+    beats = claims.last_beats([run.run_id for run in started])
+    timeout = timedelta(seconds=whalefall.heartbeat_timeout_seconds)
+    for run in started:
+        # Only aggregation runs heartbeat: those that claimed TaskRuns, and a trigger's run that
+        # may have died before it could (observation runs are not watched).
+        last = beats.get(run.run_id)
+        if last is None and CLAIM_TAG in run.tags:
+            record = instance.get_run_record_by_id(run.run_id)
+            last = datetime.fromtimestamp(record.start_time, UTC) if record and record.start_time else None
+        if last is None or now - last <= timeout:
+            continue
+        message = (
+            f"the run's worker stopped heartbeating at {last.isoformat(timespec='seconds')} "
+            f"({(now - last).total_seconds():.0f} s ago, limit {timeout.total_seconds():.0f} s): its process, "
+            "its code server or its machine went away"
+        )
+        instance.report_run_failed(run, message=f"Failed by the run-center reconciler: {message}")
+        for task_run_id in claims.task_runs_of(run.run_id):
+            center.mark_run_failed(task_run_id, f"Dagster run {run.run_id} failed: {message}")
+        done.append(f"{run.run_id}: worker dead, run failed")
+    # 2. Open TaskRuns whose Dagster run ended without settling them.
+    open_runs = claims.open_task_runs(MIRRORED_TASK_KEYS)
+    by_id = _runs_by_id(instance, [row["dagster_run_id"] for row in open_runs if row["dagster_run_id"]])
+    by_claim = runs_by_claim_key(
+        instance, [row["claim_key"] for row in open_runs if row["claim_key"] and not row["dagster_run_id"]]
+    )
+    for task_run in open_runs:
+        run = by_id.get(task_run["dagster_run_id"]) or by_claim.get(task_run["claim_key"])
+        if run is None or run.status not in FINISHED:
+            continue
+        task_run_id = task_run["run_id"]
+        if run.status == dg.DagsterRunStatus.SUCCESS:
+            status = center.finalize_run(task_run_id, final_summary(task_run["task_key"]))
+            done.append(f"{task_run_id}: {status.value if status else 'gone'}")
+        elif run.status == dg.DagsterRunStatus.CANCELED:
+            center.cancel_run(task_run_id)
+            center.finalize_run(task_run_id)
+            done.append(f"{task_run_id}: cancelled")
+        else:
+            if center.items_settled(task_run_id) and center.get_items(task_run_id):
+                center.finalize_run(task_run_id, final_summary(task_run["task_key"]))
+            else:
+                message = dagster_run_failure_reason(instance, claims, run)
+                if center.mark_run_failed(task_run_id, message):
+                    instance.report_engine_event(f"Run center: {message}", run)
+            done.append(f"{task_run_id}: failed")
+    # 3. Queued runs whose TaskRuns were all cancelled never start.
+    cancelled = claims.cancelled_unclaimed(now - timedelta(days=1))
+    for claim_key, run in runs_by_claim_key(instance, list(cancelled)).items():
+        if run.status in _NOT_STARTED and instance.run_coordinator.cancel_run(run.run_id):
+            done.append(f"{claim_key}: queued Dagster run {run.run_id} cancelled")
+    return done
+
+
+def _runs_by_id(instance: dg.DagsterInstance, run_ids: list[str]) -> dict[str, dg.DagsterRun]:
+    if not run_ids:
+        return {}
+    return {run.run_id: run for run in instance.get_runs(filters=dg.RunsFilter(run_ids=run_ids))}
+
+
+@dg.sensor(
+    name="run_center_reconciler",
+    minimum_interval_seconds=RECONCILER_SECONDS,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Keeps WhaleFall's run center (task_runs) in line with Dagster's runs: the safety net "
+    "for terminated runs, dead workers and cancelled queued runs.",
+)
+def run_center_reconciler(context: dg.SensorEvaluationContext, whalefall: WhaleFallDatabase) -> dg.SkipReason:
+    location = getattr(getattr(context, "code_location_origin", None), "location_name", None)
+
+    def tick() -> dg.SkipReason:
+        actions = reconcile(context.instance, whalefall, location_name=location)
+        for action in actions:
+            context.log.info(action)
+        return dg.SkipReason("; ".join(actions) if actions else "run center in line with Dagster")
+
+    return guarded_tick(context, RECONCILER_SECONDS, tick)

@@ -1,0 +1,1 @@
+"""WhaleFall's samples in the asset graph: observable sources and their observation."""
