@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 import dagster as dg
 from sqlalchemy import Engine, create_engine, func, insert, make_url, select, text
 
-from capacity_pipeline.defs.aggregation.assets import asset_key
+from capacity_pipeline.defs.aggregation.assets import build_aggregation_assets
 from capacity_pipeline.defs.definitions import build_defs
 from capacity_pipeline.defs.partitions import partitions_by_period
 from capacity_pipeline.defs.resources import WhaleFallDatabase
@@ -193,12 +193,8 @@ def row_trigger(engine: Engine, table: str, condition: str, *, event: str = "INS
 # Tests build the code location from explicit settings, never from the shell's environment.
 TEST_SETTINGS = Settings()
 PARTITIONS = partitions_by_period(TEST_SETTINGS.partitions_start)
-_TEST_LOCATION = build_defs(TEST_SETTINGS)
-AGGREGATION_ASSETS = {
-    (level, period): _TEST_LOCATION.resolve_assets_def(asset_key(level, period))
-    for period in PeriodType
-    for level in Level
-}
+# The aggregation assets alone, without resources, for dg.materialize with a test's own.
+AGGREGATION_ASSETS = build_aggregation_assets(PARTITIONS, automate_current_periods=False)
 
 
 def url_of(engine: Engine) -> str:
@@ -238,6 +234,7 @@ def expected_reaggregation(
     the window containing each day, and the window after when its previous window (Q1 quirk
     included) contains the day; never a period not begun, and the one in progress only for days
     or when `current_periods`."""
+    from capacity_pipeline.defs.aggregation.assets import asset_key
     from capacity_pipeline.defs.partitions import key_for_window
 
     expected: dict[dg.AssetKey, set[str]] = {}

@@ -8,6 +8,7 @@ the lineage is true and automation re-aggregates exactly what a changed day feed
 no SQL of its own.
 """
 
+import warnings
 from collections.abc import Iterator
 
 import dagster as dg
@@ -208,10 +209,15 @@ AggregationAssets = dict[tuple[Level, PeriodType], dg.AssetsDefinition]
 
 def build_aggregation_assets(partitions: PartitionsByPeriod, *, automate_current_periods: bool) -> AggregationAssets:
     """The eight aggregation assets (every period at both levels), each with its checks."""
-    return {
-        (level, period): build_aggregation_asset(
-            level, period, partitions[period], automate_current_periods=automate_current_periods
-        )
-        for period in PeriodType
-        for level in Level
-    }
+    with warnings.catch_warnings():
+        # Labelled in 1.13 (pinned exactly): BackfillPolicy and partition mappings that allow
+        # missing upstream partitions (beta), partitioned asset checks (preview).
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        warnings.simplefilter("ignore", dg.PreviewWarning)
+        return {
+            (level, period): build_aggregation_asset(
+                level, period, partitions[period], automate_current_periods=automate_current_periods
+            )
+            for period in PeriodType
+            for level in Level
+        }
