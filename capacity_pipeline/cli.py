@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--corrected-quarter",
         action="store_true",
         default=None,
-        help="compare quarters with the whole previous quarter (spec Q1 fix; default: WhaleFall's "
+        help="compare quarters with the whole previous quarter (compat Q1 fix; default: WhaleFall's "
         "two-month window, or $CAPACITY_CORRECTED_PREVIOUS_QUARTER)",
     )
 

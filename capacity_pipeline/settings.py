@@ -191,7 +191,7 @@ SETTINGS: dict[str, Setting] = {
         False,
         _flag,
         "1/true/yes/on or 0/false/no/off",
-        "Compare quarters with the whole previous quarter (spec Q1 fix); off = WhaleFall's numbers.",
+        "Compare quarters with the whole previous quarter (compat Q1 fix); off = WhaleFall's numbers.",
     ),
     "webserver_url": Setting(
         "DAGSTER_WEBSERVER_URL",

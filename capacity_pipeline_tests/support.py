@@ -230,7 +230,7 @@ def observe_samples(definitions: dg.Definitions, instance: dg.DagsterInstance) -
 def expected_reaggregation(
     changed: dict[Level, set[date]], today: date, *, current_periods: bool, corrected_quarter: bool = False
 ) -> dict[dg.AssetKey, set[str]]:
-    """The partitions a change to these days must re-aggregate, from WhaleFall's rules alone (spec 3):
+    """The partitions a change to these days must re-aggregate, from WhaleFall's rules alone (compat 3):
     the window containing each day, and the window after when its previous window (Q1 quirk
     included) contains the day; never a period not begun, and the one in progress only for days
     or when `current_periods`."""

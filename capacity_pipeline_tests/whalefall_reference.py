@@ -1,6 +1,6 @@
 """An independent, row-by-row transcription of WhaleFall's runners, used only as a test oracle.
 
-It follows WhaleFall's code paths literally (spec 4.1, 4.2 and the runner source): per instance,
+It follows WhaleFall's code paths literally (compat 4.1, 4.2 and the runner source): per instance,
 SQL AVG/MAX/MIN/COUNT for databases, Python lists and floats for instances, Python `round`.
 It shares no code with the pipeline's SQL, so agreement between the two is evidence, not echo.
 It only runs on PostgreSQL, where WhaleFall itself runs.

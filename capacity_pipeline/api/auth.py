@@ -1,4 +1,4 @@
-"""Who is calling: pluggable authentication for the blueprint (spec 7.1 order and codes).
+"""Who is calling: pluggable authentication for the blueprint (compat 7.1 order and codes).
 
 * `HostSessionAuth`: inside WhaleFall. Flask-Login's current user, role `admin` for writes, and
   Flask-WTF's CSRF token in `X-CSRFToken` (or the form field `csrf_token`).
@@ -39,7 +39,7 @@ class AuthBackend(Protocol):
         """The authenticated caller of the current request, or None."""
 
     def check_csrf(self) -> None:
-        """Raise the CSRF error of spec 7.1 when the request's token is missing or invalid."""
+        """Raise the CSRF error of compat 7.1 when the request's token is missing or invalid."""
 
 
 def require_login(auth: AuthBackend) -> Caller:

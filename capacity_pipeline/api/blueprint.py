@@ -1,4 +1,4 @@
-"""WhaleFall's capacity trigger and task-run endpoints (spec 7.1, 7.3) as a Flask blueprint.
+"""WhaleFall's capacity trigger and task-run endpoints (compat 7.1, 7.3) as a Flask blueprint.
 
 `create_blueprint(engine, auth)` mounts in WhaleFall (host-session auth) or in the standalone
 server (bearer tokens). Every rejection happens before anything is written.
@@ -106,7 +106,7 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
             raise validation_error(str(error)) from None
         try:
             # period_type: daily, weekly, monthly or quarterly runs that period's current window;
-            # missing or unknown stays daily, as WhaleFall does (spec 7.1, Q18).
+            # missing or unknown stays daily, as WhaleFall does (compat 7.1, Q18).
             run_id = request_current_aggregation(
                 current_engine(), scope, created_by=caller.user_id, period_type=period_type
             )

@@ -96,7 +96,7 @@ def form_csrf_token() -> str | None:
     """The `csrf_token` field of a well-formed form body (WhaleFall's fallback to X-CSRFToken).
 
     Never raises: a body that is too large or not a form simply carries no token here, so the
-    CSRF check keeps its place before the body's own validation (spec 7.1 order).
+    CSRF check keeps its place before the body's own validation (compat 7.1 order).
     """
     try:
         fields = _form_fields(raw_body())
@@ -130,7 +130,7 @@ def _nested_too_deep(text: str, limit: int) -> bool:
 
 def trigger_fields() -> tuple[Any, Any]:
     """The raw `scope` and `period_type` of the body; None when the body is empty or not a JSON
-    object (spec 7.1)."""
+    object (compat 7.1)."""
     raw = raw_body()
     if not raw.strip(_JSON_WHITESPACE):
         return None, None

@@ -1,4 +1,4 @@
-"""WhaleFall's JSON envelopes (spec 7, app/utils/response_utils.py and app/infra/error_mapping.py).
+"""WhaleFall's JSON envelopes (compat 7, app/utils/response_utils.py and app/infra/error_mapping.py).
 
 Success: {success, error, message, timestamp[, data]}. Error: {success, error, error_id,
 category, severity, message_code, message, timestamp, recoverable, suggestions, context}, with
@@ -33,7 +33,7 @@ def _timestamp() -> str:
 
 
 def success(message: str, data: dict[str, Any] | None = None) -> tuple[Response, int]:
-    """`data` is omitted when None (spec 7)."""
+    """`data` is omitted when None (compat 7)."""
     body: dict[str, Any] = {"success": True, "error": False, "message": message, "timestamp": _timestamp()}
     if data is not None:
         body["data"] = data

@@ -1,14 +1,14 @@
-"""Strings and values WhaleFall fixes, with the spec section each comes from."""
+"""Strings and values WhaleFall fixes, with the section of docs/whalefall-compatibility.md each comes from."""
 
 from __future__ import annotations
 
-# The status vocabulary (spec 6.1) is model.TaskStatus.
+# The status vocabulary (compat 6.1) is model.TaskStatus.
 
-TASK_CATEGORY = "aggregation"  # spec 6.2 / 6.3
-ITEM_TYPE = "instance"  # spec 6.2 step 3
+TASK_CATEGORY = "aggregation"  # compat 6.2 / 6.3
+ITEM_TYPE = "instance"  # compat 6.2 step 3
 TRIGGER_MANUAL, TRIGGER_SCHEDULED = "manual", "scheduled"
 
-# spec 6.2: the manual "current period" run ({period} is always daily there; hand-made Dagster
+# compat 6.2: the manual "current period" run ({period} is always daily there; hand-made Dagster
 # materializations of other periods reuse the sentences)
 CURRENT_TASK_KEY = "capacity_aggregate_current"
 CURRENT_TASK_NAME = "容量统计(当前周期)"
@@ -31,7 +31,7 @@ CURRENT_OVERALL = {
     "completed": "当前周期聚合完成",
 }
 
-# spec 6.3: the nightly run
+# compat 6.3: the nightly run
 NIGHTLY_TASK_KEY = "calculate_database"
 NIGHTLY_TASK_NAME = "统计数据库聚合"
 NIGHTLY_RESULT_URL = "/capacity/instances"
@@ -45,7 +45,7 @@ NIGHTLY_PERIOD_MESSAGES = {
 MATERIALIZE_TASK_KEY = "capacity_materialize"
 MATERIALIZE_TASK_NAME = "容量统计(Dagster 物化)"
 
-# spec 6.4: metric items of the summaries
+# compat 6.4: metric items of the summaries
 SCOPE_METRICS = (
     ("scope", "范围"),
     ("requested_period_type", "请求周期"),

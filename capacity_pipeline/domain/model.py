@@ -13,11 +13,11 @@ from typing import Any
 
 from capacity_pipeline.domain.periods import PeriodType, Window, previous_window
 
-SCOPE_ERROR = "scope 参数仅支持 instance、database 或 all"  # spec 7.1
+SCOPE_ERROR = "scope 参数仅支持 instance、database 或 all"  # compat 7.1
 
 
 class Level(StrEnum):
-    """The two aggregation levels, each with its own output table (spec 4.1, 4.2)."""
+    """The two aggregation levels, each with its own output table (compat 4.1, 4.2)."""
 
     DATABASE = "database"
     INSTANCE = "instance"
@@ -28,7 +28,7 @@ class Level(StrEnum):
 
 
 class InvalidScope(ValueError):
-    """A scope outside instance / database / all; the message is WhaleFall's (spec 7.1)."""
+    """A scope outside instance / database / all; the message is WhaleFall's (compat 7.1)."""
 
     def __init__(self, requested: Any) -> None:
         super().__init__(SCOPE_ERROR)
@@ -36,7 +36,7 @@ class InvalidScope(ValueError):
 
 
 class Scope(StrEnum):
-    """WhaleFall's scope names (spec 7.1): which levels a run aggregates."""
+    """WhaleFall's scope names (compat 7.1): which levels a run aggregates."""
 
     ALL = "all"
     DATABASE = "database"
@@ -44,7 +44,7 @@ class Scope(StrEnum):
 
     @property
     def levels(self) -> tuple[Level, ...]:
-        # Database level first, as WhaleFall's manual run does (spec 6.2 step 4).
+        # Database level first, as WhaleFall's manual run does (compat 6.2 step 4).
         if self is Scope.ALL:
             return (Level.DATABASE, Level.INSTANCE)
         return (Level(self.value),)
@@ -65,7 +65,7 @@ class Scope(StrEnum):
 
 
 class TaskStatus(StrEnum):
-    """Run-center statuses (spec 6.1); the CHECK constraints allow exactly these."""
+    """Run-center statuses (compat 6.1); the CHECK constraints allow exactly these."""
 
     PENDING = "pending"
     RUNNING = "running"
@@ -79,7 +79,7 @@ IN_PROGRESS = (TaskStatus.PENDING, TaskStatus.RUNNING)
 
 
 class Outcome(StrEnum):
-    """What a runner did for one instance in one window (spec 4.3)."""
+    """What a runner did for one instance in one window (compat 4.3)."""
 
     COMPLETED = "completed"
     SKIPPED = "skipped"
@@ -112,7 +112,7 @@ class InstanceOutcome:
 
     instance: ActiveInstance
     rows_written: dict[Level, int] = field(default_factory=dict)
-    # WhaleFall's processed_records (spec 4.3): database rows upserted; instance stats days read.
+    # WhaleFall's processed_records (compat 4.3): database rows upserted; instance stats days read.
     records_read: dict[Level, int] = field(default_factory=dict)
     error: str | None = None
 

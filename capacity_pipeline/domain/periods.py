@@ -1,7 +1,7 @@
-"""WhaleFall's period arithmetic (spec section 3).
+"""WhaleFall's period arithmetic (compat 3).
 
 Windows are inclusive on both ends, weeks start on Monday, and "today" is the Asia/Shanghai date
-whatever the host time zone. The previous quarter keeps WhaleFall's two-month quirk (spec Q1)
+whatever the host time zone. The previous quarter keeps WhaleFall's two-month quirk (compat Q1)
 unless the caller asks for the corrected one.
 """
 
@@ -42,7 +42,7 @@ class Window:
 
 
 def china_today(now: datetime | None = None) -> date:
-    """WhaleFall's "today": the calendar date in Asia/Shanghai (spec section 3)."""
+    """WhaleFall's "today": the calendar date in Asia/Shanghai (compat 3)."""
     moment = now if now is not None else datetime.now(CHINA_TZ)
     if moment.tzinfo is None:
         raise ValueError("now must be timezone-aware")
@@ -105,7 +105,7 @@ def previous_window(period: PeriodType, window: Window, *, corrected_quarter: bo
     previous_start = add_months(_quarter_start(window.start), -3)
     if corrected_quarter or window.start.month <= 3:
         return Window(previous_start, add_months(previous_start, 3) - timedelta(days=1))
-    # spec Q1: outside Q1 WhaleFall ends the previous quarter the day before its third month.
+    # compat Q1: outside Q1 WhaleFall ends the previous quarter the day before its third month.
     return Window(previous_start, add_months(previous_start, 2) - timedelta(days=1))
 
 

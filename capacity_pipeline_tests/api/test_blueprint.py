@@ -1,4 +1,4 @@
-"""The HTTP contract of spec 7.1 / 7.3 through Flask's test client, with both auth backends."""
+"""The HTTP contract of compat 7.1 / 7.3 through Flask's test client, with both auth backends."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _admin_with_csrf(client) -> dict[str, str]:
     return csrf_header(client)
 
 
-# -- spec 7.1: the checks, in order --------------------------------------------------------------
+# -- compat 7.1: the checks, in order --------------------------------------------------------------
 
 
 def test_not_logged_in_is_401_before_anything_else(host_client, engine):
@@ -124,7 +124,7 @@ def test_bad_bodies_get_a_clear_4xx_and_write_nothing(host_client, engine, reque
     assert _task_runs(engine) == 0
 
 
-# -- spec 7.3: task runs -------------------------------------------------------------------------
+# -- compat 7.3: task runs -------------------------------------------------------------------------
 
 
 def test_task_run_detail_and_cancel(host_client, engine, whalefall):

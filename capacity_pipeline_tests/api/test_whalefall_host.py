@@ -1,5 +1,5 @@
 """The blueprint inside a WhaleFall-like host with app-wide CSRFProtect: with the blueprint exempted,
-every code of spec 7.1 comes from the blueprint, in WhaleFall's order, as a JSON envelope."""
+every code of compat 7.1 comes from the blueprint, in WhaleFall's order, as a JSON envelope."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 App-wide Flask-WTF `CSRFProtect`, a Flask-Login `LoginManager` whose users have `id` and `role`,
 the CSRF token served as `data.csrf_token` and sent back in `X-CSRFToken`. The capacity blueprint
 is mounted with `HostSessionAuth` and exempted from CSRFProtect, because it checks CSRF itself,
-after login and role, and answers in WhaleFall's JSON envelopes (spec 7.1). `exempt=False` shows
+after login and role, and answers in WhaleFall's JSON envelopes (compat 7.1). `exempt=False` shows
 what happens without the exemption: CSRFProtect's HTML 400 comes first, for every POST.
 """
 
@@ -47,7 +47,7 @@ def create_host_app(engine: Engine, *, exempt: bool = True, name: str | None = N
         return "ok"
 
     @app.get("/api/v1/auth/csrf-token")
-    def csrf_token():  # noqa: ANN202 - WhaleFall's endpoint (spec 7.1)
+    def csrf_token():  # noqa: ANN202 - WhaleFall's endpoint (compat 7.1)
         return success("获取CSRF令牌成功", {"csrf_token": generate_csrf()})
 
     capacity_api = create_blueprint(lambda: engine, HostSessionAuth())

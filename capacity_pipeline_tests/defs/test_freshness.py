@@ -2,7 +2,7 @@
 
 Observations and automation evaluations run for real (in process, on a real Dagster instance and
 PostgreSQL); the partitions automation must request are computed here from WhaleFall's period
-rules (spec 3), independently of Dagster's partition mappings.
+rules (compat 3), independently of Dagster's partition mappings.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ SAMPLE_PARTITIONS = {
     PeriodType.DAILY: "2026-03-01",
     PeriodType.WEEKLY: "2026-03-02",
     PeriodType.MONTHLY: "2026-03-01",
-    PeriodType.QUARTERLY: "2026-07-01",  # compares with Apr-May only (spec Q1)
+    PeriodType.QUARTERLY: "2026-07-01",  # compares with Apr-May only (compat Q1)
 }
 
 
@@ -190,7 +190,7 @@ def test_with_current_periods_on_the_quarter_in_progress_follows_only_the_days_i
     this_quarter = key_for_window(quarter)
     # The update on the first day of the previous quarter's third month (instance level) reaches
     # this quarter only in Q1, which compares with the whole quarter before; Q2-Q4 compare with its
-    # first two months (spec Q1).
+    # first two months (compat Q1).
     in_q1 = quarter.start.month == 1
     assert (this_quarter in requested.get(asset_key(Level.INSTANCE, PeriodType.QUARTERLY), set())) is in_q1
     # The insert on the last day of its second month (database level) reaches it in every quarter.

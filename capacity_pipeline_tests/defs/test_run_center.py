@@ -1,4 +1,4 @@
-"""Every aggregation run shows in WhaleFall's run center (spec 6), whichever way it was launched,
+"""Every aggregation run shows in WhaleFall's run center (compat 6), whichever way it was launched,
 and is final there as soon as its work ends: the steps' hooks settle it, with no daemon running.
 
 Real Dagster runs on a real instance, against PostgreSQL. The reconciler (`reconcile`, what the
@@ -131,10 +131,10 @@ def test_current_job_writes_spec_6_2_rows_final_when_the_run_returns(pg_engine, 
     assert [_item_view(i) for i in items] == [
         ("instance", "1", "zeta", 1, "completed"),
         ("instance", "2", "alpha", 2, "completed"),
-        ("instance", "4", "delta", 4, "completed"),  # no data is a completed item (spec Q9)
+        ("instance", "4", "delta", 4, "completed"),  # no data is a completed item (compat Q9)
     ]
     zeta, _, delta = items
-    # With scope all the instance phase writes last, so its metrics are the final ones (spec 6.2).
+    # With scope all the instance phase writes last, so its metrics are the final ones (compat 6.2).
     assert zeta["metrics_json"] == {
         "processed_records": 1,
         "runner": "instance",
@@ -215,7 +215,7 @@ def test_scheduled_nightly_run_writes_spec_6_3_rows(pg_engine, four_instances, d
     assert (run["result_url"], run["error_message"]) == ("/capacity/instances", None)
     assert (run["progress_total"], run["progress_completed"], run["progress_failed"]) == (3, 3, 0)
     items = center.get_items(result.run_id)
-    assert [i["item_name"] for i in items] == ["alpha", "delta", "zeta"]  # name order (spec 6.3)
+    assert [i["item_name"] for i in items] == ["alpha", "delta", "zeta"]  # name order (compat 6.3)
     alpha, delta, zeta = items
     # Samples on 06-30 and 07-01: the last day, month and quarter have data, the last week does not.
     assert alpha["metrics_json"] == {"aggregated_count": 3}
@@ -340,7 +340,7 @@ def test_progress_moves_per_batch_and_never_completes_an_item_before_its_last_ph
     for _status, completed, _total, items in seen:
         final = [i for i in items if i["status"] in ("completed", "failed")]
         assert completed == len(final)  # the counters are the items'
-        for item in final:  # an item is final only once both phases are in (fixes spec Q10's 100 %)
+        for item in final:  # an item is final only once both phases are in (fixes compat Q10's 100 %)
             assert set(item["details_json"]["phases"]) == {"database", "instance"}
     halfway = [
         s for s in seen if s[0] == "running" and s[2] == 3 and s[1] == 0 and all(i["details_json"] for i in s[3])
@@ -370,7 +370,7 @@ def test_one_failing_instance_fails_its_item_and_the_run(pg_engine, four_instanc
     center = RunCenter(pg_engine)
 
     run = center.get_run(result.run_id)
-    assert (run["status"], run["error_message"]) == ("failed", None)  # spec 6.2: finalize, not mark-failed
+    assert (run["status"], run["error_message"]) == ("failed", None)  # compat 6.2: finalize, not mark-failed
     assert run["summary_json"]["ext"]["data"]["status"] == "failed"
     assert run["summary_json"]["ext"]["data"]["message"] == "当前周期聚合完成,但存在失败的子任务"
     zeta, alpha, delta = center.get_items(result.run_id)
@@ -378,7 +378,7 @@ def test_one_failing_instance_fails_its_item_and_the_run(pg_engine, four_instanc
     assert alpha["error_message"] == "实例 alpha 的 daily 聚合失败"
     assert "disk quota exceeded" in alpha["details_json"]["error"]
     assert alpha["details_json"]["errors"] == [alpha["details_json"]["error"]]
-    assert alpha["metrics_json"]["runner"] == "database"  # its database phase completed (spec 6.1 fail_item)
+    assert alpha["metrics_json"]["runner"] == "database"  # its database phase completed (compat 6.1 fail_item)
     assert (run["progress_completed"], run["progress_failed"]) == (2, 1)
 
 

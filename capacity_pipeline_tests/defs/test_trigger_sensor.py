@@ -54,7 +54,7 @@ def test_the_trigger_row_is_written_as_whalefall_writes_it(engine):
     run_id = request_current_aggregation(engine, Scope.DATABASE, created_by=5)
 
     run = RunCenter(engine).get_run(run_id)
-    # spec 6.1 start_run: `running` from the start, so WhaleFall's own cancel works at once
+    # compat 6.1 start_run: `running` from the start, so WhaleFall's own cancel works at once
     assert (run["status"], run["task_key"], run["task_name"], run["trigger_source"]) == (
         "running",
         "capacity_aggregate_current",
@@ -223,7 +223,7 @@ def test_a_request_for_another_period_runs_that_periods_current_window(pg_engine
         this_week,
         [asset_key(Level.DATABASE, PeriodType.WEEKLY), asset_key(Level.INSTANCE, PeriodType.WEEKLY)],
     )
-    # missing or unknown values stay daily, as WhaleFall does (spec 7.1)
+    # missing or unknown values stay daily, as WhaleFall does (compat 7.1)
     assert (requests[unknown].partition_key, requests[unknown].asset_selection) == (
         china_today().isoformat(),
         [asset_key(Level.INSTANCE, PeriodType.DAILY)],
@@ -242,6 +242,6 @@ def test_a_request_for_another_period_runs_that_periods_current_window(pg_engine
         assert (data["requested_period_type"], data["effective_period_type"], data["status"]) == (
             requested,
             effective,
-            "skipped",  # the instance has no samples: 当前周期没有可处理的数据 (spec 6.2)
+            "skipped",  # the instance has no samples: 当前周期没有可处理的数据 (compat 6.2)
         )
         assert data["period_start"] == request.partition_key

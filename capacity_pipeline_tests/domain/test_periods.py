@@ -1,4 +1,4 @@
-"""Period windows (spec section 3), around month, quarter, year and ISO-week boundaries."""
+"""Period windows (compat 3), around month, quarter, year and ISO-week boundaries."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from capacity_pipeline.domain.periods import (
 D = date.fromisoformat
 
 
-def W(start: str, end: str) -> Window:  # noqa: N802 - reads like the spec's notation
+def W(start: str, end: str) -> Window:  # noqa: N802 - reads like the compatibility notes' notation
     return Window(D(start), D(end))
 
 
@@ -37,7 +37,7 @@ def test_worked_dates_for_thursday_2026_07_02():
         PeriodType.DAILY: W("2026-06-30", "2026-06-30"),
         PeriodType.WEEKLY: W("2026-06-15", "2026-06-21"),
         PeriodType.MONTHLY: W("2026-05-01", "2026-05-31"),
-        PeriodType.QUARTERLY: W("2026-01-01", "2026-02-28"),  # spec Q1: only two months
+        PeriodType.QUARTERLY: W("2026-01-01", "2026-02-28"),  # compat Q1: only two months
     }
 
 
@@ -139,7 +139,7 @@ def test_window_bounds_are_inclusive_and_ordered():
         (PeriodType.DAILY, "2026-03-31", False, [W("2026-03-31", "2026-03-31"), W("2026-04-01", "2026-04-01")]),
         (PeriodType.WEEKLY, "2026-03-29", False, [W("2026-03-23", "2026-03-29"), W("2026-03-30", "2026-04-05")]),
         (PeriodType.MONTHLY, "2026-02-28", False, [W("2026-02-01", "2026-02-28"), W("2026-03-01", "2026-03-31")]),
-        # spec Q1: Q2 compares with Jan-Feb only, so a March day feeds Q1 alone ...
+        # compat Q1: Q2 compares with Jan-Feb only, so a March day feeds Q1 alone ...
         (PeriodType.QUARTERLY, "2026-03-15", False, [W("2026-01-01", "2026-03-31")]),
         (PeriodType.QUARTERLY, "2026-02-15", False, [W("2026-01-01", "2026-03-31"), W("2026-04-01", "2026-06-30")]),
         # ... except in corrected mode, and before a Q1, which compares with the whole Q4.

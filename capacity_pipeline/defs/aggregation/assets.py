@@ -33,7 +33,7 @@ from capacity_pipeline.domain.periods import PeriodType, Window
 from capacity_pipeline.domain.run_center.payloads import current_phase_result, current_summary
 from capacity_pipeline.domain.run_center.task_runs import ItemPhase
 
-_SPEC_SECTION = {Level.DATABASE: "spec 4.1", Level.INSTANCE: "spec 4.2"}
+_SPEC_SECTION = {Level.DATABASE: "compat 4.1", Level.INSTANCE: "compat 4.2"}
 
 # How many partitions one backfill run takes: each is one set-based pass, so runs stay short.
 _PARTITIONS_PER_BACKFILL_RUN = {
@@ -54,9 +54,9 @@ def aggregation_selection(periods: tuple[PeriodType, ...] = tuple(PeriodType)) -
 
 
 def _deps(level: Level, period: PeriodType) -> list[dg.AssetDep]:
-    """The samples a partition reads: its window and the previous one (spec 3)."""
+    """The samples a partition reads: its window and the previous one (compat 3)."""
     if period is PeriodType.QUARTERLY:
-        # The previous window of a quarter is not a whole quarter (spec Q1): it is the baseline
+        # The previous window of a quarter is not a whole quarter (compat Q1): it is the baseline
         # source's partition of the quarter before.
         return [
             dg.AssetDep(stats_key(level), partition_mapping=_window(start_offset=0)),
@@ -148,7 +148,7 @@ def _materialize(
     plans = [WindowPlan(period, window, (level,), whalefall.corrected_quarter) for window in windows]
 
     def phase_results(batch: Batch) -> list[ItemPhase]:
-        """One result per instance for this level over all the run's windows (spec 6.2 payloads)."""
+        """One result per instance for this level over all the run's windows (compat 6.2 payloads)."""
         merged = merge_outcomes(batch.outcomes.values())
         return [
             ItemPhase(instance_id, level.value, current_phase_result(outcome, level, task.scope, period, span))

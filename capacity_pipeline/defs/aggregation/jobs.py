@@ -4,7 +4,7 @@
   the day partition you pick (the Launchpad asks for it). The API's requests do not use it: the
   trigger sensor requests the assets of their scope and period directly, so their runs show as
   `__ASSET_JOB`.
-* `calculate_database` (spec 8): the last complete daily, weekly, monthly and quarterly periods at
+* `calculate_database` (compat 8): the last complete daily, weekly, monthly and quarterly periods at
   both levels, in one run. A run has one partition key, and these four periods are four partitions
   definitions, so the job is an op that runs the engine per period and reports each asset
   partition it wrote as a materialization of that asset.
@@ -121,7 +121,7 @@ def _report_materializations(
 
 
 def _final_summary(step: RunCenterStep, task_run_id: str, reports: list[AggregationReport], link: dict) -> dict:
-    """The final summary (spec 6.4): instances by item status, records by level."""
+    """The final summary (compat 6.4): instances by item status, records by level."""
     items = step.center.get_items(task_run_id)
     successful = sum(1 for item in items if item["status"] == TaskStatus.COMPLETED)
     failed = sum(1 for item in items if item["status"] == TaskStatus.FAILED)
@@ -156,7 +156,7 @@ def build_nightly_job(partitions: PartitionsByPeriod) -> dg.JobDefinition:
     execution_timezone="Asia/Shanghai",
     job_name=NIGHTLY_JOB_NAME,
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="WhaleFall's 04:00 aggregation (spec 8). Re-running a period is idempotent, so "
+    description="WhaleFall's 04:00 aggregation (compat 8). Re-running a period is idempotent, so "
     "every night recomputes the last periods and absorbs late samples.",
 )
 def calculate_database_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:

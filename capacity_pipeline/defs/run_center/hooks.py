@@ -23,7 +23,7 @@ from capacity_pipeline.domain.storage.dialects import first_line
 
 
 def final_summary(task_key: str) -> Callable[[dict[str, Any], list[dict[str, Any]]], dict[str, Any]] | None:
-    """How finalize fills a TaskRun's summary: the current-period status from its items (spec 6.2);
+    """How finalize fills a TaskRun's summary: the current-period status from its items (compat 6.2);
     the nightly run wrote its own final summary already."""
     if task_key == c.NIGHTLY_TASK_KEY:
         return None

@@ -207,7 +207,7 @@ class RunCenterStep:
         """End the Dagster run CANCELED: Dagster treats an interrupt of a CANCELING run as a cancel."""
         self._cancelling = True
         for run_id in self.task_run_ids:
-            self.center.finalize_run(run_id)  # consistent counters and completed_at (spec Q14)
+            self.center.finalize_run(run_id)  # consistent counters and completed_at (compat Q14)
         self.context.log.warning(reason)
         self.context.instance.report_run_canceling(self.run, message=reason)
         raise dg.DagsterExecutionInterruptedError(reason)

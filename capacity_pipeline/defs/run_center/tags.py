@@ -26,7 +26,7 @@ CREATED_BY_TAG = "capacity/created_by"
 REQUESTED_PERIOD_TAG = "capacity/requested_period_type"
 SCHEDULE_TAG = "dagster/schedule_name"
 MIRRORED_TASK_KEYS = (c.CURRENT_TASK_KEY, c.NIGHTLY_TASK_KEY, c.MATERIALIZE_TASK_KEY)
-# The two jobs WhaleFall knows carry its task keys as their names (spec 6.2, 8).
+# The two jobs WhaleFall knows carry its task keys as their names (compat 6.2, 8).
 CURRENT_JOB_NAME = c.CURRENT_TASK_KEY
 NIGHTLY_JOB_NAME = c.NIGHTLY_TASK_KEY
 

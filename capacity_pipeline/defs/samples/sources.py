@@ -4,7 +4,7 @@
   daily assets); its data version changes whenever a sample of that day is inserted, updated or
   deleted.
 * `..._quarterly_baseline`: one partition per quarter, the days the next quarter compares with
-  (spec 3, Q1). Quarters depend on it, so the graph states WhaleFall's quarterly rule exactly.
+  (compat 3, Q1). Quarters depend on it, so the graph states WhaleFall's quarterly rule exactly.
 
 An observation records only the partitions whose version changed since the last one (the first
 records them all), so the event log grows with changes, not with time. Observation runs on its own
@@ -79,7 +79,7 @@ def _build_stats_source(level: Level, partitions: dg.TimeWindowPartitionsDefinit
         key=stats_key(level),
         partitions_def=partitions,
         group_name=GROUP,
-        description=f"WhaleFall's {table} (spec 1.3, 1.4), one partition per collected_date; its data version "
+        description=f"WhaleFall's {table} (compat 1.3, 1.4), one partition per collected_date; its data version "
         "changes when a sample of that day is inserted, updated or deleted.",
     )
     def source(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase) -> dg.DataVersionsByPartition:
@@ -97,7 +97,7 @@ def _build_baseline_source(level: Level, partitions: dg.TimeWindowPartitionsDefi
         key=baseline_key(level),
         partitions_def=partitions,
         group_name=GROUP,
-        description=f"The days of {table} that the next quarter's change fields compare with (spec 3, Q1): the "
+        description=f"The days of {table} that the next quarter's change fields compare with (compat 3, Q1): the "
         "first two months of the quarter, or the whole quarter before a Q1 and in corrected mode.",
     )
     def baseline(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase) -> dg.DataVersionsByPartition:

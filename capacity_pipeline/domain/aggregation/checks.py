@@ -1,7 +1,7 @@
 """Data-quality checks over the aggregation rows of one period (what Dagster's asset checks run).
 
 * ordering: min <= average <= max on every row. At the instance level the average of the daily
-  totals is `total_size_mb` (`avg_size_mb` is a per-database size, spec Q4), and the database
+  totals is `total_size_mb` (`avg_size_mb` is a per-database size, compat Q4), and the database
   counts are checked too.
 * counts: no negative count column.
 * coverage: every active instance that has stats in the window has its row.

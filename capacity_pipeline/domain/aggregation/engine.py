@@ -3,7 +3,7 @@ computed set-based inside the database.
 
 Instances go in batches (default 250); per batch, each window is written in one transaction that
 runs its levels' statements (level_sql.py). A batch that fails on its data is rolled back whole and
-retried one instance at a time, so one bad instance fails alone (fixes spec Q11) and committed
+retried one instance at a time, so one bad instance fails alone (fixes compat Q11) and committed
 batches stay committed. A failure of the database as a whole (a lock or statement timeout, a
 cancel, a lost connection) stops the work instead: retrying instance by instance cannot help.
 
@@ -199,7 +199,7 @@ class _WindowWriter:
             "previous_start": plan.previous.start,
             "previous_end": plan.previous.end,
         }
-        # Writers of one period and level are serialised for the rest of their transaction (spec Q17).
+        # Writers of one period and level are serialised for the rest of their transaction (compat Q17).
         self.lock_keys = {
             level: f"capacity_pipeline.{level.table}.{plan.period.value}.{plan.window.start}" for level in plan.levels
         }
@@ -241,7 +241,7 @@ class _WindowWriter:
                 try:
                     self.dialect.begin_batch(connection)
                     for level, statements in self.statements.items():
-                        self.dialect.serialise(connection, self.lock_keys[level])  # spec Q17
+                        self.dialect.serialise(connection, self.lock_keys[level])  # compat Q17
                         for statement in statements[:-1]:
                             connection.execute(statement, parameters)
                         counts = self.dialect.per_instance_counts(connection.execute(statements[-1], parameters))
@@ -265,7 +265,7 @@ class _WindowWriter:
 
 
 def _ensure_partitions(engine: Engine, dialect: SqlDialect, plans: Sequence[WindowPlan]) -> None:
-    """The month partitions the plans write into (spec Q16); a locked parent aborts like a batch."""
+    """The month partitions the plans write into (compat Q16); a locked parent aborts like a batch."""
     tables = sorted({level.table for plan in plans for level in plan.levels})
     try:
         ensure_month_partitions(engine, tables, [plan.window.start for plan in plans])

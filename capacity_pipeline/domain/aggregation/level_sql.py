@@ -1,8 +1,8 @@
-"""The SQL of each aggregation level: WhaleFall's formulas (spec 4.1, 4.2) as one statement set.
+"""The SQL of each aggregation level: WhaleFall's formulas (compat 4.1, 4.2) as one statement set.
 
 Each level reads the current and the previous window in one pass (a GROUP BY with FILTERed
 aggregates), applies the change arithmetic with the dialect's exact Python-equivalent fragments,
-and upserts with ON CONFLICT DO UPDATE, keeping id, created_at and period_end (spec 5).
+and upserts with ON CONFLICT DO UPDATE, keeping id, created_at and period_end (compat 5).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _database_level(sql: SqlDialect) -> _LevelSql:
         HAVING count(id) FILTER (WHERE is_current) > 0
     ),
     changes AS (
-        -- spec Q2: the truncated current average minus the exact previous average
+        -- compat Q2: the truncated current average minus the exact previous average
         SELECT stats.*,
                {sql.as_float("avg_size_mb")} - previous_avg AS size_delta,
                {sql.as_float("avg_data_size_mb")} - previous_data_avg AS data_delta
@@ -73,7 +73,7 @@ def _database_level(sql: SqlDialect) -> _LevelSql:
     SELECT instance_id, database_name, {window_columns},
            avg_size_mb, max_size_mb, min_size_mb, data_count,
            avg_data_size_mb, max_data_size_mb, min_data_size_mb,
-           -- spec Q5: log sizes are never aggregated
+           -- compat Q5: log sizes are never aggregated
            CAST(NULL AS bigint) AS avg_log_size_mb,
            CAST(NULL AS bigint) AS max_log_size_mb,
            CAST(NULL AS bigint) AS min_log_size_mb,
@@ -82,7 +82,7 @@ def _database_level(sql: SqlDialect) -> _LevelSql:
            CASE WHEN has_previous AND data_delta IS NOT NULL
                 THEN {sql.trunc_int("data_delta")} ELSE 0 END AS data_size_change_mb,
            data_change_percent AS data_size_change_percent,
-           -- spec Q5: the log changes are 0 without history and NULL with it
+           -- compat Q5: the log changes are 0 without history and NULL with it
            CASE WHEN has_previous THEN NULL ELSE 0 END AS log_size_change_mb,
            CASE WHEN has_previous THEN NULL ELSE 0 END AS log_size_change_percent,
            size_change_percent AS growth_rate,
@@ -97,7 +97,7 @@ def _instance_level(sql: SqlDialect) -> _LevelSql:
     window_columns, timestamp_columns, in_batch = sql.window_columns(), sql.timestamp_columns(), sql.in_batch()
     ctes = f"""
     days AS (
-        -- Rows of one day are summed first (spec 4.2); one pass over both windows.
+        -- Rows of one day are summed first (compat 4.2); one pass over both windows.
         SELECT instance_id, collected_date >= :start AS is_current,
                sum(total_size_mb) AS day_total, sum(database_count) AS day_databases
         FROM instance_size_stats
@@ -133,8 +133,8 @@ def _instance_level(sql: SqlDialect) -> _LevelSql:
         FROM stats
     ),
     changes AS (
-        -- spec Q2: the truncated current mean minus the exact previous mean; the database
-        -- count change uses the full current mean (spec 4.2)
+        -- compat Q2: the truncated current mean minus the exact previous mean; the database
+        -- count change uses the full current mean (compat 4.2)
         SELECT means.*,
                {sql.as_float("total_size_mb")} - previous_total_mean AS total_delta,
                databases_mean - previous_databases_mean AS databases_delta
@@ -160,14 +160,14 @@ def _instance_level(sql: SqlDialect) -> _LevelSql:
     final = f"""
     SELECT instance_id, {window_columns},
            total_size_mb,
-           -- spec Q4: the average size per database, not the average instance size
+           -- compat Q4: the average size per database, not the average instance size
            CASE WHEN databases_sum > 0
                 THEN {sql.trunc_int(sql.as_float("total_sum") + " / databases_sum")} ELSE 0 END
                 AS avg_size_mb,
            max_size_mb, min_size_mb,
-           days AS data_count,  -- spec Q4: distinct days, not rows
+           days AS data_count,  -- compat Q4: distinct days, not rows
            {sql.trunc_int("databases_mean")} AS database_count,
-           -- spec Q3: rounded by PostgreSQL, half away from zero
+           -- compat Q3: rounded by PostgreSQL, half away from zero
            {sql.pg_numeric2("databases_mean")} AS avg_database_count,
            max_database_count, min_database_count,
            CASE WHEN has_previous THEN {sql.trunc_int("total_delta")} ELSE 0 END
@@ -203,7 +203,7 @@ class _LevelSql:
         columns = [c.name for c in whalefall_metadata(sql.name).tables[table].columns if c.name != "id"]
         column_list = ", ".join(columns)
         conflict = ", ".join((*self.keys, "period_type", "period_start"))
-        kept = {*self.keys, "period_type", "period_start", "period_end", "created_at"}  # spec 5
+        kept = {*self.keys, "period_type", "period_start", "period_end", "created_at"}  # compat 5
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in kept)
         # New rows take ids in WhaleFall's write order (instance id, then database name): its capacity
         # lists page by period_start, then id descending, so ids decide what the first page shows.

@@ -1,9 +1,9 @@
-"""The JSON WhaleFall's run center reads: summary envelopes (spec 6.4) and item payloads (6.2, 6.3).
+"""The JSON WhaleFall's run center reads: summary envelopes (compat 6.4) and item payloads (6.2, 6.3).
 
 An item may be written by several phases (with scope `all`, the database and the instance phase
-of spec 6.2). Each phase's result is kept under `details_json.phases` until the last one arrives;
+of compat 6.2). Each phase's result is kept under `details_json.phases` until the last one arrives;
 only then does the item become final, with exactly the status, metrics, details and error that
-WhaleFall's complete_item / fail_item rules would have left (spec 6.1, Q10).
+WhaleFall's complete_item / fail_item rules would have left (compat 6.1, Q10).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from capacity_pipeline.domain.periods import PeriodType, Window
 
 
 def metric(key: str, label: str, value: Any, unit: str | None = None, tone: str = "info") -> dict[str, Any]:
-    """A summary metric item: all five keys, always (spec 6.4)."""
+    """A summary metric item: all five keys, always (compat 6.4)."""
     return {"key": key, "label": label, "value": value, "unit": unit, "tone": tone}
 
 
@@ -70,7 +70,7 @@ class PhaseResult:
 def replay_phases(phases: Mapping[str, PhaseResult]) -> PhaseResult:
     """The item WhaleFall leaves after running the phases in order (phase keys sort in WhaleFall's
     order: database before instance): complete_item is ignored once the item failed
-    and keeps no error; fail_item overwrites details and error but keeps earlier metrics (spec 6.1)."""
+    and keeps no error; fail_item overwrites details and error but keeps earlier metrics (compat 6.1)."""
     status, metrics, details, error = TaskStatus.RUNNING, None, {}, None
     for key in sorted(phases):
         phase = phases[key]
@@ -89,7 +89,7 @@ def phase_outcomes(details_json: Mapping[str, Any] | None) -> list[Outcome]:
     return [Outcome(payload["status"]) for payload in payloads if payload.get("status") in set(Outcome)]
 
 
-# -- the manual "current period" run and hand-made materializations (spec 6.2) ------------------
+# -- the manual "current period" run and hand-made materializations (compat 6.2) ------------------
 
 
 def current_summary(
@@ -125,7 +125,7 @@ def current_summary(
 
 
 def overall_current_status(outcomes: Iterable[Outcome]) -> tuple[str, str]:
-    """aggregate_current_period's overall status and message (spec 6.2, end), from every instance's
+    """aggregate_current_period's overall status and message (compat 6.2, end), from every instance's
     outcome in every phase: a phase failed when one instance failed in it, and was skipped when no
     instance was processed in it."""
     seen = set(outcomes)
@@ -149,7 +149,7 @@ def with_overall_status(summary: dict[str, Any], items: Sequence[Mapping[str, An
 def current_phase_result(
     outcome: InstanceOutcome, level: Level, scope: Scope, period_type: PeriodType, window: Window
 ) -> PhaseResult:
-    """One instance in one phase, as WhaleFall's runner callbacks write it (spec 6.2 step 4)."""
+    """One instance in one phase, as WhaleFall's runner callbacks write it (compat 6.2 step 4)."""
     name = outcome.instance.name
     status = outcome.level_status(level)
     message = c.CURRENT_MESSAGES[level.value, status.value].format(
@@ -173,17 +173,17 @@ def current_phase_result(
     }
     if status is Outcome.FAILED:
         details["error"] = outcome.error
-        return PhaseResult(TaskStatus.FAILED, None, details, message)  # the runner's sentence (spec Q10)
+        return PhaseResult(TaskStatus.FAILED, None, details, message)  # the runner's sentence (compat Q10)
     metrics = {
         "processed_records": details["processed_records"],
         "runner": level.value,
         "scope": scope.value,
         "period_type": period_type.value,
     }
-    return PhaseResult(TaskStatus.COMPLETED, metrics, details)  # "no data" is a completed item (spec Q9)
+    return PhaseResult(TaskStatus.COMPLETED, metrics, details)  # "no data" is a completed item (compat Q9)
 
 
-# -- the nightly run (spec 6.3, 6.4) ------------------------------------------------------------
+# -- the nightly run (compat 6.3, 6.4) ------------------------------------------------------------
 
 NIGHTLY_PHASE = "nightly"  # one phase: an instance's item is final once its periods ran
 
@@ -218,7 +218,7 @@ def nightly_period_result(outcome: InstanceOutcome, period: PeriodType, window: 
 def nightly_item_result(
     instance_id: int, instance_name: str, periods: Mapping[PeriodType, dict[str, Any]]
 ) -> PhaseResult:
-    """An instance's item once its periods ran (spec 6.3)."""
+    """An instance's item once its periods ran (compat 6.3)."""
     count = sum(1 for result in periods.values() if result["status"] == Outcome.COMPLETED)
     errors = [
         f"{period.value}: {result['errors'][0]}" for period, result in periods.items() if result["status"] == "failed"
@@ -244,7 +244,7 @@ def nightly_summary(
     records: Mapping[str, int] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Bare when created; the final summary once the periods ran (spec 6.4)."""
+    """Bare when created; the final summary once the periods ran (compat 6.4)."""
     inputs = {"requested_periods": requested_periods}
     if periods_executed is None or instances is None or records is None:
         return envelope(c.NIGHTLY_TASK_KEY, inputs, {**(extra or {})})
@@ -259,7 +259,7 @@ def nightly_summary(
         "periods_executed": list(periods_executed),
         "instances": dict(instances),
         "records": dict(records),
-        "session_id": None,  # the legacy sync_sessions tables are not written (README, spec 1.9)
+        "session_id": None,  # the legacy sync_sessions tables are not written (README, compat 1.9)
         **(extra or {}),
     }
     return envelope(c.NIGHTLY_TASK_KEY, inputs, data, metrics)

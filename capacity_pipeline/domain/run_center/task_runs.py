@@ -1,4 +1,4 @@
-"""The run center's rows: WhaleFall's TaskRunsWriteService semantics (spec 6.1) in plain SQL.
+"""The run center's rows: WhaleFall's TaskRunsWriteService semantics (compat 6.1) in plain SQL.
 
 * Status only moves forward: a run leaves `pending`/`running` once and is never written back,
   whatever order the callers arrive in, so a late or repeated event cannot resurrect a finished run.
@@ -6,7 +6,7 @@
   WhaleFall's own cancel does. A deadlock or serialization failure is retried.
 * An item is final only after its last phase (scope `all` has two): until then each phase's
   result waits in `details_json.phases`, so progress never reaches 100 % while work remains.
-* Every write sets `updated_at` (there is no trigger for it, spec 1.7).
+* Every write sets `updated_at` (there is no trigger for it, compat 1.7).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class TaskRunSpec:
-    """The columns a run is created with (spec 6.2 / 6.3)."""
+    """The columns a run is created with (compat 6.2 / 6.3)."""
 
     task_key: str
     task_name: str
@@ -88,7 +88,7 @@ class RunCenter:
             return None if row is None else dict(row._mapping)
 
     def get_items(self, run_id: str) -> list[dict[str, Any]]:
-        """Items in WhaleFall's order, id ascending (spec 1.8)."""
+        """Items in WhaleFall's order, id ascending (compat 1.8)."""
         query = select(self.items).where(self.items.c.run_id == run_id).order_by(self.items.c.id)
         with self.engine.connect() as connection:
             return [dict(row._mapping) for row in connection.execute(query)]
@@ -126,7 +126,7 @@ class RunCenter:
         return self._write(lambda connection: connection.execute(inserted).first() is not None)
 
     def write_summary(self, run_id: str, summary: dict[str, Any]) -> None:
-        """Replace the summary; a cancelled or finished run keeps its own (spec 6.1)."""
+        """Replace the summary; a cancelled or finished run keeps its own (compat 6.1)."""
 
         def write(connection: Connection) -> None:
             connection.execute(
@@ -138,7 +138,7 @@ class RunCenter:
         self._write(write)
 
     def cancel_run(self, run_id: str, *, cancelled_by: int | None = None) -> bool:
-        """WhaleFall's cancel (spec 7.3): the run and its open items become cancelled.
+        """WhaleFall's cancel (compat 7.3): the run and its open items become cancelled.
 
         `cancelled_by` (the user who asked, when known) goes into `summary_json.ext.data`, where the
         worker reads it for the run log. WhaleFall accepts only `running`; a legacy `pending` run is
@@ -194,7 +194,7 @@ class RunCenter:
 
         An open run becomes `failed` if any item failed (or was cancelled), else `completed`;
         `summary` replaces its summary, or computes it from (stored summary, items). A cancelled
-        run keeps its status but gets consistent counters and a completion time (fixes spec Q14).
+        run keeps its status but gets consistent counters and a completion time (fixes compat Q14).
         A finished run is left alone.
         """
 
@@ -233,9 +233,9 @@ class RunCenter:
     # -- items ------------------------------------------------------------------------------------
 
     def snapshot_items(self, run_id: str, *, by_name: bool = False) -> list[ActiveInstance]:
-        """One pending item per instance active when the run started, taken once (fixes spec Q20).
+        """One pending item per instance active when the run started, taken once (fixes compat Q20).
 
-        Items are created in id order, or in name order for the nightly run (spec 6.3). Later
+        Items are created in id order, or in name order for the nightly run (compat 6.3). Later
         callers of the same run (another step) get the same instances back from the items; an
         instance created after the run started never joins it, even when the first snapshot was
         empty. So every step of a run works on one snapshot.
@@ -305,7 +305,7 @@ class RunCenter:
         self, run_ids: Collection[str], results: Sequence[ItemPhase], expected_phases: Collection[str]
     ) -> dict[str, Progress]:
         """Record each instance's phase results in every open run; an item whose expected phases
-        are all in becomes final (replayed as WhaleFall would, spec 6.1). Returns the progress of
+        are all in becomes final (replayed as WhaleFall would, compat 6.1). Returns the progress of
         the runs still open. Cancelled or finished items and runs are left alone."""
         expected = set(expected_phases)
         by_instance: dict[int, dict[str, PhaseResult]] = {}
@@ -363,7 +363,7 @@ class RunCenter:
             }
         final = replay_phases(phases)
         details = dict(final.details_json)
-        if len(phases) > 1:  # spec Q10: every phase's result beside WhaleFall's final payload
+        if len(phases) > 1:  # compat Q10: every phase's result beside WhaleFall's final payload
             details["phases"] = {key: result.to_json() for key, result in sorted(phases.items())}
         return {
             "item_id": row.id,
@@ -420,7 +420,7 @@ class RunCenter:
         )
 
     def _count_progress(self, connection: Connection, run_id: str) -> Progress:
-        """Counters from the items: completed, and failed-or-cancelled (spec 6.1 finalize_run)."""
+        """Counters from the items: completed, and failed-or-cancelled (compat 6.1 finalize_run)."""
         items = self.items
         counts = connection.execute(
             select(

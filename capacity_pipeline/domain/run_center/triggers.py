@@ -1,6 +1,6 @@
-"""The manual "current period" trigger: the TaskRun WhaleFall's route writes is the trigger (spec 6.2, 7.1).
+"""The manual "current period" trigger: the TaskRun WhaleFall's route writes is the trigger (compat 6.2, 7.1).
 
-The route writes one row, exactly as WhaleFall's start_run does (status `running`, spec 6.1), with
+The route writes one row, exactly as WhaleFall's start_run does (status `running`, compat 6.1), with
 the scope in `summary_json.common.inputs.scope` and, when the caller named one, the requested
 period type in `summary_json.ext.data`. A launcher (the Dagster sensor) picks each such row up
 once (claims.py). Because the row is `running` from the start, WhaleFall's own run center can
@@ -24,7 +24,7 @@ from capacity_pipeline.domain.run_center.task_runs import RunCenter, TaskRunSpec
 
 def effective_period(requested: Any) -> PeriodType:
     """The period a request runs: its `period_type` when it names one, else daily (the API model's
-    field, which WhaleFall ignores and treats as daily, spec 7.1 and Q18)."""
+    field, which WhaleFall ignores and treats as daily, compat 7.1 and Q18)."""
     if isinstance(requested, str):
         try:
             return PeriodType(requested.strip().lower())
@@ -36,7 +36,7 @@ def effective_period(requested: Any) -> PeriodType:
 def current_task_run_spec(
     scope: Scope, created_by: int | None, requested_period_type: str | None = None
 ) -> TaskRunSpec:
-    """The TaskRun of spec 6.2 as the request creates it (bare summary envelope)."""
+    """The TaskRun of compat 6.2 as the request creates it (bare summary envelope)."""
     extra = {"requested_period_type": requested_period_type} if requested_period_type is not None else None
     return TaskRunSpec(
         task_key=c.CURRENT_TASK_KEY,
@@ -49,7 +49,7 @@ def current_task_run_spec(
 
 
 def request_current_aggregation(engine: Engine, scope: Scope, created_by: int | None, period_type: Any = None) -> str:
-    """Write the trigger (a running TaskRun, spec 6.1 start_run) and return its run_id."""
+    """Write the trigger (a running TaskRun, compat 6.1 start_run) and return its run_id."""
     run_id = str(uuid.uuid4())
     # What the caller asked for, as the summary's "请求周期" shows it (bounded like period_type columns).
     requested = period_type.strip()[:20] if isinstance(period_type, str) else None

@@ -1,4 +1,4 @@
-"""WhaleFall's "active instance" rule (spec 1.1), written once for SQL text and for SQLAlchemy."""
+"""WhaleFall's "active instance" rule (compat 1.1), written once for SQL text and for SQLAlchemy."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def is_active_instance(instances: Table) -> ColumnElement[bool]:
 
 
 def list_active_instances(bind: Engine | Connection, *, existing_at: datetime | None = None) -> list[ActiveInstance]:
-    """Active instances in id order, one snapshot per run (spec Q20); with `existing_at`, only those
+    """Active instances in id order, one snapshot per run (compat Q20); with `existing_at`, only those
     created by then, so that every step of one run works on the same list."""
     if isinstance(bind, Engine):
         with bind.connect() as connection:

@@ -6,7 +6,7 @@ reads. One GROUP BY over the observed days (the collected_date index and the mon
 keep it to those days), never a scan of history.
 
 A quarterly baseline is the set of days the next quarter's change fields compare with (WhaleFall's
-previous window, spec 3 and Q1: the first two months of a quarter, the whole quarter before a
+previous window, compat 3 and Q1: the first two months of a quarter, the whole quarter before a
 Q1 or in corrected mode); its version is the digest of its days' versions. Quarters read it as a
 second input, so a change in the days a quarter does not compare with leaves that quarter alone.
 """

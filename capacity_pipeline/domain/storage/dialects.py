@@ -3,10 +3,10 @@
 The shape follows Dagster's own storage (a SQL base class, a PostgreSQL subclass): callers ask
 `dialect_of(engine)` and never branch on the dialect's name. What differs:
 
-* WhaleFall's Python arithmetic as SQL fragments (spec Q2, Q3). PostgreSQL does it in pure SQL on
+* WhaleFall's Python arithmetic as SQL fragments (compat Q2, Q3). PostgreSQL does it in pure SQL on
   float8; SQLite calls the reference Python functions registered on each connection (sqlmath).
 * How a batch is written: PostgreSQL computes rows with a parallel-capable CREATE TEMP TABLE AS
-  and upserts from it, under an advisory lock per period and level (spec Q17); SQLite runs one
+  and upserts from it, under an advisory lock per period and level (compat Q17); SQLite runs one
   INSERT ... SELECT under its database-wide write lock.
 * Connections: timeouts, cancelling a statement from another thread, what a waiting session
   waits for, and which errors mean "retry" rather than "this instance is broken".
@@ -51,7 +51,7 @@ class ErrorKind(Enum):
     STATEMENT_TIMEOUT = "statement timeout"
     CANCELLED = "cancelled"
     CONNECTION = "connection lost"
-    DATA = "data"  # anything else: a problem of the rows at hand (spec Q11: isolate the instance)
+    DATA = "data"  # anything else: a problem of the rows at hand (compat Q11: isolate the instance)
 
 
 def first_line(error: BaseException) -> str:
@@ -79,7 +79,7 @@ class SqlDialect:
         raise NotImplementedError
 
     def avg_truncated(self, column: str, where: str) -> str:
-        """int(AVG(column)) over the rows `where` holds (spec 4.1); NULL over no values."""
+        """int(AVG(column)) over the rows `where` holds (compat 4.1); NULL over no values."""
         raise NotImplementedError
 
     def avg_as_float(self, column: str, where: str) -> str:
@@ -87,11 +87,11 @@ class SqlDialect:
         raise NotImplementedError
 
     def py_round2(self, x: str) -> str:
-        """Python round(x, 2) of a float8, as a numeric with two decimals (spec Q3)."""
+        """Python round(x, 2) of a float8, as a numeric with two decimals (compat Q3)."""
         raise NotImplementedError
 
     def pg_numeric2(self, x: str) -> str:
-        """A float8 stored into numeric(10,2): PostgreSQL rounds half away from zero (spec 4.2)."""
+        """A float8 stored into numeric(10,2): PostgreSQL rounds half away from zero (compat 4.2)."""
         raise NotImplementedError
 
     def text_hash(self, expr: str) -> str:

@@ -1,4 +1,4 @@
-"""Month partitions of the capacity tables, created on demand (fixes spec Q16).
+"""Month partitions of the capacity tables, created on demand (fixes compat Q16).
 
 WhaleFall only creates partitions through an admin API, so a write into a month nobody prepared
 fails. Before the pipeline writes a month it makes sure the partition exists, with WhaleFall's

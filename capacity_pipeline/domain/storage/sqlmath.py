@@ -1,7 +1,7 @@
 """WhaleFall's Python arithmetic, as the reference the SQL fragments must equal.
 
 WhaleFall computes change metrics in Python: `int()` truncation, IEEE doubles, and the built-in
-`round(x, 2)`, which rounds the exact binary value half-to-even (spec Q2, Q3). The SQL fragments
+`round(x, 2)`, which rounds the exact binary value half-to-even (compat Q2, Q3). The SQL fragments
 live with each dialect (storage/dialects.py): PostgreSQL's are pure SQL; SQLite's call the functions
 below, registered on each connection, so the two dialects agree by construction. The functions
 that emulate PostgreSQL (numeric AVG, numeric(10,2) rounding) let SQLite give PostgreSQL's numbers.

@@ -1,4 +1,4 @@
-"""WhaleFall's tables as SQLAlchemy definitions (spec section 1), and the schema set-up.
+"""WhaleFall's tables as SQLAlchemy definitions (compat 1), and the schema set-up.
 
 On PostgreSQL the four capacity tables are range-partitioned by month with the partition key in
 the primary key, exactly as WhaleFall's migrations leave them. On SQLite they are plain tables with

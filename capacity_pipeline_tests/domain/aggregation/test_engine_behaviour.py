@@ -1,4 +1,4 @@
-"""Upsert rules, input selection, batches, checkpoints and failure isolation (spec 2, 5, Q11, Q17)."""
+"""Upsert rules, input selection, batches, checkpoints and failure isolation (compat 2, 5, Q11, Q17)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from capacity_pipeline.domain.storage.tables import create_schema
 from capacity_pipeline_tests import whalefall_reference as reference
 from capacity_pipeline_tests.support import WhaleFallData
 
-TODAY = date(2026, 7, 2)  # the spec's worked "today"
+TODAY = date(2026, 7, 2)  # the worked "today" of docs/whalefall-compatibility.md
 SPEC = SyntheticSpec(instances=30, databases=6, days=220, end_date=TODAY, seed=20260702)
 IGNORED = {"id", "calculated_at", "created_at"}
 WINDOWS = [

@@ -1,4 +1,4 @@
-"""The worked examples of spec section 4, as exact assertions, on SQLite and PostgreSQL."""
+"""The worked examples of compat 4, as exact assertions, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def test_database_level_without_previous_rows_writes_zero_changes(engine, whalef
 
     [row] = whalefall.rows("database_size_aggregations")
     assert row["avg_data_size_mb"] is None and row["max_data_size_mb"] is None
-    assert row["avg_log_size_mb"] is None  # spec Q5: log sizes are never aggregated
+    assert row["avg_log_size_mb"] is None  # compat Q5: log sizes are never aggregated
     changes = (
         row["size_change_mb"],
         row["size_change_percent"],
@@ -198,7 +198,7 @@ def test_instance_level_trend_uses_strict_thresholds_on_rounded_percent(engine, 
 
 
 def test_instance_level_sums_same_day_rows_and_ignores_soft_deleted(engine, whalefall):
-    """Rows of one day are summed before averaging; is_deleted rows are not read (spec 2, 4.2)."""
+    """Rows of one day are summed before averaging; is_deleted rows are not read (compat 2, 4.2)."""
     whalefall.instance(1)
     day = date(2026, 6, 10)
     whalefall.instance_stats(1, [(day, 100, 2)])

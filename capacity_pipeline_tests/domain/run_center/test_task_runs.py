@@ -1,4 +1,4 @@
-"""The run center's rows (spec 6.1): status vocabulary, write rules, and forward-only status.
+"""The run center's rows (compat 6.1): status vocabulary, write rules, and forward-only status.
 
 Every test runs on SQLite and PostgreSQL. Timestamps come back timezone-aware from PostgreSQL;
 SQLite keeps the UTC wall clock without an offset, so `_utc` reads both as UTC.
@@ -378,7 +378,7 @@ def test_an_item_waits_for_its_last_phase_and_progress_stays_below_the_total(thr
 
     assert progress == Progress(total=3, completed=3, failed=0)
     item = _items_by_instance(center)[1]
-    # WhaleFall's final payload (the instance phase wrote last, spec 6.2 step 5), both phases beside it (Q10)
+    # WhaleFall's final payload (the instance phase wrote last, compat 6.2 step 5), both phases beside it (Q10)
     assert item["status"] == "completed" and item["metrics_json"] == {"runner": "instance"}
     assert item["details_json"]["message"] == "inst 1"
     assert set(item["details_json"]["phases"]) == {"database", "instance"}
@@ -408,7 +408,7 @@ def test_two_phases_end_as_whalefall_leaves_the_item_whatever_order_they_arrive(
     assert (items[1]["status"], items[1]["error_message"]) == ("failed", "instance failed")
     assert items[1]["metrics_json"] == {"runner": "database"}
     assert items[1]["details_json"]["error"] == "inst"
-    # database failed: the instance phase's complete_item is ignored (spec 6.1)
+    # database failed: the instance phase's complete_item is ignored (compat 6.1)
     assert (items[2]["status"], items[2]["error_message"], items[2]["metrics_json"]) == ("failed", "db failed", None)
     assert items[2]["details_json"]["error"] == "db"
     assert (items[3]["status"], items[3]["metrics_json"]) == ("completed", {"runner": "instance"})
@@ -573,7 +573,7 @@ def test_cancel_run_cancels_the_run_and_its_open_items(engine, three_items):
     assert run["status"] == "cancelled"
     assert _between(engine, run["completed_at"], before, datetime.now(UTC))
     assert run["error_message"] is None
-    assert _progress(run) == (3, 1, 0)  # not recomputed (spec 6.1)
+    assert _progress(run) == (3, 1, 0)  # not recomputed (compat 6.1)
     items = _items_by_instance(center)
     assert items[1] == completed_item
     for instance_id in (2, 3):

@@ -1,4 +1,4 @@
-"""Which quarterly baselines an observation reads (spec 3, Q1), and only their days."""
+"""Which quarterly baselines an observation reads (compat 3, Q1), and only their days."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from capacity_pipeline.domain.samples.versions import baseline_days, observed_da
 D = date.fromisoformat
 
 
-def W(start: str, end: str) -> Window:  # noqa: N802 - reads like the spec's notation
+def W(start: str, end: str) -> Window:  # noqa: N802 - reads like the compatibility notes' notation
     return Window(D(start), D(end))
 
 

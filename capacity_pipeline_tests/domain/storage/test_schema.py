@@ -1,4 +1,4 @@
-"""WhaleFall's schema as the pipeline creates it, and month partitions created on demand (spec 1, Q16)."""
+"""WhaleFall's schema as the pipeline creates it, and month partitions created on demand (compat 1, Q16)."""
 
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def test_constraints_and_indexes_carry_whalefall_names(pg_engine):
     aggregation_columns = {c["name"]: c for c in inspector.get_columns("database_size_aggregations")}
     assert str(aggregation_columns["size_change_percent"]["type"]) == "NUMERIC(10, 2)"
     assert aggregation_columns["calculated_at"]["default"] is None
-    assert "trend_direction" not in aggregation_columns  # spec Q6
+    assert "trend_direction" not in aggregation_columns  # compat Q6
 
 
 def test_init_db_is_idempotent_and_never_alters_existing_tables(postgres_url, tmp_path):

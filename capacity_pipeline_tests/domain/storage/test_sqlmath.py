@@ -1,4 +1,4 @@
-"""WhaleFall's Python arithmetic in SQL agrees with Python itself, value for value (spec 4, Q3)."""
+"""WhaleFall's Python arithmetic in SQL agrees with Python itself, value for value (compat 4, Q3)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_postgresql_py_round2_matches_python_round(pg_engine, values):
     assert _round_in_sql(pg_engine, values) == expected
 
 
-# Ties on the binary value, written out (spec Q3): what Python's round(x, 2) gives.
+# Ties on the binary value, written out (compat Q3): what Python's round(x, 2) gives.
 BINARY_TIES = [(0.125, "0.12"), (0.375, "0.38"), (2.675, "2.67"), (1.005, "1.0"), (-2.675, "-2.67"), (10.125, "10.12")]
 
 
