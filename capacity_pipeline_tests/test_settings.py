@@ -67,17 +67,17 @@ def test_a_bad_secret_is_not_echoed(name, raw, reason):
     assert raw not in message and repr(raw) not in message
 
 
-def _readme_settings_table() -> list[list[str]]:
-    """The rows of the README's settings table (under "## Settings"), each a list of its cells."""
+def _documented_settings_table() -> list[list[str]]:
+    """The rows of the settings table in docs/operations.md (under "## Settings"), each a list of its cells."""
     from capacity_pipeline_tests.support import REPO
 
-    section = (REPO / "README.md").read_text().split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
+    section = (REPO / "docs" / "operations.md").read_text().split("\n## Settings\n", 1)[1].split("\n## ", 1)[0]
     lines = [line.strip() for line in section.splitlines() if line.strip().startswith("|")]
     return [[cell.strip() for cell in re.split(r"(?<!\\)\|", line[1:-1])] for line in lines]
 
 
-def test_the_readme_settings_table_is_the_settings_table():
-    header, separator, *rows = _readme_settings_table()
+def test_the_documented_settings_table_is_the_settings_table():
+    header, separator, *rows = _documented_settings_table()
     assert header == ["variable", "default", "accepts", "meaning", "read by"]
     assert set(separator) == {"---"}
     assert [row[0] for row in rows] == [f"`{setting.env}`" for setting in SETTINGS.values()]  # each once, in order

@@ -272,7 +272,7 @@ def _depth(value: Any) -> int:
 
 
 def _expected(body: Body, content_type: str | None) -> tuple[int, str | None]:
-    """(status, scope written) the contract promises for this body (README, API deviations)."""
+    """(status, scope written) the contract promises for this body (docs/api.md, the deviations)."""
     if body.raw is None:  # no data: the test client sends nothing, or an empty form for a form type
         return 200, "all"
     raw = body.raw

@@ -121,7 +121,7 @@ def test_changed_samples_re_aggregate_exactly_the_windows_they_feed(fresh_dagste
     spec = SyntheticSpec(5, 3, OBSERVE_DAYS + 10, TODAY, seed=31, inactive_share=0, deleted_share=0)
     load_synthetic_data(pg_engine, spec)
     # Before the daemon starts: every window is aggregated, and the samples have been observed once
-    # (the rollout the README describes), so the automation begins with nothing to catch up.
+    # (the rollout deploy/README.md describes), so the automation begins with nothing to catch up.
     _aggregate_everything(pg_engine)
     with server.instance() as instance:
         observe_samples(code_location_definitions(pg_engine, observe_days=OBSERVE_DAYS), instance)
