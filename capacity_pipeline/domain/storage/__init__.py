@@ -1,0 +1,1 @@
+"""The database underneath: WhaleFall's tables, the two SQL dialects, connections, month partitions."""
