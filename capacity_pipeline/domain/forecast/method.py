@@ -1,0 +1,395 @@
+"""The forecasting method: a robust drift fitted after the last level shift, with a band drawn from
+the series' own past errors. Pure numpy, vectorised over many series at once.
+
+A series set is a 2-D array, one row per series and one column per day, NaN where a day has no
+sample; the last column is the as-of day. Nothing here loops over days or over series: every
+step is an array operation over the whole set (the few Python loops run over quantiles or lags).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+METHOD_NAME = "robust-drift-v1"
+
+# Multiply a median absolute deviation by this to estimate a normal standard deviation.
+_MAD_TO_SD = 1.4826
+# The standard error of a median is this times the standard deviation over the square root of n.
+_MEDIAN_EFFICIENCY = 1.2533
+_Z90 = 1.2816  # the 90th percentile of the standard normal: P10..P90 is +-_Z90 sd
+# Step sizes (days) at which the series' own past h-step errors are measured.
+_ERROR_STEPS = (1, 7, 30, 90, 180)
+_MIN_POST_SHIFT_SAMPLES = 3  # a level shift is confirmed once this many samples follow it
+
+
+@dataclass(frozen=True)
+class MethodParams:
+    """The method's knobs; the defaults are the ones the accuracy benchmark measured."""
+
+    min_usable_days: int = 14  # fewer samples after the last level shift: insufficient_data
+    max_days_to_limit: int = 730  # a limit reached later than this is reported as not reached (null)
+    shift_z: float = 6.0  # a level shift is this many noise deviations away from the usual day's change
+    shift_growth_days: float = 7.0  # ... and larger than this many days of the series' usual growth
+    persistence_days: int = 7  # the new level must hold (as a median) over this many days
+    drift_lag: int = 7  # drift is the median of lag-7 differences: a weekly cycle cancels out
+    drift_window_days: int = 91  # the drift is measured over the last 13 weeks (recent growth)
+    level_window_days: int = 14  # the level is a robust intercept over the last two weeks
+
+    def __post_init__(self) -> None:
+        for name in (
+            "min_usable_days",
+            "max_days_to_limit",
+            "persistence_days",
+            "drift_lag",
+            "drift_window_days",
+            "level_window_days",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
+class Projection:
+    """What the method says about each series (row i of every array is series i).
+
+    Sizes and growth are NaN unless `ok`; day counts are NaN when there is no limit, the path does
+    not reach it within `max_days_to_limit`, or the series is not `ok`. `change_point` is the
+    column of the first day at the level after the last shift (-1: no shift found).
+    """
+
+    horizons: tuple[int, ...]
+    ok: np.ndarray  # (n,) bool
+    change_point: np.ndarray  # (n,) int
+    samples_used: np.ndarray  # (n,) int: samples from the last level shift to the as-of day
+    growth_per_day: np.ndarray  # (n,) float: the P50 drift
+    level: np.ndarray  # (n,) float: the fitted size on the as-of day
+    p10: np.ndarray  # (n, len(horizons))
+    p50: np.ndarray
+    p90: np.ndarray
+    days_to_limit_p10: np.ndarray  # (n,): the early case (the P90 path reaches the limit)
+    days_to_limit_p50: np.ndarray
+    days_to_limit_p90: np.ndarray  # the late case (the P10 path reaches the limit)
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    """Where the drift was measured: the length of each end stretch and the distance between their middles."""
+
+    stretch: np.ndarray  # (n,) days
+    distance: np.ndarray  # (n,) days
+
+
+@dataclass(frozen=True)
+class _Band:
+    """Half-widths of the P10..P90 band as a function of the horizon h, per series.
+
+    width(h)^2 = noise + walk * h + (slope_sd * h)^2: the day-to-day noise, the random-walk part of
+    growth, and the uncertainty of the fitted drift; one set of terms below P50, one above.
+    """
+
+    noise: np.ndarray  # (2, n): down, up
+    walk: np.ndarray  # (2, n)
+    slope: np.ndarray  # (n,)
+
+    def widths(self, horizons: np.ndarray) -> np.ndarray:
+        """(2, n, len(horizons)) half-widths: [0] below P50, [1] above."""
+        h = np.asarray(horizons, dtype=np.float64)[None, None, :]
+        squared = self.noise[:, :, None] + self.walk[:, :, None] * h + (self.slope[None, :, None] * h) ** 2
+        return np.sqrt(squared)
+
+
+def project(
+    values: np.ndarray,
+    horizons: Sequence[int],
+    limits: np.ndarray | None = None,
+    params: MethodParams = MethodParams(),
+) -> Projection:
+    """Forecast every row of `values` (series x days, NaN = no sample, last column = as-of day)."""
+    y = np.asarray(values, dtype=np.float64)
+    if y.ndim != 2:
+        raise ValueError(f"values: expected a 2-D array (series x days), got {y.ndim} dimensions")
+    if not horizons or min(horizons) < 1:
+        raise ValueError(f"horizons: expected whole numbers of days >= 1, got {list(horizons)}")
+    n, days = y.shape
+    observed = ~np.isnan(y)
+    columns = np.arange(days)
+
+    change_point = _last_level_shift(y, observed, params)
+    in_fit = observed & (columns >= np.maximum(change_point, 0)[:, None])
+    samples_used = in_fit.sum(axis=1)
+    recent = in_fit[:, max(days - params.level_window_days, 0) :].any(axis=1)
+    drift, geometry = _drift(y, in_fit, params)
+    ok = (samples_used >= params.min_usable_days) & recent & ~np.isnan(drift)
+
+    level, level_samples = _level(y, in_fit, drift, params)
+    band, measured = _band(y, in_fit, drift, geometry, level_samples, params)
+    ok &= measured  # a band needs at least one measured step
+    steps = np.asarray(horizons)
+    centre = level[:, None] + drift[:, None] * steps[None, :]
+    below, above = band.widths(steps)
+    p10, p50, p90 = (
+        np.where(ok[:, None], np.maximum(path, 0.0), np.nan) for path in (centre - below, centre, centre + above)
+    )
+
+    limit = np.full(n, np.nan) if limits is None else np.asarray(limits, dtype=np.float64)
+    early, middle, late = _days_to_limit(level, drift, band, limit, ok, params.max_days_to_limit)
+    return Projection(
+        horizons=tuple(int(h) for h in horizons),
+        ok=ok,
+        change_point=change_point,
+        samples_used=samples_used,
+        growth_per_day=np.where(ok, drift, np.nan),
+        level=np.where(ok, level, np.nan),
+        p10=p10,
+        p50=p50,
+        p90=p90,
+        days_to_limit_p10=early,
+        days_to_limit_p50=middle,
+        days_to_limit_p90=late,
+    )
+
+
+def nan_quantiles(x: np.ndarray, quantiles: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row quantiles ignoring NaN (numpy's linear rule) and the per-row count; NaN for empty rows.
+
+    One sort for all the quantiles: np.nanquantile falls back to a Python loop over rows.
+    """
+    ordered = np.sort(x, axis=1)  # NaN sorts last
+    count = np.count_nonzero(~np.isnan(x), axis=1)
+    rows = np.arange(x.shape[0])
+    top = np.maximum(count - 1, 0)
+    out = np.empty((len(quantiles), x.shape[0]))
+    for index, q in enumerate(quantiles):
+        position = q * top
+        low = np.floor(position).astype(np.int64)
+        high = np.minimum(low + 1, top)
+        below, above = ordered[rows, low], ordered[rows, high]
+        out[index] = below + (above - below) * (position - low)
+    out[:, count == 0] = np.nan
+    return out, count
+
+
+def _last_level_shift(y: np.ndarray, observed: np.ndarray, params: MethodParams) -> np.ndarray:
+    """Per series, the column of the first day after the last confirmed level shift (-1: none).
+
+    A day is a candidate when its change from the previous sample is far outside the series' own
+    day-to-day changes (robust z-score) and larger than a week of its usual growth; it is confirmed
+    when the median level of the days after it differs from the median of the days before it by at
+    least half the jump, in the same direction, so a spike that comes back is not a shift.
+    """
+    n, days = y.shape
+    columns = np.arange(days)
+    seen = np.maximum.accumulate(np.where(observed, columns, -1), axis=1)
+    previous = seen[:, :-1]  # the last sampled column before each column 1..days-1
+    has_delta = observed[:, 1:] & (previous >= 0)
+    previous_value = np.take_along_axis(y, np.maximum(previous, 0), axis=1)
+    gap = columns[1:][None, :] - previous
+    delta = np.where(has_delta, y[:, 1:] - previous_value, np.nan)
+    rate = delta / np.where(has_delta, gap, 1)
+    (usual,), _ = nan_quantiles(rate, [0.5])
+    usual = np.nan_to_num(usual)
+    (spread,), _ = nan_quantiles(np.abs(rate - usual[:, None]), [0.5])
+    noise = _MAD_TO_SD * np.nan_to_num(spread)
+    floor = np.maximum(params.shift_z * noise, params.shift_growth_days * np.abs(usual))
+
+    excess = delta - usual[:, None] * gap
+    threshold = np.maximum(params.shift_z * noise[:, None] * np.sqrt(gap), floor[:, None])
+    rows, cols = np.nonzero(has_delta & (np.abs(excess) > threshold))
+    change_point = np.full(n, -1, dtype=np.int64)
+    if rows.size == 0:
+        return change_point
+    day = cols + 1  # the first day at the new level
+    jump = excess[rows, cols]
+    reference = previous_value[rows, cols]
+    p = params.persistence_days
+
+    def window(offsets: np.ndarray) -> np.ndarray:
+        at = day[:, None] + offsets[None, :]
+        inside = (at >= 0) & (at < days)
+        sampled = y[rows[:, None], np.clip(at, 0, days - 1)]
+        # Relative to the sample before the jump and with the usual growth taken out, so the test
+        # depends on differences only (adding a constant to a series changes nothing).
+        detrended = (sampled - reference[:, None]) - usual[rows, None] * (at - day[:, None])
+        return np.where(inside, detrended, np.nan)
+
+    (before,), _ = nan_quantiles(window(np.arange(-p, 0)), [0.5])
+    (after,), after_count = nan_quantiles(window(np.arange(0, p)), [0.5])
+    held = after - before
+    confirmed = (
+        (after_count >= _MIN_POST_SHIFT_SAMPLES)
+        & (np.sign(held) == np.sign(jump))
+        & (np.abs(held) >= 0.5 * np.abs(jump))
+        & (np.abs(held) > floor[rows])
+    )
+    np.maximum.at(change_point, rows[confirmed], day[confirmed])
+    return change_point
+
+
+def _drift(y: np.ndarray, in_fit: np.ndarray, params: MethodParams) -> tuple[np.ndarray, _Geometry]:
+    """The growth per day: a resistant line (Tukey's three groups) over the recent fitted days.
+
+    The slope between the median of the first and the median of the last stretch of the window:
+    medians ignore single outliers, and stretches of whole weeks cancel a weekly cycle.
+    """
+    n, days = y.shape
+    columns = np.arange(days)[None, :]
+    first = np.where(in_fit.any(axis=1), np.argmax(in_fit, axis=1), days)
+    begin = np.maximum(first, days - params.drift_window_days)
+    span = days - begin
+    week = params.drift_lag
+    stretch = np.where(span >= 3 * week, week * (span // (3 * week)), span // 3)
+    left = in_fit & (columns >= begin[:, None]) & (columns < (begin + stretch)[:, None])
+    right = in_fit & (columns >= (days - stretch)[:, None])
+    x_left, x_right = _medians_of(np.broadcast_to(columns, y.shape), left, right)
+    distance = x_right - x_left
+    usable = (stretch >= 1) & (distance > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        y_left, y_right = _medians_of(y, left, right)
+        rough = np.where(usable, (y_right - y_left) / distance, np.nan)
+        # Once more on the values with the rough trend taken out: with the trend in, a stretch's
+        # median is one sample (the middle day's) instead of the middle of all its samples.
+        ahead = columns - (days - 1)
+        r_left, r_right = _medians_of(y - rough[:, None] * ahead, left, right)
+        drift = rough + (r_right - r_left) / distance
+    return drift, _Geometry(stretch.astype(np.float64), distance)
+
+
+def _medians_of(values: np.ndarray, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the median of the values under each mask (one sort for both)."""
+    n = values.shape[0]
+    (medians,), _ = nan_quantiles(
+        np.concatenate([np.where(left, values, np.nan), np.where(right, values, np.nan)]), [0.5]
+    )
+    return medians[:n], medians[n:]
+
+
+def _level(y: np.ndarray, in_fit: np.ndarray, drift: np.ndarray, params: MethodParams) -> tuple[np.ndarray, np.ndarray]:
+    """The size on the as-of day: the median of the recent samples, each carried forward by the drift."""
+    days = y.shape[1]
+    start = max(days - params.level_window_days, 0)
+    ahead = (days - 1 - np.arange(start, days))[None, :]
+    carried = np.where(in_fit[:, start:], y[:, start:] + drift[:, None] * ahead, np.nan)
+    (level,), count = nan_quantiles(carried, [0.5])
+    return level, count
+
+
+def _band(
+    y: np.ndarray,
+    in_fit: np.ndarray,
+    drift: np.ndarray,
+    geometry: _Geometry,
+    level_samples: np.ndarray,
+    params: MethodParams,
+) -> tuple[_Band, np.ndarray]:
+    """Fit the band's terms to the series' own h-step errors after the last shift.
+
+    For each step h the in-sample error is y[t+h] - y[t] - drift * h; its P10 and P90 (relative to
+    its median) are the band's half-widths at h. A line through (h, width^2) separates the noise
+    (constant) from the random walk (growing with h); the drift's own uncertainty is added on top.
+    """
+    n, days = y.shape
+    steps, squared = [], []
+    for step in _ERROR_STEPS:  # a handful of steps, each one array operation over all series
+        if step >= days:
+            break
+        pair = in_fit[:, step:] & in_fit[:, :-step]
+        errors = np.where(pair, y[:, step:] - y[:, :-step] - drift[:, None] * step, np.nan)
+        (p10, p50, p90), count = nan_quantiles(errors, [0.1, 0.5, 0.9])
+        # Enough pairs for a quantile, and at least two stretches that do not overlap.
+        usable = count >= max(params.min_usable_days // 2, 2 * step)
+        width = np.stack([p50 - p10, p90 - p50]) ** 2
+        squared.append(np.where(usable[None, :], width, np.nan))
+        # Spread about the errors' own middle misses the part of a random walk that overlapping
+        # pairs share, about step / (pairs + step) of it (as in the variance-ratio test): the walk
+        # term is fitted against the step it effectively measured.
+        steps.append(step * (1.0 - step / np.maximum(count + step, 1)))
+    if not steps:
+        zero = np.zeros((2, n))
+        return _Band(zero, zero, np.zeros(n)), np.zeros(n, dtype=bool)
+    h = np.stack(steps, axis=-1)[None, :, :]  # (1, n, steps)
+    w = np.stack(squared, axis=-1)  # (2, n, steps)
+    noise, walk = _fit_noise_and_walk(h, w)
+    measured = ~np.isnan(w).all(axis=-1).any(axis=0)
+    # An in-sample error starts from one noisy sample, a forecast from the fitted level: half of
+    # the constant term is the origin's noise. The level itself is off by the median's share of the
+    # noise and, on a random walk, by how far the walk moved since the middle of its window.
+    noise = noise / 2
+    k = np.maximum(level_samples, 1).astype(np.float64)
+    constant = noise * (1 + np.pi / 2 / k) + walk * (k - 1) * (2 * k - 1) / (6 * k)
+    slope = _slope_width(noise.max(axis=0), walk.max(axis=0), geometry)
+    return _Band(constant, walk, slope), measured
+
+
+def _slope_width(noise: np.ndarray, walk: np.ndarray, geometry: _Geometry) -> np.ndarray:
+    """The half-width per day of horizon that the drift's own uncertainty adds.
+
+    For stretches of m days whose middles are d days apart, the slope between their means varies
+    by walk * (d - m/3) / d^2 (the increments between the stretches) plus pi/2 * 2 * noise / m / d^2
+    (the medians of the stretches' noise).
+    """
+    m, d = geometry.stretch, geometry.distance
+    with np.errstate(invalid="ignore", divide="ignore"):
+        squared = (walk * (d - m / 3) + np.pi * noise / m) / d**2
+    return np.sqrt(np.nan_to_num(np.maximum(squared, 0.0)))
+
+
+def _fit_noise_and_walk(h: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Least squares of width^2 = noise + walk * h over the usable steps, both terms >= 0.
+
+    With one usable step the whole width is taken as random walk: the cautious reading.
+    """
+    valid = ~np.isnan(w)
+    count = valid.sum(axis=-1)
+    hv = np.where(valid, h, 0.0)
+    wv = np.where(valid, w, 0.0)
+    sum_h, sum_w = hv.sum(axis=-1), wv.sum(axis=-1)
+    sum_hh, sum_hw = (hv * hv).sum(axis=-1), (hv * wv).sum(axis=-1)
+    denominator = count * sum_hh - sum_h**2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        walk = np.where(denominator > 0, (count * sum_hw - sum_h * sum_w) / denominator, np.nan)
+        noise = np.where(denominator > 0, (sum_w - walk * sum_h) / count, np.nan)
+        through_origin = np.where(sum_hh > 0, sum_hw / sum_hh, 0.0)  # walk alone
+        mean_w = np.where(count > 0, sum_w / np.maximum(count, 1), 0.0)  # noise alone
+    single = denominator <= 0
+    walk = np.where(single, np.where(count > 0, sum_w / np.maximum(sum_h, 1e-300), 0.0), walk)
+    noise = np.where(single, 0.0, noise)
+    negative_walk = walk < 0
+    walk = np.where(negative_walk, 0.0, walk)
+    noise = np.where(negative_walk, mean_w, noise)
+    negative_noise = noise < 0
+    noise = np.where(negative_noise, 0.0, noise)
+    walk = np.where(negative_noise, through_origin, walk)
+    return noise, walk
+
+
+def _days_to_limit(
+    level: np.ndarray,
+    drift: np.ndarray,
+    band: _Band,
+    limit: np.ndarray,
+    ok: np.ndarray,
+    max_days: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The first whole day (0..max_days) on which the P90, P50 and P10 paths reach the limit.
+
+    The three paths are ordered day by day, so their first days are ordered too: the early case
+    (P90 path) never comes after the P50 day, the late case (P10 path) never before it.
+    """
+    n = level.shape[0]
+    result = np.full((3, n), np.nan)
+    rows = np.nonzero(ok & ~np.isnan(limit))[0]
+    h = np.arange(max_days + 1)
+    chunk = max(1, 2_000_000 // h.size)  # bounded memory whatever the number of series
+    for start in range(0, rows.size, chunk):  # chunks of series, each one array operation
+        part = rows[start : start + chunk]
+        sub = _Band(band.noise[:, part], band.walk[:, part], band.slope[part])
+        below, above = sub.widths(h)
+        centre = level[part, None] + drift[part, None] * h[None, :]
+        for index, path in enumerate((centre + above, centre, centre - below)):
+            reached = path >= limit[part, None]
+            first = np.argmax(reached, axis=1)
+            result[index, part] = np.where(reached.any(axis=1), first, np.nan)
+    return result[0], result[1], result[2]
