@@ -55,7 +55,8 @@ def _datetime(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
-def _row(record: Any) -> ForecastRow:
+def forecast_row(record: Any) -> ForecastRow:
+    """A capacity_forecasts row (as either dialect hands it back) as a ForecastRow."""
     return ForecastRow(
         as_of_date=_date(record.as_of_date),
         level=Level(record.level),
@@ -117,7 +118,7 @@ def read_forecasts(
     with engine.connect() as connection:
         result = connection.execution_options(yield_per=_READ_BATCH).execute(query)
         for record in result:
-            yield _row(record)
+            yield forecast_row(record)
 
 
 def latest_as_of(bind: Engine | Connection, level: Level) -> date | None:
