@@ -23,12 +23,21 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 
+import aggregation_bench  # bench/: the loading and memory-sampling helpers
 import numpy as np
+from sqlalchemy import Engine, text
 
+from capacity_pipeline.domain.forecast.compute import compute_forecasts
 from capacity_pipeline.domain.forecast.method import MethodParams, project
+from capacity_pipeline.domain.forecast.model import ForecastOptions
+from capacity_pipeline.domain.forecast.series import instance_batches, read_series
+from capacity_pipeline.domain.model import Level
+from capacity_pipeline.domain.storage.dialects import SqlDialect, dialect_of
 
 HISTORY = 365  # days the method sees before (and including) each as-of day
 HORIZONS = (30, 90, 180)
@@ -323,18 +332,145 @@ def accuracy(series: int, seed: int) -> tuple[list[str], list[tuple[str, bool]]]
     return lines, targets
 
 
+# -- speed (--speed) ----------------------------------------------------------------------------------
+
+SPEED_AS_OF = aggregation_bench.TODAY - timedelta(days=1)  # the last day the bench's data has
+SPEED_SECONDS, SPEED_MIB = 60.0, 400.0  # issue 14: both levels, 1000 x 100 x 365, this 2-core machine
+SPEED_HEADER = (
+    "| scale | level | run | samples read | series | forecast | rows written | seconds | read | fit | write "
+    "| peak RSS MiB |"
+)
+
+
+def _set_limits(engine: Engine) -> None:
+    """Limits on every instance and on one database in ten, a little above their last size, so that
+    the limit days are computed too (once: kept with the loaded data)."""
+    with engine.begin() as connection:
+        if connection.execute(text("SELECT count(*) FROM capacity_limits")).scalar_one():
+            return
+        connection.execute(
+            text(
+                """INSERT INTO capacity_limits (instance_id, database_name, limit_mb, updated_at)
+                SELECT instance_id, NULL, max(total_size_mb) * 3 / 2 + 1, now() FROM instance_size_stats
+                WHERE collected_date = :day AND is_deleted IS FALSE GROUP BY instance_id"""
+            ),
+            {"day": SPEED_AS_OF},
+        )
+        connection.execute(
+            text(
+                """INSERT INTO capacity_limits (instance_id, database_name, limit_mb, updated_at)
+                SELECT instance_id, database_name, max(size_mb) * 3 / 2 + 1, now() FROM database_size_stats
+                WHERE collected_date = :day AND hashtext(database_name || instance_id) % 10 = 0
+                GROUP BY instance_id, database_name"""
+            ),
+            {"day": SPEED_AS_OF},
+        )
+
+
+def _samples_read(engine: Engine, level: Level, history_days: int) -> int:
+    table = "instance_size_stats" if level is Level.INSTANCE else "database_size_stats"
+    live = " AND is_deleted IS FALSE" if level is Level.INSTANCE else ""
+    with engine.connect() as connection:
+        return connection.execute(
+            text(f"SELECT count(*) FROM {table} WHERE collected_date BETWEEN :first AND :day{live}"),
+            {"first": SPEED_AS_OF - timedelta(days=history_days - 1), "day": SPEED_AS_OF},
+        ).scalar_one()
+
+
+def bench_speed(scale: str, reuse: bool) -> list[str]:
+    engine = aggregation_bench._database_for(scale, reuse, prefix="capacity_forecast_bench")
+    aggregation_bench._load(engine, scale)  # creates the schema, the forecasts' tables included
+    _set_limits(engine)
+    options = ForecastOptions()
+    lines, total_seconds, peak = [], 0.0, 0.0
+    for run in ("first run", "re-run"):
+        with engine.begin() as connection:
+            if run == "first run":
+                connection.execute(text("DELETE FROM capacity_forecasts WHERE as_of_date = :day"), {"day": SPEED_AS_OF})
+        run_seconds = 0.0
+        for level in (Level.INSTANCE, Level.DATABASE):
+            samples = _samples_read(engine, level, options.history_days)  # also warms the cache
+            with aggregation_bench._PeakRss() as rss:
+                started = time.perf_counter()
+                report = compute_forecasts(engine, level, SPEED_AS_OF, options)
+                seconds = time.perf_counter() - started
+            run_seconds += seconds
+            peak = max(peak, rss.peak / 2**20)
+            split = report.seconds
+            lines.append(
+                f"| {scale} | {level.value} | {run} | {samples:,} | {report.series:,} | {report.forecast:,} "
+                f"| {report.rows_written:,} | {seconds:.1f} | {split['read']:.1f} | {split['fit']:.1f} "
+                f"| {split['write']:.1f} | {rss.peak / 2**20:.0f} |"
+            )
+            print(lines[-1], flush=True)
+        total_seconds = max(total_seconds, run_seconds)
+        lines.append(f"| {scale} | both | {run} | | | | | {run_seconds:.1f} | | | | {peak:.0f} |")
+        print(lines[-1], flush=True)
+    engine.dispose()
+    if scale == "1000x100x365":
+        print(
+            f"- {'PASS' if total_seconds <= SPEED_SECONDS else 'FAIL'} {scale}: both levels in "
+            f"{total_seconds:.1f} s (target <= {SPEED_SECONDS:.0f})\n"
+            f"- {'PASS' if peak <= SPEED_MIB else 'FAIL'} {scale}: peak RSS {peak:.0f} MiB (target <= {SPEED_MIB:.0f})",
+            flush=True,
+        )
+    return lines
+
+
+def bench_reading(scale: str) -> str:
+    """The database level's series read both ways on PostgreSQL: one packed bytea per series (what
+    the pipeline does) and plain rows (one Python tuple per sample), same batches, same arrays."""
+    engine = aggregation_bench._database_for(scale, reuse=True, prefix="capacity_forecast_bench")
+    options = ForecastOptions()
+    postgres = dialect_of(engine)
+    cells = []
+    for plain in (False, True):
+        if plain:  # the base class's reader, on this very dialect object, for this measurement only
+            postgres.daily_series = types.MethodType(SqlDialect.daily_series, postgres)
+        try:
+            with aggregation_bench._PeakRss() as rss:
+                started = time.perf_counter()
+                for batch in instance_batches(engine, options.batch_size):
+                    with engine.connect() as connection:
+                        read_series(connection, Level.DATABASE, batch, SPEED_AS_OF, options.history_days)
+                seconds = time.perf_counter() - started
+        finally:
+            if plain:
+                del postgres.daily_series
+        cells.append(f"{seconds:.1f} s, {rss.peak / 2**20:.0f} MiB")
+    engine.dispose()
+    return f"| {scale} | database | {cells[0]} | {cells[1]} |"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--series", type=int, default=300, help="series per family (default 300)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--speed", action="store_true", help="also the speed benchmark on PostgreSQL")
+    parser.add_argument("--scale", action="append", help="INSTANCESxDATABASESxDAYS for --speed (repeatable)")
+    parser.add_argument("--reuse", action="store_true", help="--speed: keep and reuse already loaded data")
+    parser.add_argument("--reading", action="store_true", help="--speed: also time both ways of reading")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     lines, targets = accuracy(args.series, args.seed)
     print("\n".join(lines))
     print()
-    for text, passed in targets:
-        print(f"- {'PASS' if passed else 'FAIL'} {text}")
-    print(f"\n# {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    for line, passed in targets:
+        print(f"- {'PASS' if passed else 'FAIL'} {line}")
+    print(f"\n# accuracy: {time.perf_counter() - started:.1f} s", file=sys.stderr)
+    if args.speed:
+        print()
+        print(SPEED_HEADER)
+        print("|---" * (SPEED_HEADER.count("|") - 1) + "|")
+        scales = args.scale or ["250x100x365", "1000x100x365"]
+        for scale in scales:
+            bench_speed(scale, args.reuse)
+        if args.reading:
+            print()
+            print("| scale | level | packed bytea (seconds, peak RSS) | plain rows (seconds, peak RSS) |")
+            print("|---|---|---|---|")
+            for scale in scales:
+                print(bench_reading(scale), flush=True)
     return 0 if all(passed for _, passed in targets) else 1
 
 

@@ -23,6 +23,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import psycopg
 from sqlalchemy import Connection, Engine, Select, Table, TextClause, bindparam, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -449,8 +450,11 @@ class PostgresDialect(SqlDialect):
         buffer = io.StringIO()
         frame.to_csv(buffer, header=False, index=False, na_rep="\\N")
         statement = f"COPY {table.name} ({', '.join(frame.columns)}) FROM STDIN (FORMAT csv, NULL '\\N')"
-        with connection.connection.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
-            copy.write(buffer.getvalue())
+        try:
+            with connection.connection.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
+                copy.write(buffer.getvalue())
+        except psycopg.Error as error:  # the driver's own error, as SQLAlchemy's (IntegrityError, ...)
+            raise DBAPIError.instance(statement, None, error, psycopg.Error) from error
 
     def begin_batch(self, connection: Connection) -> None:
         for setting in self._BATCH_SETTINGS:
