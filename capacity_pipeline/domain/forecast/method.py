@@ -221,8 +221,10 @@ def _last_level_shift(y: np.ndarray, observed: np.ndarray, params: MethodParams)
     week = params.week_days
     weekly = (y[:, week:] - y[:, :-week]) / week if days > week else np.full((n, 1), np.nan)
     (usual,), weeks = nan_quantiles(weekly, [0.5])
-    (daily,), _ = nan_quantiles(rate, [0.5])
-    usual = np.nan_to_num(np.where(weeks > 0, usual, daily))
+    fallback = weeks == 0
+    if fallback.any():
+        (usual[fallback],), _ = nan_quantiles(rate[fallback], [0.5])
+    usual = np.nan_to_num(usual)
     (spread,), _ = nan_quantiles(np.abs(rate - usual[:, None]), [0.5])
     noise = _MAD_TO_SD * np.nan_to_num(spread)
     floor = np.maximum(params.shift_z * noise, params.shift_growth_days * np.abs(usual))
@@ -278,12 +280,14 @@ def _drift(y: np.ndarray, in_fit: np.ndarray, params: MethodParams) -> tuple[np.
     The slope between the median of the first and of the last stretch of the window: medians
     ignore single outliers, and stretches of whole weeks cancel a weekly cycle.
     """
+    # Only the window's columns take part: slicing first keeps the sorts to the window's width.
+    offset = max(y.shape[1] - params.drift_window_days, 0)
+    y, in_fit = y[:, offset:], in_fit[:, offset:]
     n, days = y.shape
     columns = np.arange(days)[None, :]
-    first = np.where(in_fit.any(axis=1), np.argmax(in_fit, axis=1), days)
-    begin = np.maximum(first, days - params.drift_window_days)
+    begin = np.where(in_fit.any(axis=1), np.argmax(in_fit, axis=1), days)
     stretch, left, right = _stretches(in_fit, begin, params.week_days)
-    x_left, x_right = _medians_of(np.broadcast_to(columns, y.shape).astype(np.float64), left, right)
+    x_left, x_right = _median_column(left), _median_column(right)
     distance = x_right - x_left
     usable = (stretch >= 1) & (distance > 0)
     ahead = columns - (days - 1)
@@ -296,6 +300,16 @@ def _drift(y: np.ndarray, in_fit: np.ndarray, params: MethodParams) -> tuple[np.
         drift = rough + (r_right - r_left) / distance
     lag = (days - 1) - (x_left + x_right) / 2
     return drift, _Geometry(stretch.astype(np.float64), distance, lag)
+
+
+def _median_column(mask: np.ndarray) -> np.ndarray:
+    """Per row, the median of the column numbers under `mask` (NaN for an empty row), without a sort:
+    the columns are in order already, so the middle ones are found by counting."""
+    count = mask.sum(axis=1)
+    seen = np.cumsum(mask, axis=1)
+    low = np.argmax(seen >= ((count - 1) // 2 + 1)[:, None], axis=1)
+    high = np.argmax(seen >= (count // 2 + 1)[:, None], axis=1)
+    return np.where(count > 0, (low + high) / 2, np.nan)
 
 
 def _medians_of(values: np.ndarray, left: np.ndarray, right: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -339,11 +353,11 @@ def _band(
     for base in _ERROR_STEPS:  # a handful of steps, each one array operation over all series
         # Each origin adds its own weekday offset (0..6) to the step, so every step mixes all
         # phases of a weekly cycle: the cycle lands in the constant term, not in the walk.
+        if days - base < 2 * (base + _PHASES // 2):  # too few pairs for any series: skip the work
+            break
         step = base + origin % _PHASES
         target = origin + step
         inside = target < days
-        if not inside.any():
-            break
         target = np.where(inside, target, 0)
         pair = in_fit & in_fit[:, target] & inside[None, :]
         errors = np.where(pair, y[:, target] - y - drift[:, None] * step[None, :], np.nan)
@@ -408,10 +422,8 @@ def _lean(
     middle_start = first + (days - first - stretch) // 2
     middle = in_fit & (columns >= middle_start[:, None]) & (columns < (middle_start + stretch)[:, None])
     detrended = y - drift[:, None] * (columns - (days - 1))
-    stacked_x = np.broadcast_to(columns, y.shape)
-    (x,), _ = nan_quantiles(np.concatenate([np.where(m, stacked_x, np.nan) for m in (left, middle, right)]), [0.5])
+    x_left, x_middle, x_right = (_median_column(mask) for mask in (left, middle, right))
     (r,), _ = nan_quantiles(np.concatenate([np.where(m, detrended, np.nan) for m in (left, middle, right)]), [0.5])
-    x_left, x_middle, x_right = x.reshape(3, n)
     r_left, r_middle, r_right = r.reshape(3, n)
     with np.errstate(invalid="ignore", divide="ignore"):
         early_drift = (r_middle - r_left) / (x_middle - x_left)
