@@ -426,11 +426,12 @@ class PostgresDialect(SqlDialect):
         return f"({column} + ({days}))"
 
     def daily_series(self, connection: Connection, samples: str, params: dict[str, Any]) -> DailySeries:
-        # One bytea per series, 8 bytes a sample: size * 2**DAY_BITS + day as a big-endian int8, read
+        # One bytea per series, 8 bytes a sample: size * 2**DAY_BITS + day as a big-endian int8 (sizes
+        # below 2**52 MB, a few zettabytes), read
         # with np.frombuffer, so a batch is thousands of Python objects instead of millions of
         # tuples. Day and size travel in one value: they cannot come apart, whatever the order.
         query = f"""
-            SELECT instance_id, database_name, string_agg(int8send(size_mb * {2**DAY_BITS} + day), ''::bytea)
+            SELECT instance_id, database_name, string_agg(int8send(CAST(size_mb AS bigint) * {2**DAY_BITS} + day), ''::bytea)
             FROM ({samples}) AS samples GROUP BY instance_id, database_name"""
         rows = connection.execute(text(query), params).all()
         if not rows:

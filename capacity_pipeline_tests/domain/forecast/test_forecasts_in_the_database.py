@@ -171,6 +171,19 @@ def test_the_series_array_has_one_column_per_day_and_nan_for_missing_days(engine
     assert pd.DataFrame(batch.values).fillna(-1).values.tolist() == [[1, -1, -1, -1], [-1, 3, -1, 5]]
 
 
+def test_large_and_negative_sizes_are_read_exactly(engine, whalefall):
+    whalefall.instance(7)
+    whalefall.instance_stats(7, [(AS_OF, 2_000_000_000, 1), (AS_OF - timedelta(days=1), 0, 1)])  # int4's top
+    whalefall.database_stats(7, "big", [(AS_OF, 2**52 - 1, None), (AS_OF - timedelta(days=1), -3, None)])
+    with engine.connect() as connection:
+        instance = read_series(connection, Level.INSTANCE, [7], AS_OF, 2048)
+        database = read_series(connection, Level.DATABASE, [7], AS_OF, 2048)
+    assert instance.values[0, -2:].tolist() == [0, 2_000_000_000]
+    assert database.values[0, -2:].tolist() == [-3, 2**52 - 1]
+    with pytest.raises(InvalidForecastInput, match="history_days"):
+        read_series(engine.connect(), Level.INSTANCE, [7], AS_OF, 2049)
+
+
 def test_a_forecast_is_stored_once_per_series_horizon_and_day(engine, whalefall):
     _growing(whalefall)
     compute_forecasts(engine, Level.INSTANCE, AS_OF, now=NOW)
