@@ -16,6 +16,14 @@ of cases whose true limit day fell inside [P10 day, P90 day] ("never" within 730
 day beyond). Then the targets, each PASS or FAIL.
 
     python bench/forecast_bench.py [--series 300] [--seed 7]
+
+With --speed, the speed benchmark on PostgreSQL: both levels computed and stored (a first run into
+an empty table, then a re-run rewriting every row) on the synthetic data of bench/aggregation_bench.py
+(its generator and loader, databases `capacity_forecast_bench_<N>x<M>x<D>` kept for --reuse), with
+this process's peak resident memory; --reading also times reading the series as packed bytea
+against plain rows. Targets at 1000x100x365: at most 60 s and 400 MiB.
+
+    python bench/forecast_bench.py --speed [--scale 250x100x365 --scale 1000x100x365] [--reuse] [--reading]
 """
 
 from __future__ import annotations
