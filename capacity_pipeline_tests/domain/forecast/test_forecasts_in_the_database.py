@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, date, datetime, timedelta
 
 import pandas as pd
@@ -128,6 +129,27 @@ def test_a_recomputation_rewrites_the_batch(engine, whalefall):
     rows = list(read_forecasts(engine, level=Level.DATABASE))
     assert report.rows_written == len(rows) == 3
     assert {row.database_name for row in rows} == {"orders"} and {row.computed_at for row in rows} == {later}
+
+
+def test_two_recomputations_at_once_leave_one_copy(pg_engine, pg_whalefall):
+    _growing(pg_whalefall, 7)
+    _growing(pg_whalefall, 8)
+    start, errors = threading.Barrier(2), []
+
+    def recompute() -> None:
+        start.wait()
+        try:
+            compute_forecasts(pg_engine, Level.DATABASE, AS_OF, ForecastOptions(batch_size=1), now=NOW)
+        except Exception as error:  # noqa: BLE001 - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=recompute) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(_json(pg_engine, level=Level.DATABASE)) == 6  # two series, three horizons, once each
 
 
 def test_one_instance_recomputed_leaves_the_others_alone(engine, whalefall):
