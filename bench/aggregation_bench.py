@@ -73,8 +73,8 @@ class Row:
         return self.seconds / self.floor_seconds
 
 
-def _database_for(scale: str, reuse: bool) -> Engine:
-    name = f"capacity_bench_{scale}"
+def _database_for(scale: str, reuse: bool, prefix: str = "capacity_bench") -> Engine:
+    name = f"{prefix}_{scale}"
     server = make_url(SERVER_URL).set(drivername="postgresql+psycopg")
     admin = create_engine(server, isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:

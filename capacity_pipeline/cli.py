@@ -10,7 +10,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any, NoReturn
@@ -20,9 +20,14 @@ from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from capacity_pipeline.domain.aggregation.engine import AggregationAborted, aggregate_period
-from capacity_pipeline.domain.model import InvalidScope, Outcome, Scope
+from capacity_pipeline.domain.forecast.compute import compute_forecasts
+from capacity_pipeline.domain.forecast.limits import list_limits, set_limit, unset_limit
+from capacity_pipeline.domain.forecast.model import ForecastRow, InvalidForecastInput
+from capacity_pipeline.domain.forecast.store import read_forecasts
+from capacity_pipeline.domain.model import InvalidScope, Level, Outcome, Scope
 from capacity_pipeline.domain.periods import PeriodType, china_today, window_containing
 from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
+from capacity_pipeline.domain.samples.instances import list_active_instances
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.storage.database import (
     DATABASE_URL_ENV,
@@ -166,6 +171,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve_api.add_argument("--host", default="127.0.0.1")
     serve_api.add_argument("--port", type=port_number, default=8080, help="1..65535 (default: 8080)")
 
+    forecast = commands.add_parser(
+        "forecast", parents=[database], help="compute, store and print capacity forecasts (docs/forecasts.md)"
+    )
+    forecast.add_argument("--as-of", type=_iso_date, help="YYYY-MM-DD, not after today (default: China today)")
+    forecast.add_argument("--level", choices=[level.value for level in _FORECAST_LEVELS], help="default: both")
+    forecast.add_argument("--instance", type=_positive_int, help="one instance's forecasts only")
+    forecast.add_argument(
+        "--horizons",
+        type=_setting_type("forecast_horizons"),
+        help=f"days, comma separated (default: ${SETTINGS['forecast_horizons'].env} or 30,90,180)",
+    )
+    forecast.add_argument("--format", choices=["table", "json"], default="table", help="default: table")
+
+    limits = commands.add_parser("limits", help="the capacity limits the forecasts compare with")
+    limit_commands = limits.add_subparsers(dest="limits_command", required=True, parser_class=_Parser)
+    limit_set = limit_commands.add_parser("set", parents=[database], help="set an instance's or a database's limit")
+    limit_unset = limit_commands.add_parser("unset", parents=[database], help="remove a limit")
+    for command in (limit_set, limit_unset):
+        command.add_argument("--instance", type=_positive_int, required=True, help="the instance id")
+        command.add_argument("--database", help="a database of the instance (default: the instance itself)")
+    limit_set.add_argument("--mb", type=_positive_int, required=True, help="the limit in MB, a whole number >= 1")
+    limit_set.add_argument("--note", help="why, or where the number comes from")
+    limit_set.add_argument("--updated-by", type=_positive_int, help="the WhaleFall user id setting it")
+    limit_list = limit_commands.add_parser("list", parents=[database], help="list the limits")
+    limit_list.add_argument("--instance", type=_positive_int, help="one instance's limits only")
+    limit_list.add_argument("--format", choices=["table", "json"], default="table", help="default: table")
+
     demo = commands.add_parser("demo", help="seed SQLite, materialize every period through Dagster, show the results")
     demo.add_argument("--folder", type=Path, default=Path(".demo"), help="where the demo database and Dagster home go")
     return parser
@@ -173,20 +205,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    command = " ".join(filter(None, (args.command, getattr(args, "limits_command", None))))
     try:
         settings = Settings.from_env()  # read once; the options override what they name
         return _COMMANDS[args.command](args, settings)
+    except InvalidForecastInput as error:
+        print(f"{PROG} {command}: error: {_as_option(str(error))}", file=sys.stderr)
+        return 2
     except (UsageError, DatabaseConfigError, SettingError) as error:
-        print(f"{PROG} {args.command}: error: {error}", file=sys.stderr)
+        print(f"{PROG} {command}: error: {error}", file=sys.stderr)
         return 2
     except AggregationAborted as error:
-        print(f"{PROG} {args.command}: failed: {error}", file=sys.stderr)
+        print(f"{PROG} {command}: failed: {error}", file=sys.stderr)
         return 1
     except RunFailed as error:
-        print(f"{PROG} {args.command}: failed: {error}", file=sys.stderr)
+        print(f"{PROG} {command}: failed: {error}", file=sys.stderr)
         return 1
     except DBAPIError as error:
-        print(f"{PROG} {args.command}: failed: {_database_error(error, args)}", file=sys.stderr)
+        print(f"{PROG} {command}: failed: {_database_error(error, args)}", file=sys.stderr)
         return 1
 
 
@@ -327,6 +363,114 @@ def _serve_api(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+_FORECAST_LEVELS = (Level.INSTANCE, Level.DATABASE)
+# The domain's field names as the options that set them, for one-line errors that name the option.
+_OPTIONS_OF_FIELDS = {
+    "instance_id": "--instance",
+    "database_name": "--database",
+    "limit_mb": "--mb",
+    "note": "--note",
+    "updated_by": "--updated-by",
+    "horizons": "--horizons",
+}
+
+
+def _as_option(message: str) -> str:
+    field, _, rest = message.partition(":")
+    return f"{_OPTIONS_OF_FIELDS[field]}:{rest}" if field in _OPTIONS_OF_FIELDS and rest else message
+
+
+def _forecast(args: argparse.Namespace, settings: Settings) -> int:
+    today = china_today()
+    as_of = args.as_of or today
+    if as_of > today:
+        raise UsageError(f"--as-of: {as_of.isoformat()} is after today ({today.isoformat()} in Asia/Shanghai)")
+    options = settings.forecast_options(**({"horizons": args.horizons} if args.horizons else {}))
+    levels = [Level(args.level)] if args.level else list(_FORECAST_LEVELS)
+    engine = _engine(args, settings)
+    instance_ids = None
+    if args.instance is not None:
+        if args.instance not in {instance.id for instance in list_active_instances(engine)}:
+            raise UsageError(f"--instance: no active instance {args.instance}")
+        instance_ids = [args.instance]
+    for level in levels:
+        compute_forecasts(engine, level, as_of, options, instance_ids=instance_ids)
+    rows = (
+        row for level in levels for row in read_forecasts(engine, level=level, instance_id=args.instance, as_of=as_of)
+    )
+    if args.format == "json":
+        _print_json_array(row.as_json() for row in rows)
+    else:
+        _print_table(_FORECAST_COLUMNS, (_forecast_cells(row) for row in rows))
+    return 0
+
+
+_FORECAST_COLUMNS = (
+    "level", "instance", "database", "horizon", "p10_mb", "p50_mb", "p90_mb", "growth/day", "limit_mb",
+    "days_p10", "days_p50", "days_p90", "quality", "change_point", "samples",
+)  # fmt: skip
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.2f}"
+    return str(value)
+
+
+def _forecast_cells(row: ForecastRow) -> list[str]:
+    return [
+        _cell(value)
+        for value in (
+            row.level.value, row.instance_id, row.database_name, row.horizon_days, row.p10_mb, row.p50_mb,
+            row.p90_mb, row.growth_mb_per_day, row.limit_mb, row.days_to_limit_p10, row.days_to_limit_p50,
+            row.days_to_limit_p90, row.quality.value, row.change_point_date, row.samples_used,
+        )
+    ]  # fmt: skip
+
+
+def _print_json_array(items: Iterator[dict[str, Any]]) -> None:
+    """One JSON array, written element by element (a fleet's forecasts need not all be in memory)."""
+    sys.stdout.write("[")
+    for index, item in enumerate(items):
+        sys.stdout.write(("," if index else "") + "\n" + json.dumps(item, ensure_ascii=False))
+    sys.stdout.write("\n]\n")
+
+
+def _print_table(columns: Sequence[str], rows: Iterator[list[str]]) -> None:
+    """A plain text table; columns as wide as their widest cell (so the rows are read first)."""
+    cells = [list(columns), *rows]
+    widths = [max(len(row[index]) for row in cells) for index in range(len(columns))]
+    for row in cells:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _limits_command(args: argparse.Namespace, settings: Settings) -> int:
+    engine = _engine(args, settings)
+    if args.limits_command == "set":
+        limit = set_limit(engine, args.instance, args.database, args.mb, note=args.note, updated_by=args.updated_by)
+        print(json.dumps(limit.as_json(), ensure_ascii=False))
+    elif args.limits_command == "unset":
+        removed = unset_limit(engine, args.instance, args.database)
+        print(json.dumps({"instance_id": args.instance, "database_name": args.database, "removed": removed}))
+    else:
+        limits = list_limits(engine, args.instance)
+        if args.format == "json":
+            print(json.dumps([limit.as_json() for limit in limits], ensure_ascii=False))
+        else:
+            columns = ("instance", "database", "limit_mb", "note", "updated_by", "updated_at")
+            _print_table(
+                columns,
+                (
+                    [_cell(v) for v in (x.instance_id, x.database_name, x.limit_mb, x.note, x.updated_by)]
+                    + [x.updated_at.isoformat(timespec="seconds")]
+                    for x in limits
+                ),
+            )
+    return 0
+
+
 _COMMANDS = {
     "init-db": _init_db,
     "aggregate": _aggregate,
@@ -334,6 +478,8 @@ _COMMANDS = {
     "request": _request,
     "serve-api": _serve_api,
     "demo": _demo,
+    "forecast": _forecast,
+    "limits": _limits_command,
 }
 
 

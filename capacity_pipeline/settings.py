@@ -18,10 +18,12 @@ from datetime import date
 from typing import Any
 
 from capacity_pipeline.domain.aggregation.engine import DEFAULT_BATCH_SIZE
+from capacity_pipeline.domain.forecast.model import MAX_HISTORY_DAYS, ForecastOptions
 from capacity_pipeline.domain.storage.database import DATABASE_URL_ENV
 from capacity_pipeline.domain.storage.dialects import ConnectionLimits
 
 _LIMITS = ConnectionLimits()  # the domain's own defaults, so each is written once
+_FORECAST = ForecastOptions()
 
 
 class SettingError(ValueError):
@@ -77,6 +79,21 @@ def _flag(raw: str) -> bool:
     if value in {"0", "false", "no", "off", ""}:
         return False
     raise ValueError
+
+
+def _horizons(raw: str) -> tuple[int, ...]:
+    parts = [part.strip() for part in raw.split(",")]
+    values = tuple(int(part) for part in parts)  # a part that is not a whole number raises ValueError
+    if not values or len(set(values)) != len(values) or not all(1 <= value <= MAX_HISTORY_DAYS for value in values):
+        raise ValueError
+    return values
+
+
+def _history_days(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= MAX_HISTORY_DAYS:
+        raise ValueError
+    return value
 
 
 def _url(raw: str) -> str:
@@ -243,6 +260,41 @@ SETTINGS: dict[str, Setting] = {
         "Bearer tokens of the standalone API (serve-api).",
         secret=True,
     ),
+    "forecast_horizons": Setting(
+        "CAPACITY_FORECAST_HORIZONS",
+        _FORECAST.horizons,
+        _horizons,
+        f"whole numbers of days from 1 to {MAX_HISTORY_DAYS}, comma separated, each once",
+        "The horizons (days after the as-of day) each forecast projects to.",
+    ),
+    "forecast_history_days": Setting(
+        "CAPACITY_FORECAST_HISTORY_DAYS",
+        _FORECAST.history_days,
+        _history_days,
+        f"a whole number of days from 1 to {MAX_HISTORY_DAYS}",
+        "How many days of samples up to the as-of day a forecast reads.",
+    ),
+    "forecast_min_usable_days": Setting(
+        "CAPACITY_FORECAST_MIN_USABLE_DAYS",
+        _FORECAST.min_usable_days,
+        _positive_int,
+        "a whole number >= 1",
+        "Fewer samples after the last level shift: quality insufficient_data, no projection.",
+    ),
+    "forecast_max_days_to_limit": Setting(
+        "CAPACITY_FORECAST_MAX_DAYS_TO_LIMIT",
+        _FORECAST.max_days_to_limit,
+        _positive_int,
+        "a whole number of days >= 1",
+        "A limit reached later than this many days after the as-of day is reported as not reached (null).",
+    ),
+    "forecast_batch_size": Setting(
+        "CAPACITY_FORECAST_BATCH_SIZE",
+        _FORECAST.batch_size,
+        _positive_int,
+        "a whole number >= 1",
+        "Instances per forecast batch; each batch is read, fitted and stored in one transaction.",
+    ),
     "partitions_start": Setting(
         "CAPACITY_PARTITIONS_START",
         date(2025, 7, 1),
@@ -295,6 +347,11 @@ class Settings:
     observe_days: int = SETTINGS["observe_days"].default
     automation_sensor_seconds: int = SETTINGS["automation_sensor_seconds"].default
     api_tokens: dict[str, ApiToken] | None = SETTINGS["api_tokens"].default
+    forecast_horizons: tuple[int, ...] = SETTINGS["forecast_horizons"].default
+    forecast_history_days: int = SETTINGS["forecast_history_days"].default
+    forecast_min_usable_days: int = SETTINGS["forecast_min_usable_days"].default
+    forecast_max_days_to_limit: int = SETTINGS["forecast_max_days_to_limit"].default
+    forecast_batch_size: int = SETTINGS["forecast_batch_size"].default
     partitions_start: date = SETTINGS["partitions_start"].default
 
     @classmethod
@@ -304,3 +361,15 @@ class Settings:
 
     def with_changes(self, **changes: Any) -> Settings:
         return replace(self, **changes)
+
+    def forecast_options(self, **changes: Any) -> ForecastOptions:
+        """The forecasts' options from these settings (`changes` override them, as a CLI option does);
+        settings that do not fit together fail naming the field."""
+        values = {
+            "horizons": self.forecast_horizons,
+            "history_days": self.forecast_history_days,
+            "min_usable_days": self.forecast_min_usable_days,
+            "max_days_to_limit": self.forecast_max_days_to_limit,
+            "batch_size": self.forecast_batch_size,
+        }
+        return ForecastOptions(**{**values, **changes})

@@ -39,6 +39,8 @@ REPO = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get("CAPACITY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 T = TypeVar("T")
 _TABLES = (
+    "capacity_forecasts",
+    "capacity_limits",
     "capacity_task_run_links",
     "task_run_items",
     "task_runs",

@@ -27,6 +27,8 @@ ALL_TABLES = sorted(
         "task_runs",
         "task_run_items",
         "capacity_task_run_links",  # the pipeline's own, beside the run center
+        "capacity_limits",  # the forecasts' own
+        "capacity_forecasts",
     ]
 )
 

@@ -64,6 +64,8 @@ def _default(value: Any) -> str:
         return f"{value:g}"
     if isinstance(value, date):
         return value.isoformat()
+    if isinstance(value, tuple):
+        return ",".join(str(item) for item in value)
     return str(value)
 
 

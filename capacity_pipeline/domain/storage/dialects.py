@@ -22,6 +22,8 @@ from enum import Enum
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import psycopg
 from sqlalchemy import Connection, Engine, Select, Table, TextClause, bindparam, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
@@ -32,6 +34,24 @@ from capacity_pipeline.domain.storage import sqlmath
 
 if TYPE_CHECKING:
     import pandas as pd
+
+
+DAY_BITS = 11  # a series' days fit in 11 bits: at most 2048 days of history (PostgreSQL's packing)
+
+
+@dataclass(frozen=True)
+class DailySeries:
+    """Series read from the database: their keys, and per sample the series' index, day and size."""
+
+    keys: list[tuple[int, str | None]]  # (instance_id, database_name)
+    index: np.ndarray
+    day: np.ndarray
+    size: np.ndarray
+
+    @classmethod
+    def empty(cls) -> DailySeries:
+        nothing = np.zeros(0, dtype=np.int64)
+        return cls([], nothing, nothing, np.zeros(0))
 
 
 @dataclass(frozen=True)
@@ -135,6 +155,42 @@ class SqlDialect:
     def analyze(self, engine: Engine, tables: Sequence[str]) -> None:
         """Refresh the planner's statistics after a bulk load."""
 
+    # -- the forecasts' series ------------------------------------------------------------------
+
+    def day_offset(self, column: str, origin: str) -> str:
+        """Whole days from the date parameter `:origin` to the date `column`, as an integer."""
+        raise NotImplementedError
+
+    def date_plus_days(self, column: str, days: str) -> str:
+        """The date `days` (an integer expression) after the date `column`."""
+        raise NotImplementedError
+
+    def daily_series(self, connection: Connection, samples: str, params: dict[str, Any]) -> DailySeries:
+        """Every series of `samples`, a SELECT of (instance_id, database_name, day, size_mb) with at most
+        one row per series and day. Plain rows here; PostgreSQL packs each series into one value."""
+        query = f"SELECT instance_id, database_name, day, size_mb FROM ({samples}) AS samples"
+        rows = connection.execute(self._bind(query), params).all()
+        if not rows:
+            return DailySeries.empty()
+        keys: dict[tuple[int, str | None], int] = {}
+        index = np.fromiter((keys.setdefault((r[0], r[1]), len(keys)) for r in rows), np.int64, len(rows))
+        days = np.fromiter((r[2] for r in rows), np.int64, len(rows))
+        sizes = np.fromiter((r[3] for r in rows), np.float64, len(rows))
+        return DailySeries(list(keys), index, days, sizes)
+
+    def _bind(self, query: str) -> TextClause:
+        return text(query)
+
+    def insert_rows(self, connection: Connection, table: Table, frame: pd.DataFrame) -> None:
+        """Many rows inside the caller's transaction (executemany where nothing faster exists)."""
+        if frame.empty:
+            return
+        records = frame.astype(object).where(frame.notna(), None)
+        columns = list(frame.columns)
+        connection.execute(
+            table.insert(), [dict(zip(columns, row, strict=True)) for row in records.itertuples(index=False)]
+        )
+
     # -- the run center ---------------------------------------------------------------------------
 
     def insert_ignoring_conflicts(self, table: Table) -> Any:
@@ -226,6 +282,15 @@ class SqliteDialect(SqlDialect):
 
     def insert_ignoring_conflicts(self, table: Table) -> Any:
         return sqlite_insert(table)
+
+    def day_offset(self, column: str, origin: str) -> str:
+        return f"CAST(julianday({column}) - julianday(:{origin}) AS INTEGER)"
+
+    def date_plus_days(self, column: str, days: str) -> str:
+        return f"date({column}, '+' || ({days}) || ' days')"
+
+    def _bind(self, query: str) -> TextClause:
+        return text(query).bindparams(bindparam("ids", expanding=True))
 
     def create_engine(self, url: URL, limits: ConnectionLimits, **kwargs: Any) -> Engine:
         # The busy timeout is SQLite's lock timeout; it has no statement timeout.
@@ -353,6 +418,44 @@ class PostgresDialect(SqlDialect):
     def analyze(self, engine: Engine, tables: Sequence[str]) -> None:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             connection.execute(text(f"ANALYZE {', '.join(tables)}"))
+
+    def day_offset(self, column: str, origin: str) -> str:
+        return f"({column} - CAST(:{origin} AS date))"
+
+    def date_plus_days(self, column: str, days: str) -> str:
+        return f"({column} + ({days}))"
+
+    def daily_series(self, connection: Connection, samples: str, params: dict[str, Any]) -> DailySeries:
+        # One bytea per series, 8 bytes a sample: size * 2**DAY_BITS + day as a big-endian int8 (sizes
+        # below 2**52 MB, a few zettabytes), read
+        # with np.frombuffer, so a batch is thousands of Python objects instead of millions of
+        # tuples. Day and size travel in one value: they cannot come apart, whatever the order.
+        query = f"""
+            SELECT instance_id, database_name, string_agg(int8send(CAST(size_mb AS bigint) * {2**DAY_BITS} + day), ''::bytea)
+            FROM ({samples}) AS samples GROUP BY instance_id, database_name"""
+        rows = connection.execute(text(query), params).all()
+        if not rows:
+            return DailySeries.empty()
+        packed = np.frombuffer(b"".join(row[2] for row in rows), dtype=">i8").astype(np.int64)
+        counts = np.fromiter((len(row[2]) // 8 for row in rows), np.int64, len(rows))
+        index = np.repeat(np.arange(len(rows)), counts)
+        keys = [(row[0], row[1]) for row in rows]
+        # An arithmetic shift and a mask undo it, negative sizes included (two's complement).
+        return DailySeries(keys, index, packed & (2**DAY_BITS - 1), (packed >> DAY_BITS).astype(np.float64))
+
+    def insert_rows(self, connection: Connection, table: Table, frame: pd.DataFrame) -> None:
+        # COPY inside the caller's transaction: its rows commit or roll back with the rest of it.
+        # CSV quotes whatever text needs it (a database name may hold a comma or a quote).
+        if frame.empty:
+            return
+        buffer = io.StringIO()
+        frame.to_csv(buffer, header=False, index=False, na_rep="\\N")
+        statement = f"COPY {table.name} ({', '.join(frame.columns)}) FROM STDIN (FORMAT csv, NULL '\\N')"
+        try:
+            with connection.connection.driver_connection.cursor() as cursor, cursor.copy(statement) as copy:
+                copy.write(buffer.getvalue())
+        except psycopg.Error as error:  # the driver's own error, as SQLAlchemy's (IntegrityError, ...)
+            raise DBAPIError.instance(statement, None, error, psycopg.Error) from error
 
     def begin_batch(self, connection: Connection) -> None:
         for setting in self._BATCH_SETTINGS:

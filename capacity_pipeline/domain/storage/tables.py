@@ -19,6 +19,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     Engine,
+    Float,
     ForeignKey,
     ForeignKeyConstraint,
     Index,
@@ -29,13 +30,14 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TextClause,
     UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
-from capacity_pipeline.domain.storage.dialects import dialect_named
 from capacity_pipeline.domain.model import TaskStatus
+from capacity_pipeline.domain.storage.dialects import dialect_named
 
 # Table -> (partition key, the display name WhaleFall writes into each partition's comment).
 PARTITIONED_TABLES: dict[str, tuple[str, str]] = {
@@ -359,7 +361,99 @@ def whalefall_metadata(dialect: str) -> MetaData:
         Index("ix_capacity_task_run_links_request_key", "request_key"),
         comment="capacity_pipeline: the Dagster run doing each TaskRun's work, and its heartbeat",
     )
+    _forecast_tables(metadata, now)
     return metadata
+
+
+def _one_per_series(table: str, key: tuple[str, ...], after: tuple[str, ...] = ()) -> list[Index]:
+    """Unique per series, database_name NULL at instance level: two partial unique indexes, one on
+    `key + after` for the instance's own rows, one on `key + database_name + after` for databases.
+
+    A plain UNIQUE would let instance rows repeat (NULLs are distinct in SQL); NULLS NOT DISTINCT is
+    PostgreSQL 15+ only and unknown to SQLite; a '' stand-in would be a sentinel every reader must
+    know. Both dialects have partial indexes, and the column keeps meaning what it says.
+    """
+    return [
+        Index(
+            f"uq_{table}_instance",
+            *key,
+            *after,
+            unique=True,
+            postgresql_where=text("database_name IS NULL"),
+            sqlite_where=text("database_name IS NULL"),
+        ),
+        Index(
+            f"uq_{table}_database",
+            *key,
+            "database_name",
+            *after,
+            unique=True,
+            postgresql_where=text("database_name IS NOT NULL"),
+            sqlite_where=text("database_name IS NOT NULL"),
+        ),
+    ]
+
+
+def _forecast_tables(metadata: MetaData, now: TextClause) -> None:
+    """Not WhaleFall's: the capacity limits DBAs set, and the forecasts (docs/forecasts.md)."""
+    cascade = {"ondelete": "CASCADE"}  # WhaleFall may delete an instance: its limits and forecasts go too
+    Table(
+        "capacity_limits",
+        metadata,
+        Column("id", Integer, primary_key=True, autoincrement=True),
+        Column(
+            "instance_id",
+            Integer,
+            ForeignKey("instances.id", name="fk_capacity_limits_instance", **cascade),
+            nullable=False,
+        ),
+        Column("database_name", String(255), nullable=True),  # NULL: the instance itself
+        Column("limit_mb", BigInteger, nullable=False),
+        Column("note", Text, nullable=True),
+        Column("updated_by", Integer, nullable=True),  # a WhaleFall user id, as task_runs.created_by
+        Column("updated_at", _TIMESTAMPTZ, nullable=False, server_default=now),
+        CheckConstraint("limit_mb > 0", name="capacity_limits_limit_mb_check"),
+        *_one_per_series("capacity_limits", ("instance_id",)),
+        comment="capacity_pipeline: the size (MB) at which an instance or a database is full",
+    )
+    qualities = ", ".join(f"'{quality}'" for quality in ("ok", "insufficient_data"))
+    Table(
+        "capacity_forecasts",
+        metadata,
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+        Column("as_of_date", Date, nullable=False),
+        Column("level", String(16), nullable=False),
+        Column(
+            "instance_id",
+            Integer,
+            ForeignKey("instances.id", name="fk_capacity_forecasts_instance", **cascade),
+            nullable=False,
+        ),
+        Column("database_name", String(255), nullable=True),  # NULL at instance level
+        Column("horizon_days", Integer, nullable=False),
+        Column("p10_mb", Float(53), nullable=True),
+        Column("p50_mb", Float(53), nullable=True),
+        Column("p90_mb", Float(53), nullable=True),
+        Column("growth_mb_per_day", Float(53), nullable=True),
+        Column("limit_mb", BigInteger, nullable=True),
+        Column("days_to_limit_p10", Integer, nullable=True),
+        Column("days_to_limit_p50", Integer, nullable=True),
+        Column("days_to_limit_p90", Integer, nullable=True),
+        Column("quality", String(32), nullable=False),
+        Column("change_point_date", Date, nullable=True),
+        Column("samples_used", Integer, nullable=False),
+        Column("method", String(64), nullable=False),
+        Column("computed_at", _TIMESTAMPTZ, nullable=False),
+        CheckConstraint("level IN ('instance', 'database')", name="capacity_forecasts_level_check"),
+        CheckConstraint(
+            "(level = 'instance') = (database_name IS NULL)", name="capacity_forecasts_database_name_check"
+        ),
+        CheckConstraint(f"quality IN ({qualities})", name="capacity_forecasts_quality_check"),
+        CheckConstraint("horizon_days > 0", name="capacity_forecasts_horizon_days_check"),
+        *_one_per_series("capacity_forecasts", ("as_of_date", "level", "instance_id"), ("horizon_days",)),
+        Index("ix_capacity_forecasts_instance", "instance_id", "as_of_date"),
+        comment="capacity_pipeline: P10/P50/P90 sizes per as-of day, level, series and horizon",
+    )
 
 
 def tables_for(bind: Engine | Connection) -> MetaData:
