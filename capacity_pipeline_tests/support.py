@@ -15,7 +15,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -439,6 +439,11 @@ def submit_job(client: Any, deadline: float, **kwargs: Any) -> str:
 
 
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+_DAGSTER_STATUS_OF = {
+    "completed": dg.DagsterRunStatus.SUCCESS,
+    "failed": dg.DagsterRunStatus.FAILURE,
+    "cancelled": dg.DagsterRunStatus.CANCELED,
+}
 
 
 def wait_for_run(client: Any, run_id: str, timeout: float = 120) -> dg.DagsterRunStatus:
@@ -449,3 +454,66 @@ def wait_for_run(client: Any, run_id: str, timeout: float = 120) -> dg.DagsterRu
         return status if status in FINISHED else None
 
     return wait_until(finished, timeout, f"the end of Dagster run {run_id}", interval=0.5)
+
+
+# -- what must hold once runs have ended ------------------------------------------------------------
+
+
+def dagster_runs_of(engine: Engine, instance: dg.DagsterInstance, task_run_id: str) -> list[dg.DagsterRun]:
+    """The Dagster runs that worked (or were launched to work) for a TaskRun: the run that claimed
+    it, else the runs of the claim key a launcher gave it; [] when none was ever launched."""
+    from capacity_pipeline.defs.run_center.tags import CLAIM_TAG
+
+    links = tables_for(engine).tables["capacity_task_run_links"]
+    with engine.connect() as connection:
+        link = connection.execute(select(links).where(links.c.task_run_id == task_run_id)).first()
+    if link is None:
+        return []
+    if link.dagster_run_id is not None:
+        run = instance.get_run_by_id(link.dagster_run_id)
+        return [run] if run is not None else []
+    return list(instance.get_runs(filters=dg.RunsFilter(tags={CLAIM_TAG: link.claim_key})))
+
+
+def assert_run_center_consistent(
+    engine: Engine, instance: dg.DagsterInstance, task_run_ids: Iterable[str], *, killed: Iterable[str] = ()
+) -> None:
+    """Every TaskRun is final and agrees with its items and with its Dagster run:
+
+    * completed_at set, no pending or running item, counters = items (total, completed, failed or
+      cancelled: compat 6.1 finalize);
+    * completed <=> SUCCESS, failed <=> FAILURE, cancelled <=> CANCELED; a TaskRun never launched
+      (cancelled before any run, or failed by its launcher) has no run; a cancelled TaskRun that
+      shared its run with TaskRuns that were not cancelled ends as they do (the run went on for
+      them); a cancelled TaskRun whose worker the test killed (`killed`: Dagster run ids) before
+      it could see the cancel may end FAILURE.
+    """
+    from capacity_pipeline.domain.run_center.claims import RunClaims
+    from capacity_pipeline.domain.run_center.task_runs import RunCenter
+
+    center, claims, killed = RunCenter(engine), RunClaims(engine), set(killed)
+    for task_run_id in task_run_ids:
+        run, items = center.get_run(task_run_id), center.get_items(task_run_id)
+        status = run["status"]
+        assert status in _DAGSTER_STATUS_OF, (task_run_id, status)
+        assert run["completed_at"] is not None, (task_run_id, "completed_at")
+        open_items = [i["item_key"] for i in items if i["status"] in ("pending", "running")]
+        assert not open_items, (task_run_id, status, "open items", open_items)
+        counters = (run["progress_total"], run["progress_completed"], run["progress_failed"])
+        completed = sum(1 for i in items if i["status"] == "completed")
+        failed = sum(1 for i in items if i["status"] in ("failed", "cancelled"))
+        assert counters == (len(items), completed, failed), (task_run_id, status, counters, "items", completed, failed)
+        runs = dagster_runs_of(engine, instance, task_run_id)
+        if not runs:
+            assert status in ("cancelled", "failed"), (task_run_id, status, "no Dagster run")
+            continue
+        assert len(runs) == 1, (task_run_id, [r.run_id for r in runs])
+        [dagster_run] = runs
+        assert dagster_run.status in FINISHED, (task_run_id, dagster_run.run_id, dagster_run.status)
+        allowed = {_DAGSTER_STATUS_OF[status]}
+        if status == "cancelled":
+            others = {center.status(other) for other in claims.task_runs_of(dagster_run.run_id)} - {"cancelled"}
+            allowed |= {_DAGSTER_STATUS_OF[other] for other in others if other in _DAGSTER_STATUS_OF}
+            if dagster_run.run_id in killed:
+                allowed.add(dg.DagsterRunStatus.FAILURE)
+        assert dagster_run.status in allowed, (task_run_id, status, dagster_run.run_id, dagster_run.status)

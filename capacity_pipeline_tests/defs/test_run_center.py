@@ -16,17 +16,19 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
-from sqlalchemy import update
+from sqlalchemy import select, text, update
 
 from capacity_pipeline.defs.aggregation.assets import asset_key
 from capacity_pipeline.defs.aggregation.jobs import calculate_database_schedule
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.defs.run_center.reconciler import reconcile, run_center_reconciler
 from capacity_pipeline.defs.run_center.tags import CLAIM_TAG, CREATED_BY_TAG, SCOPE_TAG, TASK_RUN_TAG
-from capacity_pipeline.domain.model import Level, Scope
+TASK_RUN_IDS_TAG = "capacity/task_run_ids"
+from capacity_pipeline.domain.model import Level, Scope, TaskStatus
 from capacity_pipeline.domain.periods import PeriodType
 from capacity_pipeline.domain.run_center.claims import RunClaims, WorkerStats
-from capacity_pipeline.domain.run_center.task_runs import RunCenter
+from capacity_pipeline.domain.run_center.payloads import PhaseResult
+from capacity_pipeline.domain.run_center.task_runs import ItemPhase, RunCenter
 from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
 from capacity_pipeline.domain.storage.tables import tables_for
 from capacity_pipeline_tests.support import AGGREGATION_ASSETS, dagster_resources, resolve_job, row_trigger, wait_until
@@ -34,6 +36,7 @@ from capacity_pipeline_tests.support import AGGREGATION_ASSETS, dagster_resource
 DAY = date(2026, 7, 1)
 PREVIOUS = date(2026, 6, 30)
 KEY = DAY.isoformat()
+DATABASE_AND_INSTANCE = ["database", "instance"]
 SCOPE_METRICS = [
     {"key": "scope", "label": "范围", "value": "all", "unit": None, "tone": "info"},
     {"key": "requested_period_type", "label": "请求周期", "value": "daily", "unit": None, "tone": "info"},
@@ -640,3 +643,123 @@ def test_an_interrupt_nobody_asked_for_fails_the_task_run_as_dagster_fails_the_r
     run = center.get_run(task_run_id)
     assert run["status"] == "failed" and "interrupted without a termination request" in run["error_message"]
     assert {item["status"] for item in center.get_items(task_run_id)} <= {"completed", "failed"}
+
+
+def test_a_cancel_between_the_steps_of_a_shared_run_leaves_the_cancelled_task_run_consistent(
+    pg_engine, four_instances, dagster_instance
+):
+    """Two requests share a scope-all run; one is cancelled (as WhaleFall's cancel does it) after the
+    database step and before the instance step: a barrier (the claim key's advisory lock, which each
+    step takes first) holds the second step back until the cancel has landed."""
+    center, claims = RunCenter(pg_engine), RunClaims(pg_engine)
+    cancelled, kept = (request_current_aggregation(pg_engine, Scope.ALL, created_by=None) for _ in range(2))
+    claim_key = f"capacity_aggregate_current:{cancelled}"
+    for task_run_id in (cancelled, kept):
+        assert claims.link(task_run_id, claim_key, f"all:daily:{KEY}")
+    job = resolve_job(pg_engine, "capacity_aggregate_current", batch_size=1, batch_pause_seconds=0.3)
+    outcome = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(
+            result=job.execute_in_process(
+                partition_key=KEY, instance=dagster_instance, tags={CLAIM_TAG: claim_key}, raise_on_error=False
+            )
+        )
+    )
+
+    def instance_step_waiting() -> bool:
+        """The database step and its hooks are over: the next step waits at the barrier."""
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+        )
+        with pg_engine.connect() as connection:
+            return connection.execute(query).scalar() > 0
+
+    with pg_engine.connect() as holder:
+        runner.start()
+        wait_until(lambda: _claimed(pg_engine, cancelled), 30, "the database step claiming", interval=0.02)
+        with holder.begin():
+            holder.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"capacity_pipeline.claim.{claim_key}"}
+            )
+            wait_until(instance_step_waiting, 30, "the instance step waiting to claim", interval=0.05)
+            assert center.cancel_run(cancelled)  # what WhaleFall's cancel endpoint does
+        runner.join(timeout=60)
+
+    assert center.status(kept) == "completed"
+    run, items = center.get_run(cancelled), center.get_items(cancelled)
+    assert run["status"] == "cancelled" and {i["status"] for i in items} == {"cancelled"}
+    assert (run["progress_total"], run["progress_completed"], run["progress_failed"]) == (3, 0, 3)
+
+
+def _claimed(engine, task_run_id: str) -> bool:  # noqa: ANN001
+    links = tables_for(engine).tables["capacity_task_run_links"]
+    query = select(links.c.claimed_at).where(links.c.task_run_id == task_run_id)
+    with engine.connect() as connection:
+        return connection.execute(query).scalar() is not None
+
+
+def test_a_shared_run_names_every_task_run_it_serves(pg_engine, four_instances, dagster_instance):
+    claims = RunClaims(pg_engine)
+    ids = sorted(request_current_aggregation(pg_engine, Scope.DATABASE, created_by=None) for _ in range(3))
+    claim_key = f"capacity_aggregate_current:{ids[0]}"
+    for task_run_id in ids:
+        assert claims.link(task_run_id, claim_key, f"database:daily:{KEY}")
+
+    result = _current(
+        pg_engine,
+        dagster_instance,
+        asset_selection=[asset_key(Level.DATABASE, PeriodType.DAILY)],
+        tags={CLAIM_TAG: claim_key, TASK_RUN_TAG: ids[0]},
+    )
+
+    assert result.success
+    tags = dagster_instance.get_run_by_id(result.run_id).tags
+    assert tags[TASK_RUN_IDS_TAG] == " ".join(ids)
+
+
+def test_the_reconciler_makes_a_task_run_cancelled_before_its_worker_died_consistent(
+    pg_engine, four_instances, dagster_instance
+):
+    """WhaleFall's cancel does not recompute the counters; the worker died before it could."""
+    center, claims = RunCenter(pg_engine), RunClaims(pg_engine)
+    task_run_id = request_current_aggregation(pg_engine, Scope.INSTANCE, created_by=None)
+    run = _started_run(dagster_instance, pg_engine)
+    assert claims.adopt(task_run_id, run.run_id)
+    center.snapshot_items(task_run_id)
+    done = PhaseResult(TaskStatus.COMPLETED, {"processed_records": 1}, {"message": "done"})
+    center.record_phases([task_run_id], [ItemPhase(1, "instance", done)], ["instance"])
+    assert center.cancel_run(task_run_id)  # what WhaleFall's cancel endpoint does
+    dagster_instance.report_run_failed(run)  # its worker died before it saw the cancel
+
+    reconcile(dagster_instance, dagster_resources(pg_engine)["whalefall"])
+
+    task_run, items = center.get_run(task_run_id), center.get_items(task_run_id)
+    assert task_run["status"] == "cancelled"
+    assert [i["status"] for i in items] == ["completed", "cancelled", "cancelled"]
+    assert (task_run["progress_total"], task_run["progress_completed"], task_run["progress_failed"]) == (3, 1, 2)
+
+
+def test_a_run_that_ended_with_items_still_open_does_not_complete_its_task_run(
+    pg_engine, four_instances, dagster_instance
+):
+    """Dagster says SUCCESS, yet the TaskRun's instance phase never ran (its hooks never settled it):
+    the reconciler must not call that completed."""
+    center, claims = RunCenter(pg_engine), RunClaims(pg_engine)
+    task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
+    run = _started_run(dagster_instance, pg_engine)
+    assert claims.adopt(task_run_id, run.run_id)
+    center.snapshot_items(task_run_id)
+    database = PhaseResult(TaskStatus.COMPLETED, {"runner": "database"}, {"message": "db done"})
+    center.record_phases([task_run_id], [ItemPhase(i, "database", database) for i in (1, 2, 4)], DATABASE_AND_INSTANCE)
+    dagster_instance.report_dagster_event(
+        dg.DagsterEvent(event_type_value=dg.DagsterEventType.RUN_SUCCESS.value, job_name=run.job_name), run.run_id
+    )
+
+    reconcile(dagster_instance, dagster_resources(pg_engine)["whalefall"])
+
+    task_run, items = center.get_run(task_run_id), center.get_items(task_run_id)
+    assert task_run["status"] == "failed" and task_run["completed_at"] is not None
+    assert {i["status"] for i in items} == {"failed"}
+    assert "the instance phase never ran" in items[0]["error_message"]
+    assert (task_run["progress_total"], task_run["progress_completed"], task_run["progress_failed"]) == (3, 0, 3)

@@ -245,3 +245,18 @@ def test_a_request_for_another_period_runs_that_periods_current_window(pg_engine
             "skipped",  # the instance has no samples: 当前周期没有可处理的数据 (compat 6.2)
         )
         assert data["period_start"] == request.partition_key
+
+
+def test_a_request_from_a_host_whose_clock_lags_is_launched_not_expired(engine, dagster_instance, monkeypatch):
+    """The pick-up timeout is measured with the database's clock, not the clocks of the hosts that
+    wrote the request and read it."""
+    from capacity_pipeline.domain.run_center import task_runs
+
+    monkeypatch.setattr(task_runs, "_now", lambda: datetime.now(UTC) - timedelta(seconds=400))
+    lagging = _request(engine, Scope.ALL)
+    monkeypatch.undo()
+
+    result = _evaluate(dagster_instance, engine, trigger_pickup_timeout_seconds=300)
+
+    assert [r.tags[TASK_RUN_TAG] for r in result.run_requests] == [lagging]
+    assert RunCenter(engine).status(lagging) == "running"

@@ -150,6 +150,8 @@ def test_the_watch_reports_a_lock_wait_while_it_lasts_and_names_the_holder(pg_en
     )
     with watch, table_locked(pg_engine) as holder:
         holder_pid = holder.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+        # The holder's last statement carries data; pg_stat_activity shows its text to anyone.
+        holder.exec_driver_sql("SELECT 'salary of employee 4711: 98000' AS payroll")
         worker = threading.Thread(
             target=aggregate_period,
             args=(engine, PeriodType.DAILY, DAILY),
@@ -163,6 +165,9 @@ def test_the_watch_reports_a_lock_wait_while_it_lasts_and_names_the_holder(pg_en
     assert warnings == []
     assert "database_size_aggregations" in reports[-1] and str(holder_pid) in reports[-1]
     assert reports[-1].startswith("waiting ") and " s for a lock on database_size_aggregations held by " in reports[-1]
+    # Who holds it and how, never what it ran: pid, application, table and lock mode only.
+    assert "salary" not in reports[-1] and "SELECT" not in reports[-1] and "LOCK TABLE" not in reports[-1]
+    assert f"pid {holder_pid} (capacity_pipeline, AccessExclusiveLock)" in reports[-1]
     assert control.last_wait == reports[-1]
     beats = RunClaims(pg_engine).last_beats(["watched-dagster-run"])
     assert list(beats) == ["watched-dagster-run"]
