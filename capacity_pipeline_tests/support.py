@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,8 +29,12 @@ from capacity_pipeline.defs.aggregation.assets import build_aggregation_assets
 from capacity_pipeline.defs.definitions import build_defs
 from capacity_pipeline.defs.partitions import partitions_by_period
 from capacity_pipeline.defs.resources import WhaleFallDatabase
-from capacity_pipeline.domain.model import Level
+from capacity_pipeline.defs.run_center.tags import CLAIM_TAG
+from capacity_pipeline.domain.model import Level, TaskStatus
 from capacity_pipeline.domain.periods import PeriodType, months_between, windows_fed_by
+from capacity_pipeline.domain.run_center.claims import RunClaims
+from capacity_pipeline.domain.run_center.payloads import PhaseResult
+from capacity_pipeline.domain.run_center.task_runs import ItemPhase, RunCenter, TaskRunSpec
 from capacity_pipeline.domain.storage.month_partitions import ensure_month_partitions
 from capacity_pipeline.domain.storage.tables import tables_for
 from capacity_pipeline.settings import Settings
@@ -187,6 +191,96 @@ def row_trigger(engine: Engine, table: str, condition: str, *, event: str = "INS
             else:
                 connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name} ON {table}")
                 connection.exec_driver_sql(f"DROP FUNCTION IF EXISTS {name}()")
+
+
+# -- run-center rows --------------------------------------------------------------------------------
+
+TASK_RUN_ID = "11111111-1111-4111-8111-111111111111"
+OTHER_TASK_RUN_ID = "22222222-2222-4222-8222-222222222222"
+TASK_RUN_SUMMARY = {
+    "version": 1,
+    "common": {"inputs": {"scope": "all"}, "metrics": [], "flags": {"skipped": False, "skip_reason": None}},
+    "ext": {"type": "capacity_aggregate_current", "version": 1, "data": {"scope": "all", "说明": "容量"}},
+}
+PHASE_METRICS = {"records": 2, "status": "completed"}
+PHASE_DETAILS = {"message": "实例 a 的 daily 实例聚合完成 (处理 2 条记录)"}
+
+
+def task_run_spec(**overrides: Any) -> TaskRunSpec:
+    """A current-period TaskRunSpec (compat 6.2), with any column overridden."""
+    values: dict[str, Any] = {
+        "task_key": "capacity_aggregate_current",
+        "task_name": "容量统计(当前周期)",
+        "trigger_source": "manual",
+        "summary_json": TASK_RUN_SUMMARY,
+    }
+    return TaskRunSpec(**{**values, **overrides})
+
+
+def completed_phase(
+    instance_id: int, metrics: Any = PHASE_METRICS, details: Any = PHASE_DETAILS, phase: str = "instance"
+) -> ItemPhase:
+    """One instance's completed phase result, as a batch records it."""
+
+    return ItemPhase(instance_id, phase, PhaseResult(TaskStatus.COMPLETED, metrics, details))
+
+
+def failed_phase(
+    instance_id: int, message: str = "实例聚合失败", details: Any = None, phase: str = "instance"
+) -> ItemPhase:
+    """One instance's failed phase result, as a batch records it."""
+
+    return ItemPhase(instance_id, phase, PhaseResult(TaskStatus.FAILED, None, details or {"error": message}, message))
+
+
+def stored_utc(engine: Engine, value: datetime) -> datetime:
+    """A stored timestamp as an aware UTC datetime; PostgreSQL's must carry an offset, SQLite keeps
+    the UTC wall clock without one."""
+    if engine.dialect.name == "postgresql":
+        assert value.tzinfo is not None
+        return value.astimezone(UTC)
+    assert value.tzinfo is None
+    return value.replace(tzinfo=UTC)
+
+
+class SteppingClock:
+    """A clock to hand the run center (`RunCenter(engine, clock)`, `settle(..., clock=)`): real time
+    that moves at least 1 ms at every reading, so successive writes get distinct timestamps without
+    a test having to sleep."""
+
+    def __init__(self) -> None:
+        self.current = datetime.now(UTC)
+
+    def __call__(self, _connection: object = None) -> datetime:
+        self.current = max(datetime.now(UTC), self.current + timedelta(milliseconds=1))
+        return self.current
+
+    def now(self) -> datetime:
+        """Not before any time this clock has given (nor before the real time)."""
+        return max(datetime.now(UTC), self.current)
+
+
+def whalefall_cancel(engine: Engine, run_id: str) -> bool:
+    """What WhaleFall's own cancel endpoint does (compat 6.1 cancel_run, 7.3), written here
+    independently of the pipeline: a `running` run becomes cancelled (run row first, then its
+    items) and its counters are left as they were. True if it was cancelled."""
+    tables = tables_for(engine).tables
+    runs, items = tables["task_runs"], tables["task_run_items"]
+    now = datetime.now(UTC)
+    with engine.begin() as connection:
+        query = select(runs.c.status).where(runs.c.run_id == run_id)
+        status = connection.execute(query.with_for_update() if engine.dialect.name != "sqlite" else query).scalar()
+        if status != "running":
+            return False
+        connection.execute(
+            runs.update().where(runs.c.run_id == run_id).values(status="cancelled", completed_at=now, updated_at=now)
+        )
+        connection.execute(
+            items.update()
+            .where(items.c.run_id == run_id, items.c.status.in_(("pending", "running")))
+            .values(status="cancelled", completed_at=now, updated_at=now)
+        )
+    return True
 
 
 # -- Dagster --------------------------------------------------------------------------------------
@@ -462,8 +556,6 @@ def wait_for_run(client: Any, run_id: str, timeout: float = 120) -> dg.DagsterRu
 def dagster_runs_of(engine: Engine, instance: dg.DagsterInstance, task_run_id: str) -> list[dg.DagsterRun]:
     """The Dagster runs that worked (or were launched to work) for a TaskRun: the run that claimed
     it, else the runs of the claim key a launcher gave it; [] when none was ever launched."""
-    from capacity_pipeline.defs.run_center.tags import CLAIM_TAG
-
     links = tables_for(engine).tables["capacity_task_run_links"]
     with engine.connect() as connection:
         link = connection.execute(select(links).where(links.c.task_run_id == task_run_id)).first()
@@ -488,9 +580,6 @@ def assert_run_center_consistent(
       them); a cancelled TaskRun whose worker the test killed (`killed`: Dagster run ids) before
       it could see the cancel may end FAILURE.
     """
-    from capacity_pipeline.domain.run_center.claims import RunClaims
-    from capacity_pipeline.domain.run_center.task_runs import RunCenter
-
     center, claims, killed = RunCenter(engine), RunClaims(engine), set(killed)
     for task_run_id in task_run_ids:
         run, items = center.get_run(task_run_id), center.get_items(task_run_id)

@@ -114,12 +114,29 @@ def test_a_run_where_an_instance_fails_still_evaluates_its_checks(engine, whalef
         )
 
     assert not result.success
-    verdicts = {(e.asset_key, e.check_name): e for e in result.get_asset_check_evaluations()}
-    flagged = verdicts[asset_key(Level.DATABASE, PeriodType.DAILY), "no_negative_input"]
-    assert not flagged.passed and flagged.metadata["instances"].value == "2 (alpha)"
-    assert flagged.partition == KEY
     # Every check of both assets was evaluated on the partition, none left planned.
     for level in Level:
         for name in ("min_avg_max", "no_negative_counts", "coverage", "no_negative_input"):
             [record] = _evaluations(dagster_instance, asset_key(level, PeriodType.DAILY), name)
             assert record.partition == KEY and record.status.value in ("SUCCEEDED", "FAILED"), (level, name)
+    [record] = _evaluations(dagster_instance, asset_key(Level.DATABASE, PeriodType.DAILY), "no_negative_input")
+    flagged = record.event.dagster_event.event_specific_data
+    assert record.run_id == result.run_id and record.status.value == "FAILED"
+    assert not flagged.passed and flagged.metadata["instances"].value == "2 (alpha)"
+
+
+def test_a_nightly_run_where_an_instance_fails_still_evaluates_its_checks(pg_engine, pg_whalefall, dagster_instance):
+    _seed(pg_whalefall)
+    with pg_engine.begin() as connection:
+        connection.execute(text("UPDATE database_size_stats SET size_mb = -500 WHERE instance_id = 2"))
+    with row_trigger(pg_engine, "instance_size_aggregations", "NEW.instance_id = 1", error="disk quota exceeded"):
+        result = resolve_job(pg_engine, "calculate_database").execute_in_process(
+            run_config={"ops": {"aggregate_last_periods": {"config": {"today": "2026-07-02"}}}},
+            instance=dagster_instance,
+            raise_on_error=False,
+        )
+
+    assert not result.success
+    [record] = _evaluations(dagster_instance, asset_key(Level.DATABASE, PeriodType.DAILY), "no_negative_input")
+    assert (record.partition, record.status.value) == (KEY, "FAILED")
+    assert record.event.dagster_event.event_specific_data.metadata["instances"].value == "2 (alpha)"

@@ -22,16 +22,23 @@ from capacity_pipeline.defs.aggregation.assets import asset_key
 from capacity_pipeline.defs.aggregation.jobs import calculate_database_schedule
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.defs.run_center.reconciler import reconcile, run_center_reconciler
-from capacity_pipeline.defs.run_center.tags import CLAIM_TAG, CREATED_BY_TAG, SCOPE_TAG, TASK_RUN_TAG
-TASK_RUN_IDS_TAG = "capacity/task_run_ids"
+from capacity_pipeline.defs.run_center.tags import CLAIM_TAG, CREATED_BY_TAG, SCOPE_TAG, TASK_RUN_IDS_TAG, TASK_RUN_TAG
 from capacity_pipeline.domain.model import Level, Scope, TaskStatus
 from capacity_pipeline.domain.periods import PeriodType
 from capacity_pipeline.domain.run_center.claims import RunClaims, WorkerStats
 from capacity_pipeline.domain.run_center.payloads import PhaseResult
+from capacity_pipeline.domain.run_center.settle import Cancelled, Failed, Settlement, Succeeded, WorkerLost, settle
 from capacity_pipeline.domain.run_center.task_runs import ItemPhase, RunCenter
 from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
 from capacity_pipeline.domain.storage.tables import tables_for
-from capacity_pipeline_tests.support import AGGREGATION_ASSETS, dagster_resources, resolve_job, row_trigger, wait_until
+from capacity_pipeline_tests.support import (
+    AGGREGATION_ASSETS,
+    dagster_resources,
+    resolve_job,
+    row_trigger,
+    wait_until,
+    whalefall_cancel,
+)
 
 DAY = date(2026, 7, 1)
 PREVIOUS = date(2026, 6, 30)
@@ -359,8 +366,9 @@ def test_status_only_moves_forward_whatever_order_events_arrive(pg_engine, four_
     before = center.get_run(finished.run_id)
     assert before["status"] == "completed"
 
-    assert not center.cancel_run(finished.run_id)
-    assert not center.mark_run_failed(finished.run_id, "late failure")
+    assert not whalefall_cancel(pg_engine, finished.run_id)
+    for late in (Cancelled(by=3), Failed("late failure"), WorkerLost("late"), Succeeded()):
+        assert settle(pg_engine, finished.run_id, late) == Settlement(finished.run_id, TaskStatus.COMPLETED)
     reconcile(dagster_instance, dagster_resources(pg_engine)["whalefall"])
 
     assert center.get_run(finished.run_id) == before
@@ -417,7 +425,7 @@ def test_a_task_run_cancelled_before_its_run_starts_never_runs_and_ends_canceled
 ):
     center = RunCenter(pg_engine)
     task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
-    assert center.cancel_run(task_run_id, cancelled_by=5)  # what WhaleFall's cancel endpoint does
+    assert whalefall_cancel(pg_engine, task_run_id)  # what WhaleFall's cancel endpoint does
 
     result = _current(pg_engine, dagster_instance, tags={TASK_RUN_TAG: task_run_id}, raise_on_error=False)
 
@@ -454,7 +462,7 @@ def test_cancel_from_the_run_center_stops_between_batches_and_ends_canceled(
     wait_until(
         lambda: center.get_run(task_run_id)["progress_completed"] >= 1, 30, "the first batch completing", interval=0.05
     )
-    assert center.cancel_run(task_run_id, cancelled_by=9)
+    assert settle(pg_engine, task_run_id, Cancelled(by=9)).ended_now  # the API's cancel, by user 9
     runner.join(timeout=60)
 
     assert dagster_instance.get_run_by_id(outcome["result"].run_id).status == dg.DagsterRunStatus.CANCELED
@@ -548,7 +556,7 @@ def _origin(job: dg.JobDefinition) -> RemoteJobOrigin:
 def test_a_queued_run_whose_task_runs_were_all_cancelled_is_cancelled_before_it_starts(pg_engine, four_instances):
     queued = {"run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}}
     with dg.instance_for_test(overrides=queued) as instance:
-        center, claims = RunCenter(pg_engine), RunClaims(pg_engine)
+        claims = RunClaims(pg_engine)
         ids = [request_current_aggregation(pg_engine, Scope.ALL, created_by=None) for _ in range(2)]
         claim_key = f"capacity_aggregate_current:{ids[0]}"
         for task_run_id in ids:
@@ -559,9 +567,9 @@ def test_a_queued_run_whose_task_runs_were_all_cancelled_is_cancelled_before_it_
         )
         whalefall = dagster_resources(pg_engine)["whalefall"]
 
-        center.cancel_run(ids[0])
+        whalefall_cancel(pg_engine, ids[0])
         assert reconcile(instance, whalefall) == []  # one of its requests still wants it
-        center.cancel_run(ids[1])
+        whalefall_cancel(pg_engine, ids[1])
         assert reconcile(instance, whalefall) == [f"{claim_key}: queued Dagster run {run.run_id} cancelled"]
 
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
@@ -683,7 +691,7 @@ def test_a_cancel_between_the_steps_of_a_shared_run_leaves_the_cancelled_task_ru
                 text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"capacity_pipeline.claim.{claim_key}"}
             )
             wait_until(instance_step_waiting, 30, "the instance step waiting to claim", interval=0.05)
-            assert center.cancel_run(cancelled)  # what WhaleFall's cancel endpoint does
+            assert whalefall_cancel(pg_engine, cancelled)  # what WhaleFall's cancel endpoint does
         runner.join(timeout=60)
 
     assert center.status(kept) == "completed"
@@ -729,7 +737,7 @@ def test_the_reconciler_makes_a_task_run_cancelled_before_its_worker_died_consis
     center.snapshot_items(task_run_id)
     done = PhaseResult(TaskStatus.COMPLETED, {"processed_records": 1}, {"message": "done"})
     center.record_phases([task_run_id], [ItemPhase(1, "instance", done)], ["instance"])
-    assert center.cancel_run(task_run_id)  # what WhaleFall's cancel endpoint does
+    assert whalefall_cancel(pg_engine, task_run_id)  # what WhaleFall's cancel endpoint does
     dagster_instance.report_run_failed(run)  # its worker died before it saw the cancel
 
     reconcile(dagster_instance, dagster_resources(pg_engine)["whalefall"])

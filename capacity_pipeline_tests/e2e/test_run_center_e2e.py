@@ -19,6 +19,7 @@ from capacity_pipeline.defs.run_center.reconciler import reconcile
 from capacity_pipeline.defs.run_center.tags import NIGHTLY_JOB_NAME, TASK_RUN_TAG
 from capacity_pipeline.domain.model import Scope
 from capacity_pipeline.domain.periods import china_today
+from capacity_pipeline.domain.run_center.settle import Cancelled, settle
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
@@ -28,6 +29,7 @@ from capacity_pipeline_tests.support import (
     submit_job,
     wait_for_run,
     wait_until,
+    whalefall_cancel,
 )
 
 TODAY = date(2026, 7, 2)
@@ -83,7 +85,7 @@ def _dagster_run_of(instance: dg.DagsterInstance, task_run_id: str) -> dg.Dagste
 def test_cancel_in_the_run_center_ends_the_dagster_run_canceled(dagster_dev, pg_engine, pg_whalefall):
     client, run_id, center = _launch_slow_nightly(dagster_dev, pg_engine)
 
-    assert center.cancel_run(run_id)  # what WhaleFall's cancel endpoint does
+    assert whalefall_cancel(pg_engine, run_id)  # what WhaleFall's cancel endpoint does
     cancelled_at = time.monotonic()
     status = wait_for_run(client, run_id, timeout=30)
 
@@ -197,7 +199,7 @@ def test_a_run_behind_a_table_lock_says_so_and_a_cancel_frees_the_database(dagst
                 return any("Still working, waiting" in m and "database_size_aggregations" in m for m in messages)
 
             wait_until(reported, 60, "the lock wait in the run log", interval=0.5)
-            assert center.cancel_run(task_run_id, cancelled_by=3)
+            assert settle(pg_engine, task_run_id, Cancelled(by=3)).ended_now  # the API's cancel
             cancelled_at = time.monotonic()
             wait_until(
                 lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED,
@@ -234,7 +236,7 @@ def test_a_request_cancelled_while_its_run_is_starting_ends_canceled(dagster_dev
             return run if run is not None and run.status == dg.DagsterRunStatus.STARTING else None
 
         run = wait_until(starting, 60, "the run starting", interval=0.02)
-        assert RunCenter(pg_engine).cancel_run(task_run_id, cancelled_by=3)  # what WhaleFall's cancel does
+        assert whalefall_cancel(pg_engine, task_run_id)  # what WhaleFall's cancel endpoint does
         reconcile(instance, dagster_resources(pg_engine)["whalefall"])
 
         ended = wait_until(lambda: _finished(instance, run.run_id), 60, "the run ending", interval=0.2)
@@ -253,7 +255,7 @@ def test_a_cancel_then_a_killed_worker_leaves_the_task_run_cancelled_and_consist
         messages = [entry.message for entry in instance.all_logs(run_id)]
         [pid] = [int(m) for text_ in messages for m in re.findall(r"Started process for run \(pid: (\d+)\)", text_)]
 
-        assert center.cancel_run(run_id)  # what WhaleFall's cancel endpoint does
+        assert whalefall_cancel(pg_engine, run_id)  # what WhaleFall's cancel endpoint does
         os.kill(pid, signal.SIGKILL)
 
         assert wait_for_run(client, run_id, timeout=60) == dg.DagsterRunStatus.FAILURE

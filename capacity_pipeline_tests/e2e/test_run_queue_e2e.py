@@ -25,6 +25,7 @@ from capacity_pipeline_tests.support import (
     assert_run_center_consistent,
     submit_job,
     wait_until,
+    whalefall_cancel,
 )
 
 STARTS_WITHIN_SECONDS = 15  # launching a run process takes a few seconds on a busy 2-core machine
@@ -80,7 +81,7 @@ def test_a_request_starts_within_seconds_whatever_background_work_is_queued(dags
             queued = request_current_aggregation(pg_engine, Scope.DATABASE, created_by=1)
             run = wait_until(lambda: _run_of(instance, queued), 30, "the second request's run", interval=0.2)
             assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.QUEUED
-            assert center.cancel_run(queued, cancelled_by=2)  # what WhaleFall's cancel does
+            assert whalefall_cancel(pg_engine, queued)  # what WhaleFall's cancel endpoint does
             wait_until(
                 lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED,
                 30,

@@ -101,21 +101,23 @@ def _calculate_database_op(partitions: PartitionsByPeriod) -> dg.OpDefinition:
 def _report_materializations(
     context: dg.OpExecutionContext, engine: Engine, reports: list[AggregationReport], partitions: PartitionsByPeriod
 ) -> None:
-    """Each asset partition written without failures shows as a materialization of that asset, with
-    its checks evaluated on that partition (as a materialization from any other path has them)."""
+    """Each asset partition written without failures shows as a materialization of that asset; its
+    checks are evaluated on every partition written, failures or not (as a materialization from any
+    other path has them): they look at what is in the table."""
     for report in reports:
         partition_key = key_for_window(report.window)
-        if report.failures or not partitions[report.period_type].has_partition_key(partition_key):
+        if not partitions[report.period_type].has_partition_key(partition_key):
             continue
         for level in Level:
             key = asset_key(level, report.period_type)
-            context.log_event(
-                dg.AssetMaterialization(
-                    asset_key=key,
-                    partition=partition_key,
-                    metadata={**report_metadata(report, level), **growth_metadata(engine, report, level)},
+            if not report.failures:
+                context.log_event(
+                    dg.AssetMaterialization(
+                        asset_key=key,
+                        partition=partition_key,
+                        metadata={**report_metadata(report, level), **growth_metadata(engine, report, level)},
+                    )
                 )
-            )
             for evaluation in checks.evaluate(engine, key, level, report.period_type, partition_key, checks.CHECKS):
                 context.log_event(evaluation)
 

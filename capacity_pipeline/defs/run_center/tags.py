@@ -18,7 +18,8 @@ from capacity_pipeline.domain.run_center.task_runs import TaskRunSpec
 
 # Tags the pipeline reads and writes on Dagster runs.
 CLAIM_TAG = "capacity/claim_key"  # set by the trigger sensor: the run claims that key's TaskRuns
-TASK_RUN_TAG = "capacity/task_run_id"  # a TaskRun the run works for (the first one, for people)
+TASK_RUN_TAG = "capacity/task_run_id"  # the TaskRun the run was launched for (the first of a shared run)
+TASK_RUN_IDS_TAG = "capacity/task_run_ids"  # every TaskRun the run serves, set when it claims them
 TASK_KEY_TAG = "capacity/task_key"  # the run-center task this run is (else from the job)
 TRIGGER_SOURCE_TAG = "capacity/trigger_source"  # "scheduled" for runs no person asked for
 SCOPE_TAG = "capacity/scope"
