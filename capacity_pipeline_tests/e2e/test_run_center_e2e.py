@@ -161,7 +161,7 @@ def test_killing_the_whole_dagster_dev_mid_run_fails_the_run_after_restart_and_f
         assert "stopped heartbeating" in task_run["error_message"]
         assert {i["status"] for i in center.get_items(first)} <= {"completed", "failed"}
 
-        # The partition's concurrency slot is free again: the next request runs to the end.
+        # The dead run's slot is free again: the next request runs to the end.
         second = request_current_aggregation(pg_engine, Scope.INSTANCE, created_by=1)
         _wait_for_task_run(center, second, "completed", timeout=120)
         second_run = _dagster_run_of(instance, second)

@@ -22,7 +22,14 @@ from capacity_pipeline.defs.partitions import PartitionsByPeriod, key_for_window
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.defs.run_center.hooks import RUN_CENTER_HOOKS
 from capacity_pipeline.defs.run_center.step import InstancesFailed, RunCenterStep
-from capacity_pipeline.defs.run_center.tags import CURRENT_JOB_NAME, NIGHTLY_JOB_NAME, TRIGGER_SOURCE_TAG, task_of_run
+from capacity_pipeline.defs.run_center.tags import (
+    BACKGROUND_PRIORITY,
+    CURRENT_JOB_NAME,
+    NIGHTLY_JOB_NAME,
+    PRIORITY_TAG,
+    TRIGGER_SOURCE_TAG,
+    task_of_run,
+)
 from capacity_pipeline.domain import constants as c
 from capacity_pipeline.domain.aggregation.engine import Batch
 from capacity_pipeline.domain.model import AggregationReport, Level, TaskStatus, WindowPlan
@@ -167,5 +174,9 @@ def calculate_database_schedule(context: dg.ScheduleEvaluationContext) -> dg.Run
     return dg.RunRequest(
         run_key=f"{NIGHTLY_JOB_NAME}:{today.isoformat()}",
         run_config=dg.RunConfig(ops={NIGHTLY_OP_NAME: NightlyConfig(today=today.isoformat())}),
-        tags={TRIGGER_SOURCE_TAG: c.TRIGGER_SCHEDULED, **{f"capacity/{p.value}": key for p, key in periods.items()}},
+        tags={
+            TRIGGER_SOURCE_TAG: c.TRIGGER_SCHEDULED,  # background work in the run queue (dagster.yaml)
+            PRIORITY_TAG: BACKGROUND_PRIORITY,
+            **{f"capacity/{p.value}": key for p, key in periods.items()},
+        },
     )

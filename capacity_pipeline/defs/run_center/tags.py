@@ -26,6 +26,9 @@ SCOPE_TAG = "capacity/scope"
 CREATED_BY_TAG = "capacity/created_by"
 REQUESTED_PERIOD_TAG = "capacity/requested_period_type"
 SCHEDULE_TAG = "dagster/schedule_name"
+# The run queue (dagster.yaml) lets a person's run go before background work: higher first.
+PRIORITY_TAG = "dagster/priority"
+BACKGROUND_PRIORITY = "-1"  # the automation's runs and the nightly schedule's
 MIRRORED_TASK_KEYS = (c.CURRENT_TASK_KEY, c.NIGHTLY_TASK_KEY, c.MATERIALIZE_TASK_KEY)
 # The two jobs WhaleFall knows carry its task keys as their names (compat 6.2, 8).
 CURRENT_JOB_NAME = c.CURRENT_TASK_KEY
