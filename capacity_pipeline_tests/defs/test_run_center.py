@@ -33,6 +33,7 @@ from capacity_pipeline.domain.run_center.triggers import request_current_aggrega
 from capacity_pipeline.domain.storage.tables import tables_for
 from capacity_pipeline_tests.support import (
     AGGREGATION_ASSETS,
+    assert_run_center_consistent,
     dagster_resources,
     resolve_job,
     row_trigger,
@@ -171,6 +172,7 @@ def test_current_job_writes_spec_6_2_rows_final_when_the_run_returns(pg_engine, 
     assert delta["details_json"]["status"] == "skipped"
     assert delta["details_json"]["message"] == f"实例 delta 在 {KEY} 至 {KEY} 没有实例统计数据,跳过聚合"
     assert all(i["started_at"] and i["completed_at"] and i["error_message"] is None for i in items)
+    assert_run_center_consistent(pg_engine, dagster_instance, [result.run_id])
 
 
 def test_database_scope_and_a_task_run_named_by_tag_are_adopted(pg_engine, four_instances, dagster_instance):
@@ -199,6 +201,7 @@ def test_database_scope_and_a_task_run_named_by_tag_are_adopted(pg_engine, four_
     # One phase only: the item is exactly WhaleFall's, with nothing added.
     assert set(zeta["details_json"]) == WHALEFALL_ITEM_KEYS
     assert zeta["details_json"]["message"] == "实例 zeta 的 daily 数据库聚合完成 (处理 2 个数据库)"
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
 
 
 def _nightly_request(tick: datetime) -> dg.RunRequest:
@@ -278,6 +281,7 @@ def test_scheduled_nightly_run_writes_spec_6_3_rows(pg_engine, four_instances, d
     # instance: zeta and alpha, 3 periods each; database: their 3 databases in those 3 periods
     assert data["records"] == {"instance": 6, "database": 9, "total": 15}
     assert data["session_id"] is None and data["dagster_run_id"] == result.run_id
+    assert_run_center_consistent(pg_engine, dagster_instance, [result.run_id])
 
 
 def test_nightly_run_launched_by_hand_is_manual(pg_engine, four_instances, dagster_instance):
@@ -288,6 +292,7 @@ def test_nightly_run_launched_by_hand_is_manual(pg_engine, four_instances, dagst
     )
     run = RunCenter(pg_engine).get_run(result.run_id)
     assert (run["trigger_source"], run["created_by"], run["status"]) == ("manual", 12, "completed")
+    assert_run_center_consistent(pg_engine, dagster_instance, [result.run_id])
 
 
 def test_hand_made_materialization_and_backfill_get_a_task_run(pg_engine, four_instances, dagster_instance):
@@ -322,6 +327,7 @@ def test_hand_made_materialization_and_backfill_get_a_task_run(pg_engine, four_i
     # The backfill ran three days in one step: one result per instance over the range.
     zeta = center.get_items(backfill.run_id)[0]
     assert (zeta["details_json"]["period_start"], zeta["details_json"]["period_end"]) == ("2026-06-29", KEY)
+    assert_run_center_consistent(pg_engine, dagster_instance, [materialized.run_id, backfill.run_id])
 
 
 def test_progress_moves_per_batch_and_never_completes_an_item_before_its_last_phase(
@@ -358,6 +364,7 @@ def test_progress_moves_per_batch_and_never_completes_an_item_before_its_last_ph
     assert halfway, "never saw the database phase done with the instance phase still to run"
     assert [s[1] for s in seen] == sorted(s[1] for s in seen)  # only ever moves forward
     assert center.get_run(task_run_id)["progress_completed"] == 3
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
 
 
 def test_status_only_moves_forward_whatever_order_events_arrive(pg_engine, four_instances, dagster_instance):
@@ -391,6 +398,7 @@ def test_one_failing_instance_fails_its_item_and_the_run(pg_engine, four_instanc
     assert alpha["details_json"]["errors"] == [alpha["details_json"]["error"]]
     assert alpha["metrics_json"]["runner"] == "database"  # its database phase completed (compat 6.1 fail_item)
     assert (run["progress_completed"], run["progress_failed"]) == (2, 1)
+    assert_run_center_consistent(pg_engine, dagster_instance, [result.run_id])
 
 
 def test_a_failure_outside_the_per_instance_isolation_fails_the_run_and_open_items(
@@ -418,6 +426,7 @@ def test_a_failure_outside_the_per_instance_isolation_fails_the_run_and_open_ite
     assert (run["progress_total"], run["progress_completed"], run["progress_failed"]) == (3, 1, 2)
     # The batches committed before the error stay committed.
     assert {r["instance_id"] for r in four_instances.rows("instance_size_aggregations")} >= {1, 2}
+    assert_run_center_consistent(pg_engine, dagster_instance, [result.run_id])
 
 
 def test_a_task_run_cancelled_before_its_run_starts_never_runs_and_ends_canceled(
@@ -438,6 +447,7 @@ def test_a_task_run_cancelled_before_its_run_starts_never_runs_and_ends_canceled
     )
     messages = [entry.message for entry in dagster_instance.all_logs(result.run_id)]
     assert any("cancelled in the run center" in message for message in messages)
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
 
 
 def test_cancel_from_the_run_center_stops_between_batches_and_ends_canceled(
@@ -476,6 +486,7 @@ def test_cancel_from_the_run_center_stops_between_batches_and_ends_canceled(
     assert written == {i["instance_id"] for i in completed if i["details_json"]["status"] == "completed"}
     messages = [entry.message for entry in dagster_instance.all_logs(outcome["result"].run_id)]
     assert any("cancelled in the run center by user 9" in message for message in messages)
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
 
 
 def test_a_re_execution_of_a_finished_api_run_gets_its_own_task_run(pg_engine, four_instances, dagster_instance):
@@ -491,6 +502,7 @@ def test_a_re_execution_of_a_finished_api_run_gets_its_own_task_run(pg_engine, f
     assert first.success and again.success
     assert center.get_run(task_run_id) == finished
     assert center.get_run(again.run_id)["status"] == "completed"
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id, again.run_id])
 
 
 # -- the reconciler: what hooks cannot see --------------------------------------------------------
@@ -510,6 +522,7 @@ def test_the_reconciler_settles_a_finished_run_whose_hook_could_not_write(pg_eng
     assert f"{result.run_id}: completed" in evaluation.skip_message
     run = center.get_run(result.run_id)
     assert run["status"] == "completed" and run["summary_json"]["ext"]["data"]["status"] == "completed"
+    assert_run_center_consistent(pg_engine, dagster_instance, [result.run_id])
 
 
 def _started_run(instance: dg.DagsterInstance, engine, tags: dict | None = None) -> dg.DagsterRun:  # noqa: ANN001
@@ -545,6 +558,7 @@ def test_a_run_whose_worker_stopped_heartbeating_is_failed_in_dagster_and_the_ru
     task_run = center.get_run(task_run_id)
     assert task_run["status"] == "failed" and "stopped heartbeating" in task_run["error_message"]
     assert {i["status"] for i in center.get_items(task_run_id)} == {"failed"}
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
 
 
 def _origin(job: dg.JobDefinition) -> RemoteJobOrigin:
@@ -573,6 +587,7 @@ def test_a_queued_run_whose_task_runs_were_all_cancelled_is_cancelled_before_it_
         assert reconcile(instance, whalefall) == [f"{claim_key}: queued Dagster run {run.run_id} cancelled"]
 
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
+        assert_run_center_consistent(pg_engine, instance, ids)
 
 
 def test_the_reconciler_logs_one_line_when_whalefall_is_unreachable(dagster_instance):
@@ -615,6 +630,7 @@ def test_a_killed_worker_is_explained_by_its_last_heartbeat(
     assert message.startswith(f"Dagster run {run.run_id} failed: its worker process (pid 4242) was killed by signal 9")
     assert f"used {memory_mib} MiB of the machine's 24000 MiB" in message and message.endswith(verdict)
     assert f"Run center: {message}" in [entry.message for entry in dagster_instance.all_logs(run.run_id)]
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
 
 
 def test_an_interrupt_nobody_asked_for_fails_the_task_run_as_dagster_fails_the_run(
@@ -651,6 +667,7 @@ def test_an_interrupt_nobody_asked_for_fails_the_task_run_as_dagster_fails_the_r
     run = center.get_run(task_run_id)
     assert run["status"] == "failed" and "interrupted without a termination request" in run["error_message"]
     assert {item["status"] for item in center.get_items(task_run_id)} <= {"completed", "failed"}
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
 
 
 def test_a_cancel_between_the_steps_of_a_shared_run_leaves_the_cancelled_task_run_consistent(
@@ -698,6 +715,7 @@ def test_a_cancel_between_the_steps_of_a_shared_run_leaves_the_cancelled_task_ru
     run, items = center.get_run(cancelled), center.get_items(cancelled)
     assert run["status"] == "cancelled" and {i["status"] for i in items} == {"cancelled"}
     assert (run["progress_total"], run["progress_completed"], run["progress_failed"]) == (3, 0, 3)
+    assert_run_center_consistent(pg_engine, dagster_instance, [cancelled, kept])
 
 
 def _claimed(engine, task_run_id: str) -> bool:  # noqa: ANN001
@@ -724,6 +742,7 @@ def test_a_shared_run_names_every_task_run_it_serves(pg_engine, four_instances, 
     assert result.success
     tags = dagster_instance.get_run_by_id(result.run_id).tags
     assert tags[TASK_RUN_IDS_TAG] == " ".join(ids)
+    assert_run_center_consistent(pg_engine, dagster_instance, ids)
 
 
 def test_the_reconciler_makes_a_task_run_cancelled_before_its_worker_died_consistent(
@@ -746,6 +765,7 @@ def test_the_reconciler_makes_a_task_run_cancelled_before_its_worker_died_consis
     assert task_run["status"] == "cancelled"
     assert [i["status"] for i in items] == ["completed", "cancelled", "cancelled"]
     assert (task_run["progress_total"], task_run["progress_completed"], task_run["progress_failed"]) == (3, 1, 2)
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id], killed=[run.run_id])
 
 
 def test_a_run_that_ended_with_items_still_open_does_not_complete_its_task_run(
@@ -771,3 +791,4 @@ def test_a_run_that_ended_with_items_still_open_does_not_complete_its_task_run(
     assert {i["status"] for i in items} == {"failed"}
     assert "the instance phase never ran" in items[0]["error_message"]
     assert (task_run["progress_total"], task_run["progress_completed"], task_run["progress_failed"]) == (3, 0, 3)
+    # Dagster says SUCCESS and the TaskRun failed: the one case the two must disagree (docs/run-center.md).

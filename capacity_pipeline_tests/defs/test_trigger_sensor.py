@@ -25,7 +25,13 @@ from capacity_pipeline.domain.run_center.payloads import current_summary
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.run_center.triggers import current_task_run_spec, request_current_aggregation
 from capacity_pipeline.domain.storage.tables import tables_for
-from capacity_pipeline_tests.support import PARTITIONS, dagster_resources, resolve_job, whalefall_cancel
+from capacity_pipeline_tests.support import (
+    PARTITIONS,
+    assert_run_center_consistent,
+    dagster_resources,
+    resolve_job,
+    whalefall_cancel,
+)
 
 capacity_current_trigger = build_trigger_sensor(PARTITIONS)
 
@@ -127,6 +133,7 @@ def test_equal_requests_share_one_run_until_it_starts(pg_engine, pg_whalefall, d
         run = center.get_run(task_run_id)
         assert (run["status"], run["progress_total"], run["progress_completed"]) == ("completed", 1, 1)
         assert run["summary_json"]["ext"]["data"]["dagster_run_id"] == result.run_id
+    assert_run_center_consistent(pg_engine, dagster_instance, [*burst, late])
     # Once the run has claimed its requests, a new equal one needs a run of its own.
     after = _request(pg_engine, Scope.INSTANCE)
     keys = [r.run_key for r in _evaluate(dagster_instance, pg_engine).run_requests]
@@ -149,6 +156,7 @@ def test_a_shared_run_serves_the_requests_still_open_and_leaves_the_cancelled_on
     assert result.success
     assert center.get_run(kept)["status"] == "completed"
     assert center.get_run(cancelled)["status"] == "cancelled" and center.get_items(cancelled) == []
+    assert_run_center_consistent(pg_engine, dagster_instance, [kept, cancelled])
 
 
 def test_a_request_no_daemon_picked_up_in_time_fails_saying_so(pg_engine, dagster_instance):

@@ -92,6 +92,8 @@ def test_cancel_in_the_run_center_ends_the_dagster_run_canceled(dagster_dev, pg_
     assert status == dg.DagsterRunStatus.CANCELED, dagster_dev.tail()
     assert time.monotonic() - cancelled_at < 10
     _assert_cancelled_with_batches_intact(center, run_id, pg_whalefall)
+    with dagster_dev.instance() as instance:
+        assert_run_center_consistent(pg_engine, instance, [run_id])
 
 
 def test_terminating_in_dagster_cancels_the_task_run(dagster_dev, pg_engine, pg_whalefall):
@@ -103,6 +105,8 @@ def test_terminating_in_dagster_cancels_the_task_run(dagster_dev, pg_engine, pg_
     assert wait_for_run(client, run_id, timeout=30) == dg.DagsterRunStatus.CANCELED
     _wait_for_task_run(center, run_id, "cancelled", timeout=10 - (time.monotonic() - terminated_at))
     _assert_cancelled_with_batches_intact(center, run_id, pg_whalefall)
+    with dagster_dev.instance() as instance:
+        assert_run_center_consistent(pg_engine, instance, [run_id])
 
 
 def test_a_killed_run_worker_fails_the_task_run(dagster_dev, pg_engine, pg_whalefall):
@@ -125,6 +129,8 @@ def test_a_killed_run_worker_fails_the_task_run(dagster_dev, pg_engine, pg_whale
     assert {i["status"] for i in items} <= {"completed", "failed"}
     failed = [i for i in items if i["status"] == "failed"]
     assert failed and {i["error_message"] for i in failed} == {run["error_message"]}
+    with dagster_dev.instance() as instance:
+        assert_run_center_consistent(pg_engine, instance, [run_id])
 
 
 def test_killing_the_whole_dagster_dev_mid_run_fails_the_run_after_restart_and_frees_its_slot(
@@ -170,6 +176,7 @@ def test_killing_the_whole_dagster_dev_mid_run_fails_the_run_after_restart_and_f
             30,
             "the second run to succeed",
         )
+        assert_run_center_consistent(pg_engine, instance, [first, second])
 
 
 def test_a_run_behind_a_table_lock_says_so_and_a_cancel_frees_the_database(dagster_dev, pg_engine, pg_whalefall):
@@ -216,6 +223,8 @@ def test_a_run_behind_a_table_lock_says_so_and_a_cancel_frees_the_database(dagst
             assert waiting == 0  # its statement was cancelled on the server, not left waiting
         transaction.rollback()
     assert center.status(task_run_id) == "cancelled"
+    with dagster_dev.instance() as instance:
+        assert_run_center_consistent(pg_engine, instance, [first, task_run_id])
 
 
 def test_a_request_cancelled_while_its_run_is_starting_ends_canceled(dagster_dev, pg_engine):
