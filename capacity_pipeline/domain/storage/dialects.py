@@ -439,7 +439,8 @@ class PostgresDialect(SqlDialect):
         # with np.frombuffer, so a batch is thousands of Python objects instead of millions of
         # tuples. Day and size travel in one value: they cannot come apart, whatever the order.
         query = f"""
-            SELECT instance_id, database_name, string_agg(int8send(CAST(size_mb AS bigint) * {2**DAY_BITS} + day), ''::bytea)
+            SELECT instance_id, database_name,
+                   string_agg(int8send(CAST(size_mb AS bigint) * {2**DAY_BITS} + day), ''::bytea)
             FROM ({samples}) AS samples GROUP BY instance_id, database_name"""
         rows = connection.execute(text(query), params).all()
         if not rows:
