@@ -201,7 +201,7 @@ SETTINGS: dict[str, Setting] = {
         300.0,
         _positive_seconds,
         "seconds > 0",
-        "A request no Dagster daemon picked up within this time fails, saying so.",
+        "A request no Dagster daemon picked up within this time (on the database's clock) fails, saying so.",
     ),
     "corrected_quarter": Setting(
         "CAPACITY_CORRECTED_PREVIOUS_QUARTER",

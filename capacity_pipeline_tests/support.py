@@ -15,10 +15,10 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,8 +29,12 @@ from capacity_pipeline.defs.aggregation.assets import build_aggregation_assets
 from capacity_pipeline.defs.definitions import build_defs
 from capacity_pipeline.defs.partitions import partitions_by_period
 from capacity_pipeline.defs.resources import WhaleFallDatabase
-from capacity_pipeline.domain.model import Level
+from capacity_pipeline.defs.run_center.tags import CLAIM_TAG
+from capacity_pipeline.domain.model import Level, TaskStatus
 from capacity_pipeline.domain.periods import PeriodType, months_between, windows_fed_by
+from capacity_pipeline.domain.run_center.claims import RunClaims
+from capacity_pipeline.domain.run_center.payloads import PhaseResult
+from capacity_pipeline.domain.run_center.task_runs import ItemPhase, RunCenter, TaskRunSpec
 from capacity_pipeline.domain.storage.month_partitions import ensure_month_partitions
 from capacity_pipeline.domain.storage.tables import tables_for
 from capacity_pipeline.settings import Settings
@@ -187,6 +191,96 @@ def row_trigger(engine: Engine, table: str, condition: str, *, event: str = "INS
             else:
                 connection.exec_driver_sql(f"DROP TRIGGER IF EXISTS {name} ON {table}")
                 connection.exec_driver_sql(f"DROP FUNCTION IF EXISTS {name}()")
+
+
+# -- run-center rows --------------------------------------------------------------------------------
+
+TASK_RUN_ID = "11111111-1111-4111-8111-111111111111"
+OTHER_TASK_RUN_ID = "22222222-2222-4222-8222-222222222222"
+TASK_RUN_SUMMARY = {
+    "version": 1,
+    "common": {"inputs": {"scope": "all"}, "metrics": [], "flags": {"skipped": False, "skip_reason": None}},
+    "ext": {"type": "capacity_aggregate_current", "version": 1, "data": {"scope": "all", "说明": "容量"}},
+}
+PHASE_METRICS = {"records": 2, "status": "completed"}
+PHASE_DETAILS = {"message": "实例 a 的 daily 实例聚合完成 (处理 2 条记录)"}
+
+
+def task_run_spec(**overrides: Any) -> TaskRunSpec:
+    """A current-period TaskRunSpec (compat 6.2), with any column overridden."""
+    values: dict[str, Any] = {
+        "task_key": "capacity_aggregate_current",
+        "task_name": "容量统计(当前周期)",
+        "trigger_source": "manual",
+        "summary_json": TASK_RUN_SUMMARY,
+    }
+    return TaskRunSpec(**{**values, **overrides})
+
+
+def completed_phase(
+    instance_id: int, metrics: Any = PHASE_METRICS, details: Any = PHASE_DETAILS, phase: str = "instance"
+) -> ItemPhase:
+    """One instance's completed phase result, as a batch records it."""
+
+    return ItemPhase(instance_id, phase, PhaseResult(TaskStatus.COMPLETED, metrics, details))
+
+
+def failed_phase(
+    instance_id: int, message: str = "实例聚合失败", details: Any = None, phase: str = "instance"
+) -> ItemPhase:
+    """One instance's failed phase result, as a batch records it."""
+
+    return ItemPhase(instance_id, phase, PhaseResult(TaskStatus.FAILED, None, details or {"error": message}, message))
+
+
+def stored_utc(engine: Engine, value: datetime) -> datetime:
+    """A stored timestamp as an aware UTC datetime; PostgreSQL's must carry an offset, SQLite keeps
+    the UTC wall clock without one."""
+    if engine.dialect.name == "postgresql":
+        assert value.tzinfo is not None
+        return value.astimezone(UTC)
+    assert value.tzinfo is None
+    return value.replace(tzinfo=UTC)
+
+
+class SteppingClock:
+    """A clock to hand the run center (`RunCenter(engine, clock)`, `settle(..., clock=)`): real time
+    that moves at least 1 ms at every reading, so successive writes get distinct timestamps without
+    a test having to sleep."""
+
+    def __init__(self) -> None:
+        self.current = datetime.now(UTC)
+
+    def __call__(self, _connection: object = None) -> datetime:
+        self.current = max(datetime.now(UTC), self.current + timedelta(milliseconds=1))
+        return self.current
+
+    def now(self) -> datetime:
+        """Not before any time this clock has given (nor before the real time)."""
+        return max(datetime.now(UTC), self.current)
+
+
+def whalefall_cancel(engine: Engine, run_id: str) -> bool:
+    """What WhaleFall's own cancel endpoint does (compat 6.1 cancel_run, 7.3), written here
+    independently of the pipeline: a `running` run becomes cancelled (run row first, then its
+    items) and its counters are left as they were. True if it was cancelled."""
+    tables = tables_for(engine).tables
+    runs, items = tables["task_runs"], tables["task_run_items"]
+    now = datetime.now(UTC)
+    with engine.begin() as connection:
+        query = select(runs.c.status).where(runs.c.run_id == run_id)
+        status = connection.execute(query.with_for_update() if engine.dialect.name != "sqlite" else query).scalar()
+        if status != "running":
+            return False
+        connection.execute(
+            runs.update().where(runs.c.run_id == run_id).values(status="cancelled", completed_at=now, updated_at=now)
+        )
+        connection.execute(
+            items.update()
+            .where(items.c.run_id == run_id, items.c.status.in_(("pending", "running")))
+            .values(status="cancelled", completed_at=now, updated_at=now)
+        )
+    return True
 
 
 # -- Dagster --------------------------------------------------------------------------------------
@@ -439,6 +533,11 @@ def submit_job(client: Any, deadline: float, **kwargs: Any) -> str:
 
 
 FINISHED = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+_DAGSTER_STATUS_OF = {
+    "completed": dg.DagsterRunStatus.SUCCESS,
+    "failed": dg.DagsterRunStatus.FAILURE,
+    "cancelled": dg.DagsterRunStatus.CANCELED,
+}
 
 
 def wait_for_run(client: Any, run_id: str, timeout: float = 120) -> dg.DagsterRunStatus:
@@ -449,3 +548,61 @@ def wait_for_run(client: Any, run_id: str, timeout: float = 120) -> dg.DagsterRu
         return status if status in FINISHED else None
 
     return wait_until(finished, timeout, f"the end of Dagster run {run_id}", interval=0.5)
+
+
+# -- what must hold once runs have ended ------------------------------------------------------------
+
+
+def dagster_runs_of(engine: Engine, instance: dg.DagsterInstance, task_run_id: str) -> list[dg.DagsterRun]:
+    """The Dagster runs that worked (or were launched to work) for a TaskRun: the run that claimed
+    it, else the runs of the claim key a launcher gave it; [] when none was ever launched."""
+    links = tables_for(engine).tables["capacity_task_run_links"]
+    with engine.connect() as connection:
+        link = connection.execute(select(links).where(links.c.task_run_id == task_run_id)).first()
+    if link is None:
+        return []
+    if link.dagster_run_id is not None:
+        run = instance.get_run_by_id(link.dagster_run_id)
+        return [run] if run is not None else []
+    return list(instance.get_runs(filters=dg.RunsFilter(tags={CLAIM_TAG: link.claim_key})))
+
+
+def assert_run_center_consistent(
+    engine: Engine, instance: dg.DagsterInstance, task_run_ids: Iterable[str], *, killed: Iterable[str] = ()
+) -> None:
+    """Every TaskRun is final and agrees with its items and with its Dagster run:
+
+    * completed_at set, no pending or running item, counters = items (total, completed, failed or
+      cancelled: compat 6.1 finalize);
+    * completed <=> SUCCESS, failed <=> FAILURE, cancelled <=> CANCELED; a TaskRun never launched
+      (cancelled before any run, or failed by its launcher) has no run; a cancelled TaskRun that
+      shared its run with TaskRuns that were not cancelled ends as they do (the run went on for
+      them); a cancelled TaskRun whose worker the test killed (`killed`: Dagster run ids) before
+      it could see the cancel may end FAILURE.
+    """
+    center, claims, killed = RunCenter(engine), RunClaims(engine), set(killed)
+    for task_run_id in task_run_ids:
+        run, items = center.get_run(task_run_id), center.get_items(task_run_id)
+        status = run["status"]
+        assert status in _DAGSTER_STATUS_OF, (task_run_id, status)
+        assert run["completed_at"] is not None, (task_run_id, "completed_at")
+        open_items = [i["item_key"] for i in items if i["status"] in ("pending", "running")]
+        assert not open_items, (task_run_id, status, "open items", open_items)
+        counters = (run["progress_total"], run["progress_completed"], run["progress_failed"])
+        completed = sum(1 for i in items if i["status"] == "completed")
+        failed = sum(1 for i in items if i["status"] in ("failed", "cancelled"))
+        assert counters == (len(items), completed, failed), (task_run_id, status, counters, "items", completed, failed)
+        runs = dagster_runs_of(engine, instance, task_run_id)
+        if not runs:
+            assert status in ("cancelled", "failed"), (task_run_id, status, "no Dagster run")
+            continue
+        assert len(runs) == 1, (task_run_id, [r.run_id for r in runs])
+        [dagster_run] = runs
+        assert dagster_run.status in FINISHED, (task_run_id, dagster_run.run_id, dagster_run.status)
+        allowed = {_DAGSTER_STATUS_OF[status]}
+        if status == "cancelled":
+            others = {center.status(other) for other in claims.task_runs_of(dagster_run.run_id)} - {"cancelled"}
+            allowed |= {_DAGSTER_STATUS_OF[other] for other in others if other in _DAGSTER_STATUS_OF}
+            if dagster_run.run_id in killed:
+                allowed.add(dg.DagsterRunStatus.FAILURE)
+        assert dagster_run.status in allowed, (task_run_id, status, dagster_run.run_id, dagster_run.status)

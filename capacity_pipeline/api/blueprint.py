@@ -26,6 +26,7 @@ from capacity_pipeline.api.envelopes import (
     validation_error,
 )
 from capacity_pipeline.domain.model import InvalidScope, Scope
+from capacity_pipeline.domain.run_center.settle import Cancelled, settle
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
 from capacity_pipeline.domain.storage.dialects import first_line
@@ -131,10 +132,12 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
     def cancel_task_run(run_id: str) -> tuple[Response, int]:
         caller = require_admin(auth)
         run_id = _known_shape(run_id)
-        center = RunCenter(current_engine())
-        if center.get_run(run_id) is None:
+        # The run center's one rule: cancelled, open items cancelled, counters from the items, in
+        # one transaction (WhaleFall's own cancel leaves the counters for the worker to fix).
+        settled = settle(current_engine(), run_id, Cancelled(by=caller.user_id))
+        if settled.status is None:
             raise not_found(RUN_NOT_FOUND_MESSAGE)
-        if not center.cancel_run(run_id, cancelled_by=caller.user_id):  # only an open run can be cancelled
+        if not settled.ended_now:  # only an open run can be cancelled
             raise not_found(CANCEL_FAILED_MESSAGE)
         log.info("task run %s cancelled by user %s", run_id, caller.user_id)
         return success(CANCELLED_MESSAGE)

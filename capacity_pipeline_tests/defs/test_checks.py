@@ -11,7 +11,7 @@ from sqlalchemy import text
 from capacity_pipeline.defs.aggregation.assets import asset_key
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType
-from capacity_pipeline_tests.support import AGGREGATION_ASSETS, dagster_resources, resolve_job
+from capacity_pipeline_tests.support import AGGREGATION_ASSETS, dagster_resources, resolve_job, row_trigger
 
 DAY = date(2026, 7, 1)
 KEY = DAY.isoformat()
@@ -94,3 +94,49 @@ def test_the_checks_run_alone_with_a_partition_or_on_the_latest_one_without(pg_e
         e for e in without_partition.get_asset_check_evaluations() if e.partition is None and e.check_name == "coverage"
     ]
     assert summary.metadata["checked_partitions"].value == KEY
+
+
+def test_a_run_where_an_instance_fails_still_evaluates_its_checks(engine, whalefall, dagster_instance):
+    """Instance 1 fails to write (a trigger refuses its row), instance 2 has a negative sample: the
+    run fails, and its checks still look at what was written and flag the negative sample."""
+    _seed(whalefall)
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE database_size_stats SET size_mb = -500 WHERE instance_id = 2"))
+    daily = [AGGREGATION_ASSETS[level, PeriodType.DAILY] for level in Level]
+
+    with row_trigger(engine, "database_size_aggregations", "NEW.instance_id = 1", error="disk quota exceeded"):
+        result = dg.materialize(
+            daily,
+            partition_key=KEY,
+            resources=dagster_resources(engine),
+            instance=dagster_instance,
+            raise_on_error=False,
+        )
+
+    assert not result.success
+    # Every check of both assets was evaluated on the partition, none left planned.
+    for level in Level:
+        for name in ("min_avg_max", "no_negative_counts", "coverage", "no_negative_input"):
+            [record] = _evaluations(dagster_instance, asset_key(level, PeriodType.DAILY), name)
+            assert record.partition == KEY and record.status.value in ("SUCCEEDED", "FAILED"), (level, name)
+    [record] = _evaluations(dagster_instance, asset_key(Level.DATABASE, PeriodType.DAILY), "no_negative_input")
+    flagged = record.event.dagster_event.event_specific_data
+    assert record.run_id == result.run_id and record.status.value == "FAILED"
+    assert not flagged.passed and flagged.metadata["instances"].value == "2 (alpha)"
+
+
+def test_a_nightly_run_where_an_instance_fails_still_evaluates_its_checks(pg_engine, pg_whalefall, dagster_instance):
+    _seed(pg_whalefall)
+    with pg_engine.begin() as connection:
+        connection.execute(text("UPDATE database_size_stats SET size_mb = -500 WHERE instance_id = 2"))
+    with row_trigger(pg_engine, "instance_size_aggregations", "NEW.instance_id = 1", error="disk quota exceeded"):
+        result = resolve_job(pg_engine, "calculate_database").execute_in_process(
+            run_config={"ops": {"aggregate_last_periods": {"config": {"today": "2026-07-02"}}}},
+            instance=dagster_instance,
+            raise_on_error=False,
+        )
+
+    assert not result.success
+    [record] = _evaluations(dagster_instance, asset_key(Level.DATABASE, PeriodType.DAILY), "no_negative_input")
+    assert (record.partition, record.status.value) == (KEY, "FAILED")
+    assert record.event.dagster_event.event_specific_data.metadata["instances"].value == "2 (alpha)"

@@ -16,24 +16,35 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 import pytest
 from dagster._core.remote_origin import RegisteredCodeLocationOrigin, RemoteJobOrigin, RemoteRepositoryOrigin
-from sqlalchemy import update
+from sqlalchemy import select, text, update
 
 from capacity_pipeline.defs.aggregation.assets import asset_key
 from capacity_pipeline.defs.aggregation.jobs import calculate_database_schedule
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.defs.run_center.reconciler import reconcile, run_center_reconciler
-from capacity_pipeline.defs.run_center.tags import CLAIM_TAG, CREATED_BY_TAG, SCOPE_TAG, TASK_RUN_TAG
-from capacity_pipeline.domain.model import Level, Scope
+from capacity_pipeline.defs.run_center.tags import CLAIM_TAG, CREATED_BY_TAG, SCOPE_TAG, TASK_RUN_IDS_TAG, TASK_RUN_TAG
+from capacity_pipeline.domain.model import Level, Scope, TaskStatus
 from capacity_pipeline.domain.periods import PeriodType
 from capacity_pipeline.domain.run_center.claims import RunClaims, WorkerStats
-from capacity_pipeline.domain.run_center.task_runs import RunCenter
+from capacity_pipeline.domain.run_center.payloads import PhaseResult
+from capacity_pipeline.domain.run_center.settle import Cancelled, Failed, Settlement, Succeeded, WorkerLost, settle
+from capacity_pipeline.domain.run_center.task_runs import ItemPhase, RunCenter
 from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
 from capacity_pipeline.domain.storage.tables import tables_for
-from capacity_pipeline_tests.support import AGGREGATION_ASSETS, dagster_resources, resolve_job, row_trigger, wait_until
+from capacity_pipeline_tests.support import (
+    AGGREGATION_ASSETS,
+    assert_run_center_consistent,
+    dagster_resources,
+    resolve_job,
+    row_trigger,
+    wait_until,
+    whalefall_cancel,
+)
 
 DAY = date(2026, 7, 1)
 PREVIOUS = date(2026, 6, 30)
 KEY = DAY.isoformat()
+DATABASE_AND_INSTANCE = ["database", "instance"]
 SCOPE_METRICS = [
     {"key": "scope", "label": "范围", "value": "all", "unit": None, "tone": "info"},
     {"key": "requested_period_type", "label": "请求周期", "value": "daily", "unit": None, "tone": "info"},
@@ -161,6 +172,7 @@ def test_current_job_writes_spec_6_2_rows_final_when_the_run_returns(pg_engine, 
     assert delta["details_json"]["status"] == "skipped"
     assert delta["details_json"]["message"] == f"实例 delta 在 {KEY} 至 {KEY} 没有实例统计数据,跳过聚合"
     assert all(i["started_at"] and i["completed_at"] and i["error_message"] is None for i in items)
+    assert_run_center_consistent(pg_engine, dagster_instance, [result.run_id])
 
 
 def test_database_scope_and_a_task_run_named_by_tag_are_adopted(pg_engine, four_instances, dagster_instance):
@@ -189,6 +201,7 @@ def test_database_scope_and_a_task_run_named_by_tag_are_adopted(pg_engine, four_
     # One phase only: the item is exactly WhaleFall's, with nothing added.
     assert set(zeta["details_json"]) == WHALEFALL_ITEM_KEYS
     assert zeta["details_json"]["message"] == "实例 zeta 的 daily 数据库聚合完成 (处理 2 个数据库)"
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
 
 
 def _nightly_request(tick: datetime) -> dg.RunRequest:
@@ -268,6 +281,7 @@ def test_scheduled_nightly_run_writes_spec_6_3_rows(pg_engine, four_instances, d
     # instance: zeta and alpha, 3 periods each; database: their 3 databases in those 3 periods
     assert data["records"] == {"instance": 6, "database": 9, "total": 15}
     assert data["session_id"] is None and data["dagster_run_id"] == result.run_id
+    assert_run_center_consistent(pg_engine, dagster_instance, [result.run_id])
 
 
 def test_nightly_run_launched_by_hand_is_manual(pg_engine, four_instances, dagster_instance):
@@ -278,6 +292,7 @@ def test_nightly_run_launched_by_hand_is_manual(pg_engine, four_instances, dagst
     )
     run = RunCenter(pg_engine).get_run(result.run_id)
     assert (run["trigger_source"], run["created_by"], run["status"]) == ("manual", 12, "completed")
+    assert_run_center_consistent(pg_engine, dagster_instance, [result.run_id])
 
 
 def test_hand_made_materialization_and_backfill_get_a_task_run(pg_engine, four_instances, dagster_instance):
@@ -312,6 +327,7 @@ def test_hand_made_materialization_and_backfill_get_a_task_run(pg_engine, four_i
     # The backfill ran three days in one step: one result per instance over the range.
     zeta = center.get_items(backfill.run_id)[0]
     assert (zeta["details_json"]["period_start"], zeta["details_json"]["period_end"]) == ("2026-06-29", KEY)
+    assert_run_center_consistent(pg_engine, dagster_instance, [materialized.run_id, backfill.run_id])
 
 
 def test_progress_moves_per_batch_and_never_completes_an_item_before_its_last_phase(
@@ -348,6 +364,7 @@ def test_progress_moves_per_batch_and_never_completes_an_item_before_its_last_ph
     assert halfway, "never saw the database phase done with the instance phase still to run"
     assert [s[1] for s in seen] == sorted(s[1] for s in seen)  # only ever moves forward
     assert center.get_run(task_run_id)["progress_completed"] == 3
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
 
 
 def test_status_only_moves_forward_whatever_order_events_arrive(pg_engine, four_instances, dagster_instance):
@@ -356,8 +373,9 @@ def test_status_only_moves_forward_whatever_order_events_arrive(pg_engine, four_
     before = center.get_run(finished.run_id)
     assert before["status"] == "completed"
 
-    assert not center.cancel_run(finished.run_id)
-    assert not center.mark_run_failed(finished.run_id, "late failure")
+    assert not whalefall_cancel(pg_engine, finished.run_id)
+    for late in (Cancelled(by=3), Failed("late failure"), WorkerLost("late"), Succeeded()):
+        assert settle(pg_engine, finished.run_id, late) == Settlement(finished.run_id, TaskStatus.COMPLETED)
     reconcile(dagster_instance, dagster_resources(pg_engine)["whalefall"])
 
     assert center.get_run(finished.run_id) == before
@@ -380,6 +398,7 @@ def test_one_failing_instance_fails_its_item_and_the_run(pg_engine, four_instanc
     assert alpha["details_json"]["errors"] == [alpha["details_json"]["error"]]
     assert alpha["metrics_json"]["runner"] == "database"  # its database phase completed (compat 6.1 fail_item)
     assert (run["progress_completed"], run["progress_failed"]) == (2, 1)
+    assert_run_center_consistent(pg_engine, dagster_instance, [result.run_id])
 
 
 def test_a_failure_outside_the_per_instance_isolation_fails_the_run_and_open_items(
@@ -407,6 +426,7 @@ def test_a_failure_outside_the_per_instance_isolation_fails_the_run_and_open_ite
     assert (run["progress_total"], run["progress_completed"], run["progress_failed"]) == (3, 1, 2)
     # The batches committed before the error stay committed.
     assert {r["instance_id"] for r in four_instances.rows("instance_size_aggregations")} >= {1, 2}
+    assert_run_center_consistent(pg_engine, dagster_instance, [result.run_id])
 
 
 def test_a_task_run_cancelled_before_its_run_starts_never_runs_and_ends_canceled(
@@ -414,7 +434,7 @@ def test_a_task_run_cancelled_before_its_run_starts_never_runs_and_ends_canceled
 ):
     center = RunCenter(pg_engine)
     task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
-    assert center.cancel_run(task_run_id, cancelled_by=5)  # what WhaleFall's cancel endpoint does
+    assert whalefall_cancel(pg_engine, task_run_id)  # what WhaleFall's cancel endpoint does
 
     result = _current(pg_engine, dagster_instance, tags={TASK_RUN_TAG: task_run_id}, raise_on_error=False)
 
@@ -427,6 +447,7 @@ def test_a_task_run_cancelled_before_its_run_starts_never_runs_and_ends_canceled
     )
     messages = [entry.message for entry in dagster_instance.all_logs(result.run_id)]
     assert any("cancelled in the run center" in message for message in messages)
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
 
 
 def test_cancel_from_the_run_center_stops_between_batches_and_ends_canceled(
@@ -451,7 +472,7 @@ def test_cancel_from_the_run_center_stops_between_batches_and_ends_canceled(
     wait_until(
         lambda: center.get_run(task_run_id)["progress_completed"] >= 1, 30, "the first batch completing", interval=0.05
     )
-    assert center.cancel_run(task_run_id, cancelled_by=9)
+    assert settle(pg_engine, task_run_id, Cancelled(by=9)).ended_now  # the API's cancel, by user 9
     runner.join(timeout=60)
 
     assert dagster_instance.get_run_by_id(outcome["result"].run_id).status == dg.DagsterRunStatus.CANCELED
@@ -465,6 +486,7 @@ def test_cancel_from_the_run_center_stops_between_batches_and_ends_canceled(
     assert written == {i["instance_id"] for i in completed if i["details_json"]["status"] == "completed"}
     messages = [entry.message for entry in dagster_instance.all_logs(outcome["result"].run_id)]
     assert any("cancelled in the run center by user 9" in message for message in messages)
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
 
 
 def test_a_re_execution_of_a_finished_api_run_gets_its_own_task_run(pg_engine, four_instances, dagster_instance):
@@ -480,6 +502,7 @@ def test_a_re_execution_of_a_finished_api_run_gets_its_own_task_run(pg_engine, f
     assert first.success and again.success
     assert center.get_run(task_run_id) == finished
     assert center.get_run(again.run_id)["status"] == "completed"
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id, again.run_id])
 
 
 # -- the reconciler: what hooks cannot see --------------------------------------------------------
@@ -499,6 +522,7 @@ def test_the_reconciler_settles_a_finished_run_whose_hook_could_not_write(pg_eng
     assert f"{result.run_id}: completed" in evaluation.skip_message
     run = center.get_run(result.run_id)
     assert run["status"] == "completed" and run["summary_json"]["ext"]["data"]["status"] == "completed"
+    assert_run_center_consistent(pg_engine, dagster_instance, [result.run_id])
 
 
 def _started_run(instance: dg.DagsterInstance, engine, tags: dict | None = None) -> dg.DagsterRun:  # noqa: ANN001
@@ -534,6 +558,7 @@ def test_a_run_whose_worker_stopped_heartbeating_is_failed_in_dagster_and_the_ru
     task_run = center.get_run(task_run_id)
     assert task_run["status"] == "failed" and "stopped heartbeating" in task_run["error_message"]
     assert {i["status"] for i in center.get_items(task_run_id)} == {"failed"}
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
 
 
 def _origin(job: dg.JobDefinition) -> RemoteJobOrigin:
@@ -545,7 +570,7 @@ def _origin(job: dg.JobDefinition) -> RemoteJobOrigin:
 def test_a_queued_run_whose_task_runs_were_all_cancelled_is_cancelled_before_it_starts(pg_engine, four_instances):
     queued = {"run_coordinator": {"module": "dagster.core.run_coordinator", "class": "QueuedRunCoordinator"}}
     with dg.instance_for_test(overrides=queued) as instance:
-        center, claims = RunCenter(pg_engine), RunClaims(pg_engine)
+        claims = RunClaims(pg_engine)
         ids = [request_current_aggregation(pg_engine, Scope.ALL, created_by=None) for _ in range(2)]
         claim_key = f"capacity_aggregate_current:{ids[0]}"
         for task_run_id in ids:
@@ -556,12 +581,13 @@ def test_a_queued_run_whose_task_runs_were_all_cancelled_is_cancelled_before_it_
         )
         whalefall = dagster_resources(pg_engine)["whalefall"]
 
-        center.cancel_run(ids[0])
+        whalefall_cancel(pg_engine, ids[0])
         assert reconcile(instance, whalefall) == []  # one of its requests still wants it
-        center.cancel_run(ids[1])
+        whalefall_cancel(pg_engine, ids[1])
         assert reconcile(instance, whalefall) == [f"{claim_key}: queued Dagster run {run.run_id} cancelled"]
 
         assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
+        assert_run_center_consistent(pg_engine, instance, ids)
 
 
 def test_the_reconciler_logs_one_line_when_whalefall_is_unreachable(dagster_instance):
@@ -604,6 +630,7 @@ def test_a_killed_worker_is_explained_by_its_last_heartbeat(
     assert message.startswith(f"Dagster run {run.run_id} failed: its worker process (pid 4242) was killed by signal 9")
     assert f"used {memory_mib} MiB of the machine's 24000 MiB" in message and message.endswith(verdict)
     assert f"Run center: {message}" in [entry.message for entry in dagster_instance.all_logs(run.run_id)]
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
 
 
 def test_an_interrupt_nobody_asked_for_fails_the_task_run_as_dagster_fails_the_run(
@@ -640,3 +667,128 @@ def test_an_interrupt_nobody_asked_for_fails_the_task_run_as_dagster_fails_the_r
     run = center.get_run(task_run_id)
     assert run["status"] == "failed" and "interrupted without a termination request" in run["error_message"]
     assert {item["status"] for item in center.get_items(task_run_id)} <= {"completed", "failed"}
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
+
+
+def test_a_cancel_between_the_steps_of_a_shared_run_leaves_the_cancelled_task_run_consistent(
+    pg_engine, four_instances, dagster_instance
+):
+    """Two requests share a scope-all run; one is cancelled (as WhaleFall's cancel does it) after the
+    database step and before the instance step: a barrier (the claim key's advisory lock, which each
+    step takes first) holds the second step back until the cancel has landed."""
+    center, claims = RunCenter(pg_engine), RunClaims(pg_engine)
+    cancelled, kept = (request_current_aggregation(pg_engine, Scope.ALL, created_by=None) for _ in range(2))
+    claim_key = f"capacity_aggregate_current:{cancelled}"
+    for task_run_id in (cancelled, kept):
+        assert claims.link(task_run_id, claim_key, f"all:daily:{KEY}")
+    job = resolve_job(pg_engine, "capacity_aggregate_current", batch_size=1, batch_pause_seconds=0.3)
+    outcome = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(
+            result=job.execute_in_process(
+                partition_key=KEY, instance=dagster_instance, tags={CLAIM_TAG: claim_key}, raise_on_error=False
+            )
+        )
+    )
+
+    def instance_step_waiting() -> bool:
+        """The database step and its hooks are over: the next step waits at the barrier."""
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock' AND wait_event = 'advisory'"
+        )
+        with pg_engine.connect() as connection:
+            return connection.execute(query).scalar() > 0
+
+    with pg_engine.connect() as holder:
+        runner.start()
+        wait_until(lambda: _claimed(pg_engine, cancelled), 30, "the database step claiming", interval=0.02)
+        with holder.begin():
+            holder.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"capacity_pipeline.claim.{claim_key}"}
+            )
+            wait_until(instance_step_waiting, 30, "the instance step waiting to claim", interval=0.05)
+            assert whalefall_cancel(pg_engine, cancelled)  # what WhaleFall's cancel endpoint does
+        runner.join(timeout=60)
+
+    assert center.status(kept) == "completed"
+    run, items = center.get_run(cancelled), center.get_items(cancelled)
+    assert run["status"] == "cancelled" and {i["status"] for i in items} == {"cancelled"}
+    assert (run["progress_total"], run["progress_completed"], run["progress_failed"]) == (3, 0, 3)
+    assert_run_center_consistent(pg_engine, dagster_instance, [cancelled, kept])
+
+
+def _claimed(engine, task_run_id: str) -> bool:  # noqa: ANN001
+    links = tables_for(engine).tables["capacity_task_run_links"]
+    query = select(links.c.claimed_at).where(links.c.task_run_id == task_run_id)
+    with engine.connect() as connection:
+        return connection.execute(query).scalar() is not None
+
+
+def test_a_shared_run_names_every_task_run_it_serves(pg_engine, four_instances, dagster_instance):
+    claims = RunClaims(pg_engine)
+    ids = sorted(request_current_aggregation(pg_engine, Scope.DATABASE, created_by=None) for _ in range(3))
+    claim_key = f"capacity_aggregate_current:{ids[0]}"
+    for task_run_id in ids:
+        assert claims.link(task_run_id, claim_key, f"database:daily:{KEY}")
+
+    result = _current(
+        pg_engine,
+        dagster_instance,
+        asset_selection=[asset_key(Level.DATABASE, PeriodType.DAILY)],
+        tags={CLAIM_TAG: claim_key, TASK_RUN_TAG: ids[0]},
+    )
+
+    assert result.success
+    tags = dagster_instance.get_run_by_id(result.run_id).tags
+    assert tags[TASK_RUN_IDS_TAG] == " ".join(ids)
+    assert_run_center_consistent(pg_engine, dagster_instance, ids)
+
+
+def test_the_reconciler_makes_a_task_run_cancelled_before_its_worker_died_consistent(
+    pg_engine, four_instances, dagster_instance
+):
+    """WhaleFall's cancel does not recompute the counters; the worker died before it could."""
+    center, claims = RunCenter(pg_engine), RunClaims(pg_engine)
+    task_run_id = request_current_aggregation(pg_engine, Scope.INSTANCE, created_by=None)
+    run = _started_run(dagster_instance, pg_engine)
+    assert claims.adopt(task_run_id, run.run_id)
+    center.snapshot_items(task_run_id)
+    done = PhaseResult(TaskStatus.COMPLETED, {"processed_records": 1}, {"message": "done"})
+    center.record_phases([task_run_id], [ItemPhase(1, "instance", done)], ["instance"])
+    assert whalefall_cancel(pg_engine, task_run_id)  # what WhaleFall's cancel endpoint does
+    dagster_instance.report_run_failed(run)  # its worker died before it saw the cancel
+
+    reconcile(dagster_instance, dagster_resources(pg_engine)["whalefall"])
+
+    task_run, items = center.get_run(task_run_id), center.get_items(task_run_id)
+    assert task_run["status"] == "cancelled"
+    assert [i["status"] for i in items] == ["completed", "cancelled", "cancelled"]
+    assert (task_run["progress_total"], task_run["progress_completed"], task_run["progress_failed"]) == (3, 1, 2)
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id], killed=[run.run_id])
+
+
+def test_a_run_that_ended_with_items_still_open_does_not_complete_its_task_run(
+    pg_engine, four_instances, dagster_instance
+):
+    """Dagster says SUCCESS, yet the TaskRun's instance phase never ran (its hooks never settled it):
+    the reconciler must not call that completed."""
+    center, claims = RunCenter(pg_engine), RunClaims(pg_engine)
+    task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
+    run = _started_run(dagster_instance, pg_engine)
+    assert claims.adopt(task_run_id, run.run_id)
+    center.snapshot_items(task_run_id)
+    database = PhaseResult(TaskStatus.COMPLETED, {"runner": "database"}, {"message": "db done"})
+    center.record_phases([task_run_id], [ItemPhase(i, "database", database) for i in (1, 2, 4)], DATABASE_AND_INSTANCE)
+    dagster_instance.report_dagster_event(
+        dg.DagsterEvent(event_type_value=dg.DagsterEventType.RUN_SUCCESS.value, job_name=run.job_name), run.run_id
+    )
+
+    reconcile(dagster_instance, dagster_resources(pg_engine)["whalefall"])
+
+    task_run, items = center.get_run(task_run_id), center.get_items(task_run_id)
+    assert task_run["status"] == "failed" and task_run["completed_at"] is not None
+    assert {i["status"] for i in items} == {"failed"}
+    assert "the instance phase never ran" in items[0]["error_message"]
+    assert (task_run["progress_total"], task_run["progress_completed"], task_run["progress_failed"]) == (3, 0, 3)
+    # Dagster says SUCCESS and the TaskRun failed: the one case the two must disagree (docs/run-center.md).

@@ -25,7 +25,13 @@ from capacity_pipeline.domain.run_center.payloads import current_summary
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.run_center.triggers import current_task_run_spec, request_current_aggregation
 from capacity_pipeline.domain.storage.tables import tables_for
-from capacity_pipeline_tests.support import PARTITIONS, dagster_resources, resolve_job
+from capacity_pipeline_tests.support import (
+    PARTITIONS,
+    assert_run_center_consistent,
+    dagster_resources,
+    resolve_job,
+    whalefall_cancel,
+)
 
 capacity_current_trigger = build_trigger_sensor(PARTITIONS)
 
@@ -127,6 +133,7 @@ def test_equal_requests_share_one_run_until_it_starts(pg_engine, pg_whalefall, d
         run = center.get_run(task_run_id)
         assert (run["status"], run["progress_total"], run["progress_completed"]) == ("completed", 1, 1)
         assert run["summary_json"]["ext"]["data"]["dagster_run_id"] == result.run_id
+    assert_run_center_consistent(pg_engine, dagster_instance, [*burst, late])
     # Once the run has claimed its requests, a new equal one needs a run of its own.
     after = _request(pg_engine, Scope.INSTANCE)
     keys = [r.run_key for r in _evaluate(dagster_instance, pg_engine).run_requests]
@@ -140,7 +147,7 @@ def test_a_shared_run_serves_the_requests_still_open_and_leaves_the_cancelled_on
     kept, cancelled = _request(pg_engine, Scope.ALL), _request(pg_engine, Scope.ALL)
     [request] = _evaluate(dagster_instance, pg_engine).run_requests
     center = RunCenter(pg_engine)
-    assert center.cancel_run(cancelled)
+    assert whalefall_cancel(pg_engine, cancelled)
 
     result = resolve_job(pg_engine, "capacity_aggregate_current").execute_in_process(
         instance=dagster_instance, partition_key=request.partition_key, tags=request.tags
@@ -149,6 +156,7 @@ def test_a_shared_run_serves_the_requests_still_open_and_leaves_the_cancelled_on
     assert result.success
     assert center.get_run(kept)["status"] == "completed"
     assert center.get_run(cancelled)["status"] == "cancelled" and center.get_items(cancelled) == []
+    assert_run_center_consistent(pg_engine, dagster_instance, [kept, cancelled])
 
 
 def test_a_request_no_daemon_picked_up_in_time_fails_saying_so(pg_engine, dagster_instance):
@@ -169,7 +177,7 @@ def test_a_request_no_daemon_picked_up_in_time_fails_saying_so(pg_engine, dagste
 
 def test_cancelled_requests_are_not_triggers(pg_engine, dagster_instance):
     cancelled = _request(pg_engine, Scope.ALL)
-    assert RunCenter(pg_engine).cancel_run(cancelled)
+    assert whalefall_cancel(pg_engine, cancelled)
 
     evaluation = _evaluate(dagster_instance, pg_engine)
 
@@ -245,3 +253,23 @@ def test_a_request_for_another_period_runs_that_periods_current_window(pg_engine
             "skipped",  # the instance has no samples: 当前周期没有可处理的数据 (compat 6.2)
         )
         assert data["period_start"] == request.partition_key
+
+
+def test_a_request_from_a_host_whose_clock_lags_is_launched_not_expired(pg_engine, dagster_instance, monkeypatch):
+    """The API's host lags 400 s behind the daemon's (or the daemon's runs 400 s ahead): the
+    pick-up timeout is measured on the database's clock, so neither host's clock matters."""
+    from capacity_pipeline.domain.storage import clock
+
+    real = clock.host_time
+    monkeypatch.setattr(clock, "host_time", lambda: real() - timedelta(seconds=400))
+    from_a_lagging_host = _request(pg_engine, Scope.ALL)
+    monkeypatch.setattr(clock, "host_time", real)
+    seen_by_a_host_ahead = _request(pg_engine, Scope.DATABASE)
+    monkeypatch.setattr(clock, "host_time", lambda: real() + timedelta(seconds=400))
+
+    result = _evaluate(dagster_instance, pg_engine, trigger_pickup_timeout_seconds=300)
+
+    launched = sorted(r.tags[TASK_RUN_TAG] for r in result.run_requests)
+    assert launched == sorted([from_a_lagging_host, seen_by_a_host_ahead])
+    statuses = RunCenter(pg_engine).statuses([from_a_lagging_host, seen_by_a_host_ahead])
+    assert set(statuses.values()) == {"running"}

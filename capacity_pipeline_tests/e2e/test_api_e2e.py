@@ -21,7 +21,7 @@ import pytest
 from capacity_pipeline.defs.run_center.tags import TASK_RUN_TAG
 from capacity_pipeline.domain.periods import china_today
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
-from capacity_pipeline_tests.support import free_port, stop_group, wait_until
+from capacity_pipeline_tests.support import assert_run_center_consistent, free_port, stop_group, wait_until
 
 TOKEN = "e2e-admin-token-5d1c"
 TOKENS = json.dumps({TOKEN: {"user_id": 42, "role": "admin"}})
@@ -118,6 +118,7 @@ def test_post_runs_to_completion_and_a_request_cancelled_at_once_never_runs(dags
         runs = instance.get_runs(filters=dg.RunsFilter(tags={TASK_RUN_TAG: cancelled}))
         # Launched before the cancel landed, or never launched: either way never more than CANCELED.
         assert {run.status for run in runs} <= {dg.DagsterRunStatus.CANCELED}
+        assert_run_center_consistent(pg_engine, instance, [run_id, cancelled, later])
 
 
 def test_the_real_server_rejects_an_oversized_chunked_body(api_server):

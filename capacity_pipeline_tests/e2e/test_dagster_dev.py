@@ -13,7 +13,7 @@ from capacity_pipeline.defs.run_center.tags import NIGHTLY_JOB_NAME
 from capacity_pipeline.domain.periods import PeriodType, last_window
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
-from capacity_pipeline_tests.support import submit_job, wait_for_run
+from capacity_pipeline_tests.support import assert_run_center_consistent, submit_job, wait_for_run
 
 TODAY = date(2026, 7, 2)
 
@@ -32,6 +32,8 @@ def test_nightly_job_launched_over_graphql_succeeds_and_writes_rows(dagster_dev,
 
     assert wait_for_run(client, run_id) == DagsterRunStatus.SUCCESS, dagster_dev.tail()
     assert RunCenter(pg_engine).status(run_id) == "completed"  # settled by the op's hook
+    with dagster_dev.instance() as instance:
+        assert_run_center_consistent(pg_engine, instance, [run_id])
     for period in PeriodType:
         start = last_window(period, TODAY).start
         for table in ("database_size_aggregations", "instance_size_aggregations"):

@@ -15,15 +15,25 @@ from dagster_graphql import DagsterGraphQLClient
 from sqlalchemy import text
 
 from capacity_pipeline.defs.aggregation.jobs import NIGHTLY_OP_NAME
+from capacity_pipeline.defs.run_center.reconciler import reconcile
 from capacity_pipeline.defs.run_center.tags import NIGHTLY_JOB_NAME, TASK_RUN_TAG
 from capacity_pipeline.domain.model import Scope
 from capacity_pipeline.domain.periods import china_today
+from capacity_pipeline.domain.run_center.settle import Cancelled, settle
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
-from capacity_pipeline_tests.support import submit_job, wait_for_run, wait_until
+from capacity_pipeline_tests.support import (
+    assert_run_center_consistent,
+    dagster_resources,
+    submit_job,
+    wait_for_run,
+    wait_until,
+    whalefall_cancel,
+)
 
 TODAY = date(2026, 7, 2)
+BEFORE_START = (dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.STARTING)
 # A server of its own for the test that kills it: one worker silent for 8 s is dead.
 KILLABLE = {
     "CAPACITY_BATCH_SIZE": "1",
@@ -75,13 +85,15 @@ def _dagster_run_of(instance: dg.DagsterInstance, task_run_id: str) -> dg.Dagste
 def test_cancel_in_the_run_center_ends_the_dagster_run_canceled(dagster_dev, pg_engine, pg_whalefall):
     client, run_id, center = _launch_slow_nightly(dagster_dev, pg_engine)
 
-    assert center.cancel_run(run_id)  # what WhaleFall's cancel endpoint does
+    assert whalefall_cancel(pg_engine, run_id)  # what WhaleFall's cancel endpoint does
     cancelled_at = time.monotonic()
     status = wait_for_run(client, run_id, timeout=30)
 
     assert status == dg.DagsterRunStatus.CANCELED, dagster_dev.tail()
     assert time.monotonic() - cancelled_at < 10
     _assert_cancelled_with_batches_intact(center, run_id, pg_whalefall)
+    with dagster_dev.instance() as instance:
+        assert_run_center_consistent(pg_engine, instance, [run_id])
 
 
 def test_terminating_in_dagster_cancels_the_task_run(dagster_dev, pg_engine, pg_whalefall):
@@ -93,6 +105,8 @@ def test_terminating_in_dagster_cancels_the_task_run(dagster_dev, pg_engine, pg_
     assert wait_for_run(client, run_id, timeout=30) == dg.DagsterRunStatus.CANCELED
     _wait_for_task_run(center, run_id, "cancelled", timeout=10 - (time.monotonic() - terminated_at))
     _assert_cancelled_with_batches_intact(center, run_id, pg_whalefall)
+    with dagster_dev.instance() as instance:
+        assert_run_center_consistent(pg_engine, instance, [run_id])
 
 
 def test_a_killed_run_worker_fails_the_task_run(dagster_dev, pg_engine, pg_whalefall):
@@ -115,6 +129,8 @@ def test_a_killed_run_worker_fails_the_task_run(dagster_dev, pg_engine, pg_whale
     assert {i["status"] for i in items} <= {"completed", "failed"}
     failed = [i for i in items if i["status"] == "failed"]
     assert failed and {i["error_message"] for i in failed} == {run["error_message"]}
+    with dagster_dev.instance() as instance:
+        assert_run_center_consistent(pg_engine, instance, [run_id])
 
 
 def test_killing_the_whole_dagster_dev_mid_run_fails_the_run_after_restart_and_frees_its_slot(
@@ -151,7 +167,7 @@ def test_killing_the_whole_dagster_dev_mid_run_fails_the_run_after_restart_and_f
         assert "stopped heartbeating" in task_run["error_message"]
         assert {i["status"] for i in center.get_items(first)} <= {"completed", "failed"}
 
-        # The partition's concurrency slot is free again: the next request runs to the end.
+        # The dead run's slot is free again: the next request runs to the end.
         second = request_current_aggregation(pg_engine, Scope.INSTANCE, created_by=1)
         _wait_for_task_run(center, second, "completed", timeout=120)
         second_run = _dagster_run_of(instance, second)
@@ -160,6 +176,7 @@ def test_killing_the_whole_dagster_dev_mid_run_fails_the_run_after_restart_and_f
             30,
             "the second run to succeed",
         )
+        assert_run_center_consistent(pg_engine, instance, [first, second])
 
 
 def test_a_run_behind_a_table_lock_says_so_and_a_cancel_frees_the_database(dagster_dev, pg_engine, pg_whalefall):
@@ -189,7 +206,7 @@ def test_a_run_behind_a_table_lock_says_so_and_a_cancel_frees_the_database(dagst
                 return any("Still working, waiting" in m and "database_size_aggregations" in m for m in messages)
 
             wait_until(reported, 60, "the lock wait in the run log", interval=0.5)
-            assert center.cancel_run(task_run_id, cancelled_by=3)
+            assert settle(pg_engine, task_run_id, Cancelled(by=3)).ended_now  # the API's cancel
             cancelled_at = time.monotonic()
             wait_until(
                 lambda: instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED,
@@ -206,3 +223,65 @@ def test_a_run_behind_a_table_lock_says_so_and_a_cancel_frees_the_database(dagst
             assert waiting == 0  # its statement was cancelled on the server, not left waiting
         transaction.rollback()
     assert center.status(task_run_id) == "cancelled"
+    with dagster_dev.instance() as instance:
+        assert_run_center_consistent(pg_engine, instance, [first, task_run_id])
+
+
+def test_a_request_cancelled_while_its_run_is_starting_ends_canceled(dagster_dev, pg_engine):
+    """The cancel lands after the queue let the run go and before its worker started (STARTING),
+    and the reconciler's next tick comes at once."""
+    load_synthetic_data(
+        pg_engine,
+        SyntheticSpec(
+            instances=4, databases=2, days=3, end_date=china_today(), seed=8, inactive_share=0, deleted_share=0
+        ),
+    )
+    task_run_id = request_current_aggregation(pg_engine, Scope.DATABASE, created_by=1)
+    with dagster_dev.instance() as instance:
+
+        def starting() -> dg.DagsterRun | None:
+            run = _dagster_run_of(instance, task_run_id)
+            assert run is None or run.status in BEFORE_START, run.status
+            return run if run is not None and run.status == dg.DagsterRunStatus.STARTING else None
+
+        run = wait_until(starting, 60, "the run starting", interval=0.02)
+        assert whalefall_cancel(pg_engine, task_run_id)  # what WhaleFall's cancel endpoint does
+        reconcile(instance, dagster_resources(pg_engine)["whalefall"])
+
+        ended = wait_until(lambda: _finished(instance, run.run_id), 60, "the run ending", interval=0.2)
+        log = [entry.message for entry in instance.all_logs(run.run_id) if entry.message]
+        assert ended.status == dg.DagsterRunStatus.CANCELED, "\n".join(log)
+        assert_run_center_consistent(pg_engine, instance, [task_run_id])
+
+
+def test_a_cancel_then_a_killed_worker_leaves_the_task_run_cancelled_and_consistent(
+    dagster_dev, pg_engine, pg_whalefall
+):
+    """WhaleFall's cancel (which leaves the counters as they were), then the worker killed before it
+    could see it: the run center settles the TaskRun anyway, counters from the items."""
+    client, run_id, center = _launch_slow_nightly(dagster_dev, pg_engine)
+    with dagster_dev.instance() as instance:
+        messages = [entry.message for entry in instance.all_logs(run_id)]
+        [pid] = [int(m) for text_ in messages for m in re.findall(r"Started process for run \(pid: (\d+)\)", text_)]
+
+        assert whalefall_cancel(pg_engine, run_id)  # what WhaleFall's cancel endpoint does
+        os.kill(pid, signal.SIGKILL)
+
+        assert wait_for_run(client, run_id, timeout=60) == dg.DagsterRunStatus.FAILURE
+
+        def consistent() -> bool:
+            run, items = center.get_run(run_id), center.get_items(run_id)
+            done = sum(1 for i in items if i["status"] == "completed")
+            return (run["progress_total"], run["progress_completed"], run["progress_failed"]) == (
+                len(items),
+                done,
+                len(items) - done,
+            )
+
+        wait_until(consistent, 30, "the cancelled TaskRun's counters agreeing with its items", interval=0.5)
+        assert_run_center_consistent(pg_engine, instance, [run_id], killed=[run_id])
+
+
+def _finished(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun | None:
+    run = instance.get_run_by_id(run_id)
+    return run if run is not None and run.is_finished else None

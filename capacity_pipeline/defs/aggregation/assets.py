@@ -2,7 +2,8 @@
 
 Materializing a partition (or a range of them, in a backfill) runs the domain's engine for each
 window at the asset's level, mirrored into the run center (defs/run_center), then evaluates the
-asset's checks on each partition written. Each asset depends on the samples it reads: its own
+asset's checks on each partition written, also when some instances failed (the checks look at
+what was written; the step fails after them). Each asset depends on the samples it reads: its own
 window and the previous one (the change fields compare with it), through partition mappings, so
 the lineage is true and automation re-aggregates exactly what a changed day feeds. The asset holds
 no SQL of its own.
@@ -97,8 +98,12 @@ def build_aggregation_asset(
     )
     def aggregation(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase) -> Iterator:
         selected_checks = [check.name for check in context.selected_asset_check_keys]
+        failed = None
         if key in context.selected_asset_keys:
-            yield _materialize(context, whalefall, key, level, period)
+            try:
+                yield _materialize(context, whalefall, key, level, period)
+            except InstancesFailed as failure:
+                failed = failure  # the other instances' rows are written: the checks look at them first
             partition_keys = context.partition_keys
         else:
             partition_keys = _partitions_to_check(context, key)
@@ -108,6 +113,10 @@ def build_aggregation_asset(
             for partition_key in partition_keys
             for evaluation in checks.evaluate(engine, key, level, period, partition_key, selected_checks)
         ]
+        if failed is not None:
+            for evaluation in evaluations:  # recorded on their partitions, then the step fails
+                context.log_event(evaluation)
+            raise failed
         if context.has_partition_key:  # one partition: the step's own results, recorded on it
             yield from (checks.as_result(evaluation) for evaluation in evaluations)
             return

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from capacity_pipeline.defs.run_center.tags import TASK_KEY_TAG, TRIGGER_SOURCE_TAG
+from capacity_pipeline.defs.run_center.tags import BACKGROUND_PRIORITY, PRIORITY_TAG, TASK_KEY_TAG, TRIGGER_SOURCE_TAG
 from capacity_pipeline.domain import constants as c
 from capacity_pipeline.domain.periods import PeriodType
 from capacity_pipeline.settings import Settings
@@ -31,7 +31,12 @@ def build_automation_sensor(settings: Settings, target: dg.AssetSelection) -> dg
     return dg.AutomationConditionSensorDefinition(
         "capacity_automation",
         target=target,
-        run_tags={TASK_KEY_TAG: c.MATERIALIZE_TASK_KEY, TRIGGER_SOURCE_TAG: c.TRIGGER_SCHEDULED},
+        # Background work in the run queue (dagster.yaml): its own slots, behind a person's runs.
+        run_tags={
+            TASK_KEY_TAG: c.MATERIALIZE_TASK_KEY,
+            TRIGGER_SOURCE_TAG: c.TRIGGER_SCHEDULED,
+            PRIORITY_TAG: BACKGROUND_PRIORITY,
+        },
         minimum_interval_seconds=settings.automation_sensor_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING if settings.automation else dg.DefaultSensorStatus.STOPPED,
         emit_backfills=False,  # one run per partition: one TaskRun per window in the run center

@@ -22,7 +22,14 @@ from capacity_pipeline.defs.partitions import PartitionsByPeriod, key_for_window
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.defs.run_center.hooks import RUN_CENTER_HOOKS
 from capacity_pipeline.defs.run_center.step import InstancesFailed, RunCenterStep
-from capacity_pipeline.defs.run_center.tags import CURRENT_JOB_NAME, NIGHTLY_JOB_NAME, TRIGGER_SOURCE_TAG, task_of_run
+from capacity_pipeline.defs.run_center.tags import (
+    BACKGROUND_PRIORITY,
+    CURRENT_JOB_NAME,
+    NIGHTLY_JOB_NAME,
+    PRIORITY_TAG,
+    TRIGGER_SOURCE_TAG,
+    task_of_run,
+)
 from capacity_pipeline.domain import constants as c
 from capacity_pipeline.domain.aggregation.engine import Batch
 from capacity_pipeline.domain.model import AggregationReport, Level, TaskStatus, WindowPlan
@@ -101,21 +108,23 @@ def _calculate_database_op(partitions: PartitionsByPeriod) -> dg.OpDefinition:
 def _report_materializations(
     context: dg.OpExecutionContext, engine: Engine, reports: list[AggregationReport], partitions: PartitionsByPeriod
 ) -> None:
-    """Each asset partition written without failures shows as a materialization of that asset, with
-    its checks evaluated on that partition (as a materialization from any other path has them)."""
+    """Each asset partition written without failures shows as a materialization of that asset; its
+    checks are evaluated on every partition written, failures or not (as a materialization from any
+    other path has them): they look at what is in the table."""
     for report in reports:
         partition_key = key_for_window(report.window)
-        if report.failures or not partitions[report.period_type].has_partition_key(partition_key):
+        if not partitions[report.period_type].has_partition_key(partition_key):
             continue
         for level in Level:
             key = asset_key(level, report.period_type)
-            context.log_event(
-                dg.AssetMaterialization(
-                    asset_key=key,
-                    partition=partition_key,
-                    metadata={**report_metadata(report, level), **growth_metadata(engine, report, level)},
+            if not report.failures:
+                context.log_event(
+                    dg.AssetMaterialization(
+                        asset_key=key,
+                        partition=partition_key,
+                        metadata={**report_metadata(report, level), **growth_metadata(engine, report, level)},
+                    )
                 )
-            )
             for evaluation in checks.evaluate(engine, key, level, report.period_type, partition_key, checks.CHECKS):
                 context.log_event(evaluation)
 
@@ -165,5 +174,9 @@ def calculate_database_schedule(context: dg.ScheduleEvaluationContext) -> dg.Run
     return dg.RunRequest(
         run_key=f"{NIGHTLY_JOB_NAME}:{today.isoformat()}",
         run_config=dg.RunConfig(ops={NIGHTLY_OP_NAME: NightlyConfig(today=today.isoformat())}),
-        tags={TRIGGER_SOURCE_TAG: c.TRIGGER_SCHEDULED, **{f"capacity/{p.value}": key for p, key in periods.items()}},
+        tags={
+            TRIGGER_SOURCE_TAG: c.TRIGGER_SCHEDULED,  # background work in the run queue (dagster.yaml)
+            PRIORITY_TAG: BACKGROUND_PRIORITY,
+            **{f"capacity/{p.value}": key for p, key in periods.items()},
+        },
     )

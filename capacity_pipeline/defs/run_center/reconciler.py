@@ -2,7 +2,14 @@
 
 `run_center_reconciler` settles a run that ended without its hooks (terminated, crashed), fails a
 run whose worker stopped heartbeating (in Dagster and in the run center, which frees its
-concurrency slot), and cancels a queued run whose TaskRuns were all cancelled before it starts.
+concurrency slot), makes a closed TaskRun whose counters disagree with its items consistent
+(WhaleFall's cancel, then a worker that died before it saw it), and cancels a queued run whose
+TaskRuns were all cancelled before it starts. Every TaskRun it ends goes through the run center's
+one rule (domain/run_center/settle.py).
+
+A run that has left the queue (STARTING) is never terminated from here: Dagster would fail it
+("Ignoring a duplicate run ..."), not cancel it. Its step sees the cancel when it claims its
+TaskRuns and ends the run CANCELED itself.
 """
 
 from __future__ import annotations
@@ -15,13 +22,23 @@ import dagster as dg
 
 from capacity_pipeline.defs.backoff import guarded_tick
 from capacity_pipeline.defs.resources import WhaleFallDatabase
-from capacity_pipeline.defs.run_center.hooks import final_summary
 from capacity_pipeline.defs.run_center.tags import CLAIM_TAG, FINISHED, MIRRORED_TASK_KEYS, runs_by_claim_key
+from capacity_pipeline.domain.model import TaskStatus
 from capacity_pipeline.domain.run_center.claims import RunClaims
+from capacity_pipeline.domain.run_center.settle import (
+    Cancelled,
+    CancelledIn,
+    Failed,
+    Succeeded,
+    WorkerLost,
+    inconsistent_task_runs,
+    settle,
+)
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 
 RECONCILER_SECONDS = 5
-_NOT_STARTED = {dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING}
+REPAIR_WINDOW = timedelta(days=2)  # closed TaskRuns started this recently are checked for consistency
+QUEUED_CANCEL_MESSAGE = "Cancelled in the queue: every run-center request it was for was cancelled"
 
 
 _KILLED = re.compile(r"terminated by signal (\d+)|exit code -(\d+)")
@@ -75,9 +92,25 @@ def reconcile(
 ) -> list[str]:
     """Bring the run center and Dagster in line; returns what was done, for the log."""
     engine = whalefall.connected_engine()  # a clear line per tick while it is down
-    center, claims, done = RunCenter(engine), RunClaims(engine), []
-    now = datetime.now(UTC)
-    # 1. Dead workers: a started run whose steps stopped heartbeating.
+    center, claims = RunCenter(engine), RunClaims(engine)
+    now = claims.now()  # the clock the heartbeats were written with
+    done = _fail_dead_workers(instance, whalefall, claims, now, location_name)
+    done += _settle_ended_runs(instance, center, claims)
+    for task_run_id in inconsistent_task_runs(engine, MIRRORED_TASK_KEYS, now - REPAIR_WINDOW):
+        if settle(engine, task_run_id, Cancelled()).repaired:  # closed already: only made consistent
+            done.append(f"{task_run_id}: counters and items made consistent")
+    done += _cancel_queued(instance, claims, now)
+    return done
+
+
+def _fail_dead_workers(
+    instance: dg.DagsterInstance,
+    whalefall: WhaleFallDatabase,
+    claims: RunClaims,
+    now: datetime,
+    location_name: str | None,
+) -> list[str]:
+    """A started run whose steps stopped heartbeating fails, in Dagster and in the run center."""
     started = [
         run
         for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
@@ -85,54 +118,79 @@ def reconcile(
     ]
     beats = claims.last_beats([run.run_id for run in started])
     timeout = timedelta(seconds=whalefall.heartbeat_timeout_seconds)
+    done = []
     for run in started:
         # Only aggregation runs heartbeat: those that claimed TaskRuns, and a trigger's run that
         # may have died before it could (observation runs are not watched).
-        last = beats.get(run.run_id)
-        if last is None and CLAIM_TAG in run.tags:
+        last, silent_for = beats.get(run.run_id), None
+        if last is not None:
+            silent_for = now - last
+        elif CLAIM_TAG in run.tags:
             record = instance.get_run_record_by_id(run.run_id)
-            last = datetime.fromtimestamp(record.start_time, UTC) if record and record.start_time else None
-        if last is None or now - last <= timeout:
+            if record and record.start_time:  # Dagster's own clock, against this host's
+                last = datetime.fromtimestamp(record.start_time, UTC)
+                silent_for = datetime.now(UTC) - last
+        if silent_for is None or silent_for <= timeout:
             continue
         message = (
             f"the run's worker stopped heartbeating at {last.isoformat(timespec='seconds')} "
-            f"({(now - last).total_seconds():.0f} s ago, limit {timeout.total_seconds():.0f} s): its process, "
+            f"({silent_for.total_seconds():.0f} s ago, limit {timeout.total_seconds():.0f} s): its process, "
             "its code server or its machine went away"
         )
         instance.report_run_failed(run, message=f"Failed by the run-center reconciler: {message}")
         for task_run_id in claims.task_runs_of(run.run_id):
-            center.mark_run_failed(task_run_id, f"Dagster run {run.run_id} failed: {message}")
+            settle(claims.engine, task_run_id, WorkerLost(f"Dagster run {run.run_id} failed: {message}"))
         done.append(f"{run.run_id}: worker dead, run failed")
-    # 2. Open TaskRuns whose Dagster run ended without settling them.
+    return done
+
+
+def _settle_ended_runs(instance: dg.DagsterInstance, center: RunCenter, claims: RunClaims) -> list[str]:
+    """Open TaskRuns whose Dagster run ended without settling them end as it did."""
     open_runs = claims.open_task_runs(MIRRORED_TASK_KEYS)
     by_id = _runs_by_id(instance, [row["dagster_run_id"] for row in open_runs if row["dagster_run_id"]])
     by_claim = runs_by_claim_key(
         instance, [row["claim_key"] for row in open_runs if row["claim_key"] and not row["dagster_run_id"]]
     )
+    done = []
     for task_run in open_runs:
         run = by_id.get(task_run["dagster_run_id"]) or by_claim.get(task_run["claim_key"])
         if run is None or run.status not in FINISHED:
             continue
         task_run_id = task_run["run_id"]
         if run.status == dg.DagsterRunStatus.SUCCESS:
-            status = center.finalize_run(task_run_id, final_summary(task_run["task_key"]))
-            done.append(f"{task_run_id}: {status.value if status else 'gone'}")
+            settled = settle(center.engine, task_run_id, Succeeded())
         elif run.status == dg.DagsterRunStatus.CANCELED:
-            center.cancel_run(task_run_id)
-            center.finalize_run(task_run_id)
-            done.append(f"{task_run_id}: cancelled")
+            settled = settle(center.engine, task_run_id, Cancelled(where=CancelledIn.DAGSTER))
+        elif _failed_per_instance(center, task_run_id):
+            settled = settle(center.engine, task_run_id, Succeeded())  # the items say why, as the hook would
         else:
-            if center.items_settled(task_run_id) and center.get_items(task_run_id):
-                center.finalize_run(task_run_id, final_summary(task_run["task_key"]))
-            else:
-                message = dagster_run_failure_reason(instance, claims, run)
-                if center.mark_run_failed(task_run_id, message):
-                    instance.report_engine_event(f"Run center: {message}", run)
-            done.append(f"{task_run_id}: failed")
-    # 3. Queued runs whose TaskRuns were all cancelled never start.
+            message = dagster_run_failure_reason(instance, claims, run)
+            settled = settle(center.engine, task_run_id, Failed(message))
+            if settled.ended_now:
+                instance.report_engine_event(f"Run center: {message}", run)
+        done.append(f"{task_run_id}: {settled.status.value if settled.status else 'gone'}")
+    return done
+
+
+def _failed_per_instance(center: RunCenter, task_run_id: str) -> bool:
+    """The run failed because instances failed, and every item is final: the hook's verdict."""
+    items = center.get_items(task_run_id)
+    statuses = {item["status"] for item in items}
+    return TaskStatus.FAILED in statuses and not statuses & {TaskStatus.PENDING, TaskStatus.RUNNING}
+
+
+def _cancel_queued(instance: dg.DagsterInstance, claims: RunClaims, now: datetime) -> list[str]:
+    """A run still in the queue whose TaskRuns were all cancelled is cancelled before it starts.
+    Only from the queue: once dequeued (STARTING) its step ends it CANCELED itself."""
+    done = []
     cancelled = claims.cancelled_unclaimed(now - timedelta(days=1))
     for claim_key, run in runs_by_claim_key(instance, list(cancelled)).items():
-        if run.status in _NOT_STARTED and instance.run_coordinator.cancel_run(run.run_id):
+        current = instance.get_run_by_id(run.run_id)  # read again just before: the queue moves on
+        if current is not None and current.status == dg.DagsterRunStatus.QUEUED:
+            # Straight to CANCELED, with no CANCELING a starting worker would fail the run on. If
+            # the queue launched it meanwhile (dagster#3323), its worker finds the run cancelled and
+            # does not execute, or its step sees the cancelled TaskRuns and ends it CANCELED.
+            instance.report_run_canceled(current, message=QUEUED_CANCEL_MESSAGE)
             done.append(f"{claim_key}: queued Dagster run {run.run_id} cancelled")
     return done
 

@@ -9,7 +9,8 @@
   run just stops being written.
 * The step's success / failure hooks (hooks.py) settle the TaskRuns as the work ends: final
   within a second, with or without a daemon. What hooks cannot see (a terminated run, a dead
-  worker, a cancelled queued run) the reconciler sensor settles (reconciler.py).
+  worker, a cancelled queued run) the reconciler sensor settles (reconciler.py). Every one of
+  them ends a TaskRun through the run center's one rule (domain/run_center/settle.py).
 
 Which TaskRuns a run mirrors into follows from its tags and job (tags.py).
 """
@@ -24,10 +25,11 @@ from typing import Any
 import dagster as dg
 
 from capacity_pipeline.defs.resources import WhaleFallDatabase
-from capacity_pipeline.defs.run_center.tags import CLAIM_TAG, TASK_RUN_TAG, RunTask
+from capacity_pipeline.defs.run_center.tags import CLAIM_TAG, TASK_RUN_IDS_TAG, TASK_RUN_TAG, RunTask
 from capacity_pipeline.domain.aggregation.engine import AggregationAborted, Batch, BatchControl, aggregate_windows
 from capacity_pipeline.domain.model import IN_PROGRESS, ActiveInstance, AggregationReport, TaskStatus, WindowPlan
 from capacity_pipeline.domain.run_center.claims import RunClaims
+from capacity_pipeline.domain.run_center.settle import Cancelled, CancelledIn, Interrupted, settle
 from capacity_pipeline.domain.run_center.task_runs import ItemPhase, RunCenter
 from capacity_pipeline.domain.run_center.worker_watch import WorkerWatch
 
@@ -86,9 +88,14 @@ class RunCenterStep:
         try:
             self.task_run_ids = self._claim()
             self.watch.task_run_ids = self.task_run_ids
+            # Every TaskRun the run serves, for people (the first one alone may have been cancelled).
+            self.context.instance.add_run_tags(self.run.run_id, {TASK_RUN_IDS_TAG: " ".join(self.task_run_ids)})
             self.watch.tick()  # the first heartbeat of the claimed links, with the worker's pid and memory
             statuses = self.center.statuses(self.task_run_ids)
             self.open_ids = [run_id for run_id in self.task_run_ids if statuses.get(run_id) in IN_PROGRESS]
+            for run_id in set(self.task_run_ids) - set(self.open_ids):
+                # Closed between two steps (WhaleFall's cancel leaves its counters): made consistent.
+                settle(self.engine, run_id, Cancelled())
             if not self.open_ids:
                 self._end_closed(statuses)
             snapshots = [self.center.snapshot_items(run_id, by_name=self.by_name) for run_id in self.open_ids]
@@ -180,7 +187,7 @@ class RunCenterStep:
     def _drop_closed(self, still_open: set[str]) -> None:
         """TaskRuns closed in the run center (cancelled) get consistent counters and are no longer written."""
         for run_id in [run_id for run_id in self.open_ids if run_id not in still_open]:
-            status = self.center.finalize_run(run_id)
+            status = settle(self.engine, run_id, Cancelled()).status  # closed already: made consistent
             who = self._cancelled_by(run_id) if status is TaskStatus.CANCELLED else ""
             self.context.log.warning(
                 f"TaskRun {run_id} was {status.value if status else 'removed'}{who}: not written any more"
@@ -207,7 +214,7 @@ class RunCenterStep:
         """End the Dagster run CANCELED: Dagster treats an interrupt of a CANCELING run as a cancel."""
         self._cancelling = True
         for run_id in self.task_run_ids:
-            self.center.finalize_run(run_id)  # consistent counters and completed_at (compat Q14)
+            settle(self.engine, run_id, Cancelled())  # cancelled already: consistent counters (compat Q14)
         self.context.log.warning(reason)
         self.context.instance.report_run_canceling(self.run, message=reason)
         raise dg.DagsterExecutionInterruptedError(reason)
@@ -230,11 +237,10 @@ class RunCenterStep:
         taskruns = ", ".join(self.open_ids) or "-"
         if requested:
             for run_id in self.open_ids:
-                self.center.cancel_run(run_id)
-                self.center.finalize_run(run_id)
+                settle(self.engine, run_id, Cancelled(where=CancelledIn.DAGSTER))
             self.context.log.warning(f"Terminated from Dagster: TaskRun(s) {taskruns} cancelled in the run center")
             return
         reason = "the run's worker was interrupted without a termination request (its code server or machine stopped)"
         for run_id in self.open_ids:
-            self.center.mark_run_failed(run_id, f"Dagster run {self.run.run_id} failed: {reason}")
+            settle(self.engine, run_id, Interrupted(f"Dagster run {self.run.run_id} failed: {reason}"))
         self.context.log.error(f"Interrupted: TaskRun(s) {taskruns} failed in the run center: {reason}")

@@ -18,13 +18,17 @@ from capacity_pipeline.domain.run_center.task_runs import TaskRunSpec
 
 # Tags the pipeline reads and writes on Dagster runs.
 CLAIM_TAG = "capacity/claim_key"  # set by the trigger sensor: the run claims that key's TaskRuns
-TASK_RUN_TAG = "capacity/task_run_id"  # a TaskRun the run works for (the first one, for people)
+TASK_RUN_TAG = "capacity/task_run_id"  # the TaskRun the run was launched for (the first of a shared run)
+TASK_RUN_IDS_TAG = "capacity/task_run_ids"  # every TaskRun the run serves, set when it claims them
 TASK_KEY_TAG = "capacity/task_key"  # the run-center task this run is (else from the job)
 TRIGGER_SOURCE_TAG = "capacity/trigger_source"  # "scheduled" for runs no person asked for
 SCOPE_TAG = "capacity/scope"
 CREATED_BY_TAG = "capacity/created_by"
 REQUESTED_PERIOD_TAG = "capacity/requested_period_type"
 SCHEDULE_TAG = "dagster/schedule_name"
+# The run queue (dagster.yaml) lets a person's run go before background work: higher first.
+PRIORITY_TAG = "dagster/priority"
+BACKGROUND_PRIORITY = "-1"  # the automation's runs and the nightly schedule's
 MIRRORED_TASK_KEYS = (c.CURRENT_TASK_KEY, c.NIGHTLY_TASK_KEY, c.MATERIALIZE_TASK_KEY)
 # The two jobs WhaleFall knows carry its task keys as their names (compat 6.2, 8).
 CURRENT_JOB_NAME = c.CURRENT_TASK_KEY

@@ -33,6 +33,7 @@ from capacity_pipeline.domain import constants as c
 from capacity_pipeline.domain.model import InvalidScope, Scope
 from capacity_pipeline.domain.periods import PeriodType, china_today, current_window
 from capacity_pipeline.domain.run_center.claims import RunClaims
+from capacity_pipeline.domain.run_center.settle import Failed, settle
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.run_center.triggers import read_trigger
 
@@ -144,7 +145,7 @@ def _not_finished(run: dg.DagsterRun | None) -> bool:
 
 def _reject(context: dg.SensorEvaluationContext, center: RunCenter, run_id: str, reason: str) -> int:
     """A trigger no run can serve fails alone, saying why (visible in the run center and the log)."""
-    center.mark_run_failed(run_id, f"trigger rejected: {reason}")
+    settle(center.engine, run_id, Failed(f"trigger rejected: {reason}"))
     context.log.warning(f"TaskRun {run_id}: trigger rejected: {reason}")
     return 1
 

@@ -8,7 +8,9 @@ starts a new one. Runs not started by a trigger (the nightly job, a materializat
 TaskRun they create themselves. While a run works, its steps beat on the links, so a run whose
 worker died can be told from one that is merely slow.
 
-Times are the writers' UTC clocks; the hosts are expected to keep time (NTP).
+Times come from one clock, the database's (storage/clock.py): a host whose clock lags can neither
+make a fresh request look stale nor a live worker look dead. (A trigger written by WhaleFall's own
+route carries WhaleFall's clock in started_at: keep that host on time.)
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from typing import Any
 from sqlalchemy import Connection, Engine, and_, func, select, update
 
 from capacity_pipeline.domain.model import IN_PROGRESS, TaskStatus
-from capacity_pipeline.domain.run_center.task_runs import RunCenter
+from capacity_pipeline.domain.run_center.settle import Failed, settle
+from capacity_pipeline.domain.storage.clock import Clock, database_clock
 from capacity_pipeline.domain.storage.database import in_transaction
 from capacity_pipeline.domain.storage.dialects import dialect_of
 from capacity_pipeline.domain.storage.tables import tables_for
@@ -49,10 +52,6 @@ class WorkerStats:
         return cls(os.getpid(), resident // 2**20, machine // 2**20)
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 def as_utc(moment: datetime) -> datetime:
     """SQLite hands timestamps back without their zone; they were written in UTC."""
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
@@ -61,13 +60,18 @@ def as_utc(moment: datetime) -> datetime:
 class RunClaims:
     """Reads and writes `capacity_task_run_links`, the pipeline's own table beside the run center."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, clock: Clock = database_clock) -> None:
         self.engine = engine
+        self.clock = clock
         self.dialect = dialect_of(engine)
         tables = tables_for(engine).tables
         self.links = tables["capacity_task_run_links"]
         self.runs = tables["task_runs"]
-        self.center = RunCenter(engine)
+
+    def now(self) -> datetime:
+        """The time on the clock every writer of the links uses."""
+        with self.engine.connect() as connection:
+            return as_utc(self.clock(connection))
 
     # -- triggers ---------------------------------------------------------------------------------
 
@@ -85,11 +89,14 @@ class RunClaims:
 
     def expire_unclaimed(self, triggers: list[dict[str, Any]], older_than: timedelta, message: str) -> set[str]:
         """Fail the `triggers` (from unclaimed_triggers) that nobody picked up within `older_than`
-        (is a Dagster daemon running?); returns their run ids, none of which may be launched now."""
-        deadline = _now() - older_than
+        (is a Dagster daemon running?); returns their run ids, none of which may be launched now.
+        Their age is measured on the database's clock, which wrote their started_at."""
+        if not triggers:
+            return set()
+        deadline = self.now() - older_than
         expired = {trigger["run_id"] for trigger in triggers if as_utc(trigger["started_at"]) < deadline}
         for run_id in expired:
-            self.center.mark_run_failed(run_id, message)  # a no-op on one cancelled meanwhile
+            settle(self.engine, run_id, Failed(message), clock=self.clock)  # one cancelled meanwhile stays so
         return expired
 
     def link(self, task_run_id: str, claim_key: str, request_key: str | None = None) -> bool:
@@ -104,7 +111,7 @@ class RunClaims:
             if claimed:
                 return False
             statement = self.dialect.insert_ignoring_conflicts(self.links).values(
-                task_run_id=task_run_id, claim_key=claim_key, request_key=request_key, created_at=_now()
+                task_run_id=task_run_id, claim_key=claim_key, request_key=request_key, created_at=self.clock(connection)
             )
             inserted = statement.on_conflict_do_nothing(index_elements=["task_run_id"]).returning(
                 self.links.c.task_run_id
@@ -137,7 +144,7 @@ class RunClaims:
 
         def claim(connection: Connection) -> list[str]:
             self.dialect.serialise(connection, f"capacity_pipeline.claim.{claim_key}")
-            now = _now()
+            now = self.clock(connection)
             connection.execute(
                 update(self.links)
                 .where(self.links.c.claim_key == claim_key, self.links.c.claimed_at.is_(None))
@@ -157,7 +164,7 @@ class RunClaims:
         when the run holds it, False when another run did its work already."""
 
         def adopt(connection: Connection) -> bool:
-            now = _now()
+            now = self.clock(connection)
             statement = self.dialect.insert_ignoring_conflicts(self.links).values(
                 task_run_id=task_run_id,
                 claim_key=run_id,
@@ -185,7 +192,7 @@ class RunClaims:
 
     def beat(self, run_id: str, worker: WorkerStats | None = None) -> None:
         """The run's worker is alive (and, when given, how it is doing)."""
-        values: dict[str, Any] = {"heartbeat_at": _now()}
+        values: dict[str, Any] = {}
         if worker is not None:
             values |= {
                 "worker_pid": worker.pid,
@@ -193,6 +200,7 @@ class RunClaims:
                 "machine_memory_mib": worker.machine_memory_mib,
             }
         with self.engine.begin() as connection:
+            values["heartbeat_at"] = self.clock(connection)
             connection.execute(update(self.links).where(self.links.c.dagster_run_id == run_id).values(**values))
 
     def last_worker(self, run_id: str) -> tuple[datetime, WorkerStats] | None:

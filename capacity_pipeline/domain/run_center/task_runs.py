@@ -6,14 +6,16 @@
   WhaleFall's own cancel does. A deadlock or serialization failure is retried.
 * An item is final only after its last phase (scope `all` has two): until then each phase's
   result waits in `details_json.phases`, so progress never reaches 100 % while work remains.
-* Every write sets `updated_at` (there is no trigger for it, compat 1.7).
+* Every write sets `updated_at` (there is no trigger for it, compat 1.7), read from one clock
+  (the database's by default, storage/clock.py).
+* How a run ends is not written here: settle.py is the one rule for that.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Connection, Engine, bindparam, case, func, insert, or_, select, update
@@ -23,6 +25,7 @@ from capacity_pipeline.domain import constants as c
 from capacity_pipeline.domain.model import IN_PROGRESS, ActiveInstance, TaskStatus
 from capacity_pipeline.domain.run_center.payloads import PhaseResult, replay_phases
 from capacity_pipeline.domain.samples.instances import list_active_instances
+from capacity_pipeline.domain.storage.clock import Clock, database_clock
 from capacity_pipeline.domain.storage.database import in_transaction
 from capacity_pipeline.domain.storage.dialects import dialect_of
 from capacity_pipeline.domain.storage.tables import tables_for
@@ -66,15 +69,12 @@ class Progress:
 _JSON_OR_NULL = JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
 
 
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
 class RunCenter:
     """Writes one WhaleFall database's task_runs / task_run_items."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, clock: Clock = database_clock) -> None:
         self.engine = engine
+        self.clock = clock
         self.dialect = dialect_of(engine)
         tables = tables_for(engine).tables
         self.runs = tables["task_runs"]
@@ -107,23 +107,27 @@ class RunCenter:
 
     def create_run(self, run_id: str, spec: TaskRunSpec, *, status: TaskStatus = TaskStatus.RUNNING) -> bool:
         """Insert the run (WhaleFall's start_run) unless one with this run_id exists; True if new."""
-        now = _now()
-        statement = self.dialect.insert_ignoring_conflicts(self.runs).values(
-            run_id=run_id,
-            task_key=spec.task_key,
-            task_name=spec.task_name,
-            task_category=spec.task_category,
-            trigger_source=spec.trigger_source,
-            status=status,
-            started_at=now,
-            created_by=spec.created_by,
-            summary_json=spec.summary_json,
-            result_url=spec.result_url,
-            created_at=now,
-            updated_at=now,
-        )
-        inserted = statement.on_conflict_do_nothing(index_elements=["run_id"]).returning(self.runs.c.id)
-        return self._write(lambda connection: connection.execute(inserted).first() is not None)
+
+        def create(connection: Connection) -> bool:
+            now = self.clock(connection)
+            statement = self.dialect.insert_ignoring_conflicts(self.runs).values(
+                run_id=run_id,
+                task_key=spec.task_key,
+                task_name=spec.task_name,
+                task_category=spec.task_category,
+                trigger_source=spec.trigger_source,
+                status=status,
+                started_at=now,
+                created_by=spec.created_by,
+                summary_json=spec.summary_json,
+                result_url=spec.result_url,
+                created_at=now,
+                updated_at=now,
+            )
+            inserted = statement.on_conflict_do_nothing(index_elements=["run_id"]).returning(self.runs.c.id)
+            return connection.execute(inserted).first() is not None
+
+        return self._write(create)
 
     def write_summary(self, run_id: str, summary: dict[str, Any]) -> None:
         """Replace the summary; a cancelled or finished run keeps its own (compat 6.1)."""
@@ -132,103 +136,10 @@ class RunCenter:
             connection.execute(
                 update(self.runs)
                 .where(self.runs.c.run_id == run_id, self.runs.c.status.in_(IN_PROGRESS))
-                .values(summary_json=summary, updated_at=_now())
+                .values(summary_json=summary, updated_at=self.clock(connection))
             )
 
         self._write(write)
-
-    def cancel_run(self, run_id: str, *, cancelled_by: int | None = None) -> bool:
-        """WhaleFall's cancel (compat 7.3): the run and its open items become cancelled.
-
-        `cancelled_by` (the user who asked, when known) goes into `summary_json.ext.data`, where the
-        worker reads it for the run log. WhaleFall accepts only `running`; a legacy `pending` run is
-        accepted too.
-        """
-
-        def cancel(connection: Connection) -> bool:
-            run = self._lock_runs(connection, [run_id]).get(run_id)
-            if run is None or run.status not in IN_PROGRESS:
-                return False
-            now = _now()
-            values: dict[str, Any] = {"status": TaskStatus.CANCELLED, "completed_at": now, "updated_at": now}
-            if cancelled_by is not None and (run.summary_json or {}).get("ext"):
-                summary = run.summary_json
-                data = {**summary["ext"].get("data", {}), "cancelled_by": cancelled_by}
-                values["summary_json"] = {**summary, "ext": {**summary["ext"], "data": data}}
-            connection.execute(update(self.runs).where(self.runs.c.run_id == run_id).values(**values))
-            self._close_open_items(connection, run_id, TaskStatus.CANCELLED, None, now)
-            return True
-
-        return self._write(cancel)
-
-    def mark_run_failed(self, run_id: str, message: str) -> bool:
-        """Spec 6.1 mark_run_failed: open items fail with the message, then the run; counters set."""
-
-        def fail(connection: Connection) -> bool:
-            run = self._lock_runs(connection, [run_id]).get(run_id)
-            if run is None or run.status not in IN_PROGRESS:
-                return False
-            now = _now()
-            self._close_open_items(connection, run_id, TaskStatus.FAILED, message, now)
-            connection.execute(
-                update(self.runs)
-                .where(self.runs.c.run_id == run_id)
-                .values(
-                    status=TaskStatus.FAILED,
-                    error_message=message,
-                    completed_at=now,
-                    updated_at=now,
-                    **self._count_progress(connection, run_id).columns(),
-                )
-            )
-            return True
-
-        return self._write(fail)
-
-    def finalize_run(
-        self,
-        run_id: str,
-        summary: dict[str, Any] | Callable[[dict[str, Any], list[dict[str, Any]]], dict[str, Any]] | None = None,
-    ) -> TaskStatus | None:
-        """Spec 6.1 finalize_run, forward-only; returns the run's status afterwards.
-
-        An open run becomes `failed` if any item failed (or was cancelled), else `completed`;
-        `summary` replaces its summary, or computes it from (stored summary, items). A cancelled
-        run keeps its status but gets consistent counters and a completion time (fixes compat Q14).
-        A finished run is left alone.
-        """
-
-        def finalize(connection: Connection) -> TaskStatus | None:
-            run = self._lock_runs(connection, [run_id]).get(run_id)
-            if run is None:
-                return None
-            now = _now()
-            status = TaskStatus(run.status)
-            if status not in (*IN_PROGRESS, TaskStatus.CANCELLED):
-                return status  # finished: left alone
-            progress = self._count_progress(connection, run_id)
-            if status in IN_PROGRESS:
-                status = TaskStatus.FAILED if progress.failed else TaskStatus.COMPLETED
-                values: dict[str, Any] = {"status": status, "completed_at": now, "updated_at": now}
-                values.update(progress.columns())
-                if callable(summary):
-                    values["summary_json"] = summary(run.summary_json, self._items(connection, run_id))
-                elif summary is not None:
-                    values["summary_json"] = summary
-                connection.execute(update(self.runs).where(self.runs.c.run_id == run_id).values(**values))
-            else:  # cancelled: consistent counters and a completion time
-                connection.execute(
-                    update(self.runs)
-                    .where(self.runs.c.run_id == run_id)
-                    .values(
-                        completed_at=func.coalesce(self.runs.c.completed_at, now),
-                        updated_at=now,
-                        **progress.columns(),
-                    )
-                )
-            return status
-
-        return self._write(finalize)
 
     # -- items ------------------------------------------------------------------------------------
 
@@ -242,14 +153,14 @@ class RunCenter:
         """
 
         def snapshot(connection: Connection) -> list[ActiveInstance]:
-            run = self._lock_runs(connection, [run_id])[run_id]  # serialises racing steps of one run
+            run = self.lock_runs(connection, [run_id])[run_id]  # serialises racing steps of one run
             existing = self._item_instances(connection, run_id)
             if existing:
                 return existing
             instances = list_active_instances(connection, existing_at=run.started_at)
             if by_name:
                 instances.sort(key=lambda instance: (instance.name, instance.id))
-            now = _now()
+            now = self.clock(connection)
             if instances:
                 rows = [
                     {
@@ -283,7 +194,7 @@ class RunCenter:
             open_runs = self._open_runs(connection, run_ids)
             if not open_runs:
                 return
-            now = _now()
+            now = self.clock(connection)
             connection.execute(
                 update(self.items)
                 .where(
@@ -325,7 +236,7 @@ class RunCenter:
                     items.c.status.in_(IN_PROGRESS),
                 )
             ).all()
-            now = _now()
+            now = self.clock(connection)
             updates = [self._item_update(row, by_instance[row.instance_id], expected, now) for row in rows]
             if updates:
                 connection.execute(
@@ -374,18 +285,12 @@ class RunCenter:
             "completed": now,
         }
 
-    def items_settled(self, run_id: str) -> bool:
-        """True when the run has no pending or running item left."""
-        query = select(func.count()).where(self.items.c.run_id == run_id, self.items.c.status.in_(IN_PROGRESS))
-        with self.engine.connect() as connection:
-            return connection.execute(query).scalar() == 0
-
     # -- helpers ------------------------------------------------------------------------------
 
     def _write(self, work: Callable[[Connection], T]) -> T:
         return in_transaction(self.engine, work)
 
-    def _lock_runs(self, connection: Connection, run_ids: Collection[str]) -> dict[str, Any]:
+    def lock_runs(self, connection: Connection, run_ids: Collection[str]) -> dict[str, Any]:
         """The run rows, locked in run_id order: the first step of every write (one lock order)."""
         query = self.dialect.for_update(
             select(self.runs).where(self.runs.c.run_id.in_(sorted(run_ids))).order_by(self.runs.c.run_id)
@@ -393,9 +298,9 @@ class RunCenter:
         return {row.run_id: row for row in connection.execute(query)}
 
     def _open_runs(self, connection: Connection, run_ids: Collection[str]) -> list[str]:
-        return [run_id for run_id, row in self._lock_runs(connection, run_ids).items() if row.status in IN_PROGRESS]
+        return [run_id for run_id, row in self.lock_runs(connection, run_ids).items() if row.status in IN_PROGRESS]
 
-    def _items(self, connection: Connection, run_id: str) -> list[dict[str, Any]]:
+    def items_in(self, connection: Connection, run_id: str) -> list[dict[str, Any]]:
         query = select(self.items).where(self.items.c.run_id == run_id).order_by(self.items.c.id)
         return [dict(row._mapping) for row in connection.execute(query)]
 
@@ -407,19 +312,21 @@ class RunCenter:
         )
         return [ActiveInstance(id=row.instance_id, name=row.item_name) for row in rows]
 
-    def _close_open_items(
+    def close_open_items(
         self, connection: Connection, run_id: str, status: TaskStatus, message: str | None, now: datetime
-    ) -> None:
+    ) -> int:
+        """Every pending or running item of the run becomes `status` (with `message` as its error);
+        returns how many."""
         values: dict[str, Any] = {"status": status, "completed_at": now, "updated_at": now}
         if message is not None:
             values["error_message"] = message
-        connection.execute(
+        return connection.execute(
             update(self.items)
             .where(self.items.c.run_id == run_id, self.items.c.status.in_(IN_PROGRESS))
             .values(**values)
-        )
+        ).rowcount
 
-    def _count_progress(self, connection: Connection, run_id: str) -> Progress:
+    def count_progress(self, connection: Connection, run_id: str) -> Progress:
         """Counters from the items: completed, and failed-or-cancelled (compat 6.1 finalize_run)."""
         items = self.items
         counts = connection.execute(
@@ -433,8 +340,10 @@ class RunCenter:
 
     def _write_progress(self, connection: Connection, run_id: str) -> Progress:
         """The counters, written to the run. Only called with the run row locked."""
-        progress = self._count_progress(connection, run_id)
+        progress = self.count_progress(connection, run_id)
         connection.execute(
-            update(self.runs).where(self.runs.c.run_id == run_id).values(updated_at=_now(), **progress.columns())
+            update(self.runs)
+            .where(self.runs.c.run_id == run_id)
+            .values(updated_at=self.clock(connection), **progress.columns())
         )
         return progress

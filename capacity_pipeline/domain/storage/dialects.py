@@ -18,6 +18,7 @@ import io
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import Enum
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -224,7 +225,14 @@ class SqlDialect:
         connection may be gone already, as after an interrupt)."""
 
     def describe_wait(self, connection: Connection, backend: int) -> str | None:
-        """What session `backend` is waiting for, in words, or None when it is not waiting on a lock."""
+        """What session `backend` is waiting for, in words, or None when it is not waiting on a lock.
+        It names the holders by pid, application, table and lock mode, never by their SQL (it may
+        quote data)."""
+        return None
+
+    def current_time(self, connection: Connection) -> datetime | None:
+        """The server's wall clock (timezone-aware UTC); None for an embedded database (it has none
+        but this machine's)."""
         return None
 
     def classify(self, error: SQLAlchemyError) -> ErrorKind:
@@ -431,7 +439,8 @@ class PostgresDialect(SqlDialect):
         # with np.frombuffer, so a batch is thousands of Python objects instead of millions of
         # tuples. Day and size travel in one value: they cannot come apart, whatever the order.
         query = f"""
-            SELECT instance_id, database_name, string_agg(int8send(CAST(size_mb AS bigint) * {2**DAY_BITS} + day), ''::bytea)
+            SELECT instance_id, database_name,
+                   string_agg(int8send(CAST(size_mb AS bigint) * {2**DAY_BITS} + day), ''::bytea)
             FROM ({samples}) AS samples GROUP BY instance_id, database_name"""
         rows = connection.execute(text(query), params).all()
         if not rows:
@@ -503,13 +512,21 @@ class PostgresDialect(SqlDialect):
             text(
                 """
                 SELECT a.wait_event, extract(epoch FROM now() - a.query_start) AS seconds,
-                       (SELECT string_agg(b.pid || ' (' || coalesce(nullif(b.application_name, ''), b.usename)
-                                          || ': ' || left(regexp_replace(b.query, '\\s+', ' ', 'g'), 80) || ')',
-                                          ', ')
-                        FROM pg_stat_activity AS b WHERE b.pid = ANY(pg_blocking_pids(a.pid))) AS holders,
-                       (SELECT string_agg(DISTINCT c.relname, ', ')
+                       (SELECT string_agg(DISTINCT c.relname || ' (' || l.mode || ')', ', ')
                         FROM pg_locks AS l JOIN pg_class AS c ON c.oid = l.relation
-                        WHERE l.pid = a.pid AND NOT l.granted) AS relations
+                        WHERE l.pid = a.pid AND NOT l.granted) AS relations,
+                       (SELECT string_agg(
+                                   'pid ' || b.pid || ' ('
+                                   || coalesce(nullif(b.application_name, ''), 'no application name') || ', '
+                                   || coalesce((SELECT string_agg(DISTINCT h.mode, ' + ')
+                                                FROM pg_locks AS h
+                                                JOIN pg_locks AS w ON w.pid = a.pid AND NOT w.granted
+                                                     AND w.locktype = h.locktype
+                                                     AND w.relation IS NOT DISTINCT FROM h.relation
+                                                     AND w.objid IS NOT DISTINCT FROM h.objid
+                                                WHERE h.pid = b.pid AND h.granted), 'queued ahead of it')
+                                   || ')', ', ')
+                        FROM pg_stat_activity AS b WHERE b.pid = ANY(pg_blocking_pids(a.pid))) AS holders
                 FROM pg_stat_activity AS a
                 WHERE a.pid = :pid AND a.wait_event_type = 'Lock'
                 """
@@ -521,6 +538,9 @@ class PostgresDialect(SqlDialect):
         what = f"a lock on {row.relations}" if row.relations else f"a {row.wait_event} lock"
         holders = f" held by {row.holders}" if row.holders else ""
         return f"waiting {row.seconds:.0f} s for {what}{holders}"
+
+    def current_time(self, connection: Connection) -> datetime:
+        return connection.execute(text("SELECT clock_timestamp()")).scalar_one().astimezone(UTC)
 
     def classify(self, error: SQLAlchemyError) -> ErrorKind:
         state = getattr(getattr(error, "orig", None), "sqlstate", None) or ""

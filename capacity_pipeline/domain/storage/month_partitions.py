@@ -15,8 +15,8 @@ from datetime import date
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import DBAPIError
 
-from capacity_pipeline.domain.storage.dialects import dialect_of
 from capacity_pipeline.domain.periods import add_months
+from capacity_pipeline.domain.storage.dialects import dialect_of
 from capacity_pipeline.domain.storage.tables import PARTITIONED_TABLES
 
 _ALREADY_COVERED = re.compile(r"would overlap partition|default partition", re.IGNORECASE)

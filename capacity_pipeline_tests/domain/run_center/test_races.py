@@ -9,18 +9,19 @@ would deadlock every time; the control test shows that it does.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import OperationalError
 
 from capacity_pipeline.domain.model import TaskStatus
 from capacity_pipeline.domain.run_center.payloads import PhaseResult
+from capacity_pipeline.domain.run_center.settle import Cancelled, settle
 from capacity_pipeline.domain.run_center.task_runs import ItemPhase, RunCenter, TaskRunSpec
-from capacity_pipeline_tests.support import WhaleFallData
+from capacity_pipeline.domain.storage.database import make_engine
+from capacity_pipeline_tests.support import WhaleFallData, url_of, wait_until, whalefall_cancel
 
 ITERATIONS = 30
 INSTANCES = (1, 2, 3, 4)
@@ -45,6 +46,28 @@ def slow_item_updates(engine: Engine, seconds: float = 0.02) -> Iterator[None]:
         with engine.begin() as connection:
             connection.exec_driver_sql("DROP TRIGGER test_slow_items ON task_run_items")
             connection.exec_driver_sql("DROP FUNCTION test_slow_items()")
+
+
+@contextmanager
+def racers(engine: Engine) -> Iterator[Engine]:
+    """An engine of its own for the racing writers. On leaving, its sessions are closed and waited
+    for until they are gone: a backend flushes its statistics (deadlocks among them) as it exits,
+    so the count read afterwards is complete."""
+    own, pids = make_engine(url_of(engine)), set()
+    event.listen(own, "connect", lambda dbapi_connection, _record: pids.add(dbapi_connection.info.backend_pid))
+    try:
+        yield own
+    finally:
+        own.dispose()
+
+        def exited() -> bool:
+            with engine.connect() as connection:
+                alive = connection.execute(
+                    text("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(:pids)"), {"pids": list(pids)}
+                ).scalar()
+            return alive == 0
+
+        wait_until(exited, 10, "the racing sessions to exit", interval=0.05)
 
 
 def _race(*calls: Callable[[], object]) -> list[BaseException | None]:
@@ -81,9 +104,9 @@ def instances(pg_whalefall: WhaleFallData) -> WhaleFallData:
 
 
 def test_a_cancel_racing_a_batch_write_never_deadlocks_and_always_ends_consistent(pg_engine, instances):
-    center = RunCenter(pg_engine)
     outcomes, deadlocks_before = set(), _deadlocks(pg_engine)
-    with slow_item_updates(pg_engine):
+    with slow_item_updates(pg_engine), racers(pg_engine) as engine:
+        center = RunCenter(engine)
         for iteration in range(ITERATIONS):
             run_id = f"race-{iteration:03d}"
             center.create_run(run_id, SPEC)
@@ -93,9 +116,9 @@ def test_a_cancel_racing_a_batch_write_never_deadlocks_and_always_ends_consisten
             def worker(run_id: str = run_id) -> None:
                 # The worker's batch write, then what it does when it sees the run closed.
                 if run_id not in center.record_phases([run_id], _batch(), ["instance"]):
-                    center.finalize_run(run_id)
+                    settle(engine, run_id, Cancelled())
 
-            errors = _race(lambda run_id=run_id: center.cancel_run(run_id), worker)
+            errors = _race(lambda run_id=run_id: whalefall_cancel(engine, run_id), worker)
 
             assert errors == [None, None], (iteration, errors)
             run, items = center.get_run(run_id), center.get_items(run_id)
@@ -120,14 +143,14 @@ def test_control_a_writer_taking_items_before_the_run_deadlocks_with_the_cancel(
     """The old lock order (items, then the run) against WhaleFall's cancel: PostgreSQL has to kill one."""
     center = RunCenter(pg_engine)
     deadlocks = 0
-    with slow_item_updates(pg_engine):
+    with slow_item_updates(pg_engine), racers(pg_engine) as engine:
         for iteration in range(3):
             run_id = f"control-{iteration}"
             center.create_run(run_id, SPEC)
             center.snapshot_items(run_id)
 
             def items_then_run(run_id: str = run_id) -> None:
-                with pg_engine.begin() as connection:
+                with engine.begin() as connection:
                     connection.execute(
                         text("UPDATE task_run_items SET status = 'completed' WHERE run_id = :id"), {"id": run_id}
                     )
@@ -136,7 +159,7 @@ def test_control_a_writer_taking_items_before_the_run_deadlocks_with_the_cancel(
                     )
 
             def run_then_items(run_id: str = run_id) -> None:
-                with pg_engine.begin() as connection:
+                with engine.begin() as connection:
                     connection.execute(
                         text("UPDATE task_runs SET status = 'cancelled' WHERE run_id = :id"), {"id": run_id}
                     )
@@ -150,8 +173,8 @@ def test_control_a_writer_taking_items_before_the_run_deadlocks_with_the_cancel(
 
 
 def _deadlocks(engine: Engine) -> int:
-    """PostgreSQL's count of deadlocks in this database (its statistics lag a moment behind)."""
-    time.sleep(2)  # pending statistics are flushed about a second after a session goes idle
+    """PostgreSQL's count of deadlocks in this database, complete for every session that has exited
+    (see `racers`)."""
     with engine.connect() as connection:
         return connection.execute(
             text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
@@ -161,16 +184,16 @@ def _deadlocks(engine: Engine) -> int:
 def test_a_deadlock_forced_by_a_foreign_writer_is_retried(pg_engine, instances):
     """Whoever PostgreSQL picks as the victim, the run center's own write lands: when it is ours,
     the whole transaction runs again."""
-    center = RunCenter(pg_engine)
     before, foreign_victims = _deadlocks(pg_engine), 0
-    with slow_item_updates(pg_engine):
+    with slow_item_updates(pg_engine), racers(pg_engine) as engine:
+        center = RunCenter(engine)
         for iteration in range(3):
             run_id = f"retry-{iteration}"
             center.create_run(run_id, SPEC)
             center.snapshot_items(run_id)
 
             def foreign(run_id: str = run_id) -> None:  # another program, the wrong way round
-                with pg_engine.begin() as connection:
+                with engine.begin() as connection:
                     connection.execute(
                         text("UPDATE task_run_items SET error_message = 'x' WHERE run_id = :id"), {"id": run_id}
                     )
@@ -178,7 +201,7 @@ def test_a_deadlock_forced_by_a_foreign_writer_is_retried(pg_engine, instances):
                         text("UPDATE task_runs SET error_message = 'x' WHERE run_id = :id"), {"id": run_id}
                     )
 
-            errors = _race(foreign, lambda run_id=run_id: center.cancel_run(run_id))
+            errors = _race(foreign, lambda run_id=run_id: settle(engine, run_id, Cancelled()))
 
             assert errors[1] is None, errors  # the run center's cancel never fails
             assert center.status(run_id) is TaskStatus.CANCELLED
