@@ -8,7 +8,7 @@ with numpy a day at a time and bulk-loaded: COPY on PostgreSQL, executemany on S
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -66,8 +66,11 @@ class LoadedCounts:
     instance_size_stats: int
 
 
-def load_synthetic_data(engine: Engine, spec: SyntheticSpec) -> LoadedCounts:
-    """Generate and bulk-load the data. Refuses to load into a database that already has instances."""
+def load_synthetic_data(
+    engine: Engine, spec: SyntheticSpec, *, on_day: Callable[[int], object] | None = None
+) -> LoadedCounts:
+    """Generate and bulk-load the data. Refuses to load into a database that already has instances.
+    `on_day(1)` is called after each day is loaded (a progress bar's update)."""
     metadata = tables_for(engine)
     instances_table = metadata.tables["instances"]
     with engine.connect() as connection:
@@ -91,6 +94,8 @@ def load_synthetic_data(engine: Engine, spec: SyntheticSpec) -> LoadedCounts:
         instance_rows += len(day_instances)
         _bulk_load(engine, "database_size_stats", day_databases, _DATABASE_COLUMNS)
         _bulk_load(engine, "instance_size_stats", day_instances, _INSTANCE_COLUMNS)
+        if on_day is not None:
+            on_day(1)
     dialect_of(engine).analyze(engine, ["instances", "database_size_stats", "instance_size_stats"])
     return LoadedCounts(spec.instances, database_rows, instance_rows)
 
