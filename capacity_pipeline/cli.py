@@ -463,7 +463,15 @@ def _pipeline_module(name: str) -> Any:
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
     demo = _pipeline_module("capacity_pipeline.demo")  # imports Dagster, which only the demo needs
-    print(demo.run_demo(args.folder, settings))
+
+    def say(step: str) -> None:  # the steps of a minute's work, on a terminal only
+        if sys.stderr.isatty():
+            print(f"{PROG} demo: {step} ...", file=sys.stderr, flush=True)
+
+    try:
+        print(demo.run_demo(args.folder, settings, say=say))
+    except demo.DemoFailed as error:
+        raise RunFailed(str(error)) from None
     return 0
 
 

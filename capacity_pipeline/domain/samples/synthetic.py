@@ -14,7 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, select
 
 from capacity_pipeline.domain.periods import months_between
 from capacity_pipeline.domain.storage.dialects import dialect_of
@@ -98,6 +98,31 @@ def load_synthetic_data(
             on_day(1)
     dialect_of(engine).analyze(engine, ["instances", "database_size_stats", "instance_size_stats"])
     return LoadedCounts(spec.instances, database_rows, instance_rows)
+
+
+def seeded_through(engine: Engine) -> date | None:
+    """The last day the database has samples for; None when it has no instances (never seeded)."""
+    tables = tables_for(engine).tables
+    with engine.connect() as connection:
+        if not connection.execute(select(func.count()).select_from(tables["instances"])).scalar_one():
+            return None
+        last = connection.execute(select(func.max(tables["instance_size_stats"].c.collected_date))).scalar_one()
+    return date.fromisoformat(last) if isinstance(last, str) else last
+
+
+def clear_synthetic_data(engine: Engine) -> None:
+    """Delete the instances, their samples and their aggregations (a demo re-seeding itself); the run
+    center's tables are left as they are."""
+    tables = tables_for(engine).tables
+    with engine.begin() as connection:
+        for name in (
+            "database_size_aggregations",
+            "instance_size_aggregations",
+            "database_size_stats",
+            "instance_size_stats",
+            "instances",
+        ):
+            connection.execute(delete(tables[name]))
 
 
 class _Generator:
