@@ -65,7 +65,7 @@ def role_commands(host: str, code_port: int, webserver_port: int, api_port: int,
             *("-h", host, "-p", str(code_port)),
         ],
         "dagster-webserver": ["dagster-webserver", "-w", workspace, "-h", host, "-p", str(webserver_port)],
-        "dagster-daemon": ["dagster-daemon", "run", "-w", workspace],
+        "dagster-daemon": ["dagster-daemon", "run", "-w", workspace, "--log-level", "warning"],
         "capacity-api": ["capacity-pipeline", "serve-api", "--host", host, "--port", str(api_port)],
     }
 
