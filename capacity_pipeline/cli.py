@@ -242,7 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     forecast.add_argument("--as-of", type=_iso_date, help="YYYY-MM-DD, not after today (default: China today)")
     forecast.add_argument("--level", choices=[level.value for level in _FORECAST_LEVELS], help="default: both")
-    forecast.add_argument("--instance", type=_positive_int, help="one instance's forecasts only")
+    forecast.add_argument(
+        "--instance", type=_positive_int, help="one instance's forecasts only (default: every instance)"
+    )
     forecast.add_argument(
         "--horizons",
         type=_setting_type("forecast_horizons"),
@@ -258,10 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--instance", type=_positive_int, required=True, help="the instance id")
         command.add_argument("--database", help="a database of the instance (default: the instance itself)")
     limit_set.add_argument("--mb", type=_positive_int, required=True, help="the limit in MB, a whole number >= 1")
-    limit_set.add_argument("--note", help="why, or where the number comes from")
-    limit_set.add_argument("--updated-by", type=_positive_int, help="the WhaleFall user id setting it")
+    limit_set.add_argument("--note", help="why, or where the number comes from (default: none)")
+    limit_set.add_argument("--updated-by", type=_positive_int, help="the WhaleFall user id setting it (default: none)")
     limit_list = limit_commands.add_parser("list", parents=[database], help="list the limits")
-    limit_list.add_argument("--instance", type=_positive_int, help="one instance's limits only")
+    limit_list.add_argument(
+        "--instance", type=_positive_int, help="one instance's limits only (default: every instance)"
+    )
     limit_list.add_argument("--format", choices=["table", "json"], default="table", help="default: table")
 
     demo = commands.add_parser(

@@ -64,9 +64,9 @@ def test_the_domain_folders_depend_one_way():
 # What the base install (pyproject's dependencies, no extra) provides, by import name; werkzeug and
 # wtforms come with flask and flask-wtf.
 BASE_INSTALL = {
-    "sqlalchemy", "psycopg", "flask", "flask_login", "flask_wtf", "werkzeug", "wtforms", "waitress", "tqdm",
+    "sqlalchemy", "psycopg", "flask", "flask_login", "flask_wtf", "werkzeug", "wtforms", "waitress", "tqdm", "numpy",
 }  # fmt: skip
-PIPELINE_ONLY = {"dagster", "dagster_webserver", "dagster_postgres", "dagster_graphql", "pandas", "numpy"}
+PIPELINE_ONLY = {"dagster", "dagster_webserver", "dagster_postgres", "dagster_graphql", "pandas"}
 
 
 def _runtime_imports(path: Path) -> set[str]:

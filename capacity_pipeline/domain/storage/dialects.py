@@ -30,6 +30,7 @@ from enum import Enum
 from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import psycopg
 from sqlalchemy import Connection, Engine, Select, Table, TextClause, bindparam, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -39,8 +40,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from capacity_pipeline.domain.storage import sqlmath
 
-if TYPE_CHECKING:  # numpy and pandas are imported where used: the API's install has neither
-    import numpy as np
+if TYPE_CHECKING:
     import pandas as pd
 
 
@@ -58,8 +58,6 @@ class DailySeries:
 
     @classmethod
     def empty(cls) -> DailySeries:
-        import numpy as np
-
         nothing = np.zeros(0, dtype=np.int64)
         return cls([], nothing, nothing, np.zeros(0))
 
@@ -180,8 +178,6 @@ class SqlDialect(ABC):
     def daily_series(self, connection: Connection, samples: str, params: dict[str, Any]) -> DailySeries:
         """Every series of `samples`, a SELECT of (instance_id, database_name, day, size_mb) with at most
         one row per series and day. Plain rows here; PostgreSQL packs each series into one value."""
-        import numpy as np
-
         query = f"SELECT instance_id, database_name, day, size_mb FROM ({samples}) AS samples"
         rows = connection.execute(self._bind(query), params).all()
         if not rows:
@@ -492,8 +488,6 @@ class PostgresDialect(SqlDialect):
         # below 2**52 MB, a few zettabytes), read
         # with np.frombuffer, so a batch is thousands of Python objects instead of millions of
         # tuples. Day and size travel in one value: they cannot come apart, whatever the order.
-        import numpy as np
-
         query = f"""
             SELECT instance_id, database_name,
                    string_agg(int8send(CAST(size_mb AS bigint) * {2**DAY_BITS} + day), ''::bytea)
