@@ -8,11 +8,11 @@ from datetime import date
 import pytest
 from sqlalchemy import Engine, inspect, text
 
-from capacity_pipeline.domain.storage.database import make_engine
 from capacity_pipeline.domain.aggregation.engine import aggregate_period
 from capacity_pipeline.domain.model import Outcome
-from capacity_pipeline.domain.storage.month_partitions import ensure_month_partitions, partition_name
 from capacity_pipeline.domain.periods import PeriodType, Window, months_between
+from capacity_pipeline.domain.storage.database import make_engine
+from capacity_pipeline.domain.storage.month_partitions import ensure_month_partitions, partition_name
 from capacity_pipeline.domain.storage.tables import create_schema
 
 CAPACITY_TABLES = [
