@@ -14,4 +14,3 @@ def test_a_dialect_missing_one_operation_cannot_be_made():
 
     with pytest.raises(TypeError, match="create_month_partition"):
         partial()
-
