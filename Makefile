@@ -6,14 +6,20 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 
 DEV_PORT ?= 3000
+# The suite on two workers: the e2e tests (real servers) together on one, the rest spread.
+PYTEST_PARALLEL := -n 2 --dist loadgroup
 
-.PHONY: demo dev test lint format bench clean
+.PHONY: demo dev test test-fast lint format bench clean
 
 $(INSTALLED): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[pipeline,dev]"
 	touch $(INSTALLED)
+
+# The run links that the demo's and dev's runs write into the run center point at the UI dev
+# serves (DEV_PORT), unless DAGSTER_WEBSERVER_URL says otherwise.
+demo dev: export DAGSTER_WEBSERVER_URL ?= http://127.0.0.1:$(DEV_PORT)
 
 demo: $(INSTALLED)
 	$(BIN)/capacity-pipeline demo
@@ -26,10 +32,17 @@ dev: $(INSTALLED)
 	WHALEFALL_DATABASE_URL=sqlite:///$(CURDIR)/.demo/whalefall-demo.db \
 	$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p $(DEV_PORT)
 
+# The whole suite, e2e tests included (docs/development.md: what each tier takes).
 test: $(INSTALLED)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest $(PYTEST_PARALLEL)
+
+# Everything but the e2e tests (those marked slow: they start real dagster dev servers).
+test-fast: $(INSTALLED)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest $(PYTEST_PARALLEL) -m "not slow"
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .

@@ -1,7 +1,10 @@
 """The `capacity-pipeline` command line: argv in, one domain call, JSON or a table out.
 
 Bad input and failures end with one line on stderr and a non-zero exit code (2 for bad input,
-1 for a failed run); the database URL's password never appears in output.
+1 for a failed run); the database URL's password never appears in output. Long work draws a
+progress bar on stderr when stderr is a terminal, and nothing otherwise (pipes, logs, tests).
+The commands that need the pipeline extra (pandas, Dagster) import it only when they run, so the
+API-only install keeps `init-db`, `aggregate`, `request` and `serve-api`.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from datetime import date
+from contextlib import contextmanager
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -19,16 +23,16 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
-from capacity_pipeline.domain.aggregation.engine import AggregationAborted, aggregate_period
+from capacity_pipeline.domain import constants as c
+from capacity_pipeline.domain.aggregation.engine import AggregationAborted, Batch, aggregate_period
 from capacity_pipeline.domain.forecast.compute import compute_forecasts
 from capacity_pipeline.domain.forecast.limits import list_limits, set_limit, unset_limit
 from capacity_pipeline.domain.forecast.model import ForecastRow, InvalidForecastInput
 from capacity_pipeline.domain.forecast.store import read_forecasts
-from capacity_pipeline.domain.model import InvalidScope, Level, Outcome, Scope
-from capacity_pipeline.domain.periods import PeriodType, china_today, window_containing
-from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
+from capacity_pipeline.domain.model import AggregationReport, InvalidScope, Level, Scope
+from capacity_pipeline.domain.periods import PeriodType, Window, china_today, window_containing
+from capacity_pipeline.domain.run_center.triggers import effective_period, request_current_aggregation
 from capacity_pipeline.domain.samples.instances import list_active_instances
-from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.storage.database import (
     DATABASE_URL_ENV,
     DatabaseConfigError,
@@ -57,7 +61,22 @@ class RunFailed(Exception):
     """The run happened but did not succeed: exit code 1."""
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says what it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        help_text = action.help or ""
+        shown = action.default not in (None, False, argparse.SUPPRESS) and action.option_strings
+        if shown and "default" not in help_text:
+            help_text += " (default: %(default)s)"
+        return help_text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)  # every subcommand too
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         # One line, naming the argument and (for choices) the allowed values.
         self.exit(2, f"{self.prog}: error: {message}\n")
@@ -99,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     database = _Parser(add_help=False)
     database.add_argument(
         "--db-url",
-        help="WhaleFall database URL (default: $WHALEFALL_DATABASE_URL); postgresql:// or sqlite:///",
+        metavar="URL",
+        help="WhaleFall's database URL, postgresql:// or sqlite:/// (default: $WHALEFALL_DATABASE_URL)",
     )
     for name, option in _TIMEOUT_OPTIONS.items():
         setting = SETTINGS[name]
@@ -108,22 +128,56 @@ def build_parser() -> argparse.ArgumentParser:
             dest=name,
             type=_setting_type(name),
             default=None,
-            help=f"{setting.meaning} (default: ${setting.env} or {setting.default})",
+            metavar="SECONDS",
+            help=f"{setting.meaning.rstrip('.')} (default: ${setting.env} or {setting.default})",
         )
 
-    commands.add_parser("init-db", parents=[database], help="create the missing tables (never alters existing ones)")
+    commands.add_parser(
+        "init-db",
+        parents=[database],
+        help="create the missing tables (never alters existing ones); a SQLite file is created",
+    )
 
     aggregate = commands.add_parser(
-        "aggregate", parents=[database], help="aggregate the period of a type that contains a date"
+        "aggregate",
+        parents=[database],
+        help="aggregate the period of a type that contains a date, or every period of a range of dates",
+        description="Writes WhaleFall's aggregation rows directly, set-based in the database: no Dagster run and "
+        "no run-center TaskRun is made (use the Dagster jobs or the API for those).",
     )
-    aggregate.add_argument("--period", required=True, choices=[p.value for p in PeriodType])
-    aggregate.add_argument("--date", required=True, type=_iso_date, help="YYYY-MM-DD")
-    aggregate.add_argument("--scope", default=Scope.ALL.value, choices=[s.value for s in Scope])
+    aggregate.add_argument(
+        "--period", required=True, choices=[p.value for p in PeriodType], help="the period type to aggregate"
+    )
+    when = aggregate.add_mutually_exclusive_group(required=True)
+    when.add_argument(
+        "--date",
+        type=_iso_date,
+        metavar="YYYY-MM-DD",
+        help="the one period that contains this day (required, or --from and --to)",
+    )
+    when.add_argument(
+        "--from",
+        dest="from_date",
+        type=_iso_date,
+        metavar="YYYY-MM-DD",
+        help="the first period of a range, the one containing this day (required with --to, instead of --date)",
+    )
+    aggregate.add_argument(
+        "--to",
+        dest="to_date",
+        type=_iso_date,
+        metavar="YYYY-MM-DD",
+        help="the last period of the range, the one containing this day (required with --from)",
+    )
+    aggregate.add_argument(
+        "--scope", default=Scope.ALL.value, choices=[s.value for s in Scope], help="which levels to write"
+    )
     aggregate.add_argument(
         "--batch-size",
         type=_setting_type("batch_size"),
         default=None,
-        help=f"default: ${SETTINGS['batch_size'].env} or {SETTINGS['batch_size'].default}",
+        metavar="N",
+        help=f"instances per batch (default: ${SETTINGS['batch_size'].env} or {SETTINGS['batch_size'].default})",
     )
     aggregate.add_argument(
         "--corrected-quarter",
@@ -136,23 +190,35 @@ def build_parser() -> argparse.ArgumentParser:
     generate = commands.add_parser(
         "generate", parents=[database], help="load synthetic capacity data into an empty database"
     )
-    generate.add_argument("--instances", type=_positive_int, default=20)
-    generate.add_argument("--databases", type=_positive_int, default=10)
-    generate.add_argument("--days", type=_positive_int, default=120)
-    generate.add_argument("--end-date", type=_iso_date, help="last day (default: China today)")
-    generate.add_argument("--seed", type=int, default=42)
+    generate.add_argument("--instances", type=_positive_int, default=20, metavar="N", help="how many instances")
+    generate.add_argument("--databases", type=_positive_int, default=10, metavar="N", help="databases per instance")
+    generate.add_argument(
+        "--days", type=_positive_int, default=120, metavar="N", help="days of samples, ending at --end-date"
+    )
+    generate.add_argument(
+        "--end-date", type=_iso_date, metavar="YYYY-MM-DD", help="the last day (default: today, Asia/Shanghai)"
+    )
+    generate.add_argument("--seed", type=int, default=42, help="the random seed: the same seed, the same rows")
 
     trigger = commands.add_parser(
-        "request", parents=[database], help="request a current-period aggregation, as the API does"
+        "request",
+        parents=[database],
+        help="request a current-period aggregation, as the API does (a running Dagster daemon carries it out)",
     )
-    trigger.add_argument("--scope", default="all", help="all, database or instance (default: all)")
+    trigger.add_argument("--scope", default="all", help="all, database or instance")
     trigger.add_argument(
         "--period",
         default=PeriodType.DAILY.value,
         choices=[p.value for p in PeriodType],
-        help="the period whose current window runs (default: daily, as WhaleFall's button)",
+        help="the period whose current window runs (daily is WhaleFall's button)",
     )
-    trigger.add_argument("--created-by", type=int, default=None, help="the requesting user's id")
+    trigger.add_argument(
+        "--created-by",
+        type=int,
+        default=None,
+        metavar="USER_ID",
+        help="the requesting user's id (default: none, as a system request)",
+    )
 
     serve_api = commands.add_parser(
         "serve-api", parents=[database], help="serve the HTTP API with bearer tokens ($CAPACITY_API_TOKENS)"
@@ -168,15 +234,17 @@ def build_parser() -> argparse.ArgumentParser:
             raise argparse.ArgumentTypeError(f"{value!r} is not a port number; allowed: 1..65535")
         return number
 
-    serve_api.add_argument("--host", default="127.0.0.1")
-    serve_api.add_argument("--port", type=port_number, default=8080, help="1..65535 (default: 8080)")
+    serve_api.add_argument("--host", default="127.0.0.1", help="the address to listen on")
+    serve_api.add_argument("--port", type=port_number, default=8080, help="the TCP port, 1..65535")
 
     forecast = commands.add_parser(
         "forecast", parents=[database], help="compute, store and print capacity forecasts (docs/forecasts.md)"
     )
     forecast.add_argument("--as-of", type=_iso_date, help="YYYY-MM-DD, not after today (default: China today)")
     forecast.add_argument("--level", choices=[level.value for level in _FORECAST_LEVELS], help="default: both")
-    forecast.add_argument("--instance", type=_positive_int, help="one instance's forecasts only")
+    forecast.add_argument(
+        "--instance", type=_positive_int, help="one instance's forecasts only (default: every instance)"
+    )
     forecast.add_argument(
         "--horizons",
         type=_setting_type("forecast_horizons"),
@@ -192,14 +260,21 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--instance", type=_positive_int, required=True, help="the instance id")
         command.add_argument("--database", help="a database of the instance (default: the instance itself)")
     limit_set.add_argument("--mb", type=_positive_int, required=True, help="the limit in MB, a whole number >= 1")
-    limit_set.add_argument("--note", help="why, or where the number comes from")
-    limit_set.add_argument("--updated-by", type=_positive_int, help="the WhaleFall user id setting it")
+    limit_set.add_argument("--note", help="why, or where the number comes from (default: none)")
+    limit_set.add_argument("--updated-by", type=_positive_int, help="the WhaleFall user id setting it (default: none)")
     limit_list = limit_commands.add_parser("list", parents=[database], help="list the limits")
-    limit_list.add_argument("--instance", type=_positive_int, help="one instance's limits only")
+    limit_list.add_argument(
+        "--instance", type=_positive_int, help="one instance's limits only (default: every instance)"
+    )
     limit_list.add_argument("--format", choices=["table", "json"], default="table", help="default: table")
 
-    demo = commands.add_parser("demo", help="seed SQLite, materialize every period through Dagster, show the results")
-    demo.add_argument("--folder", type=Path, default=Path(".demo"), help="where the demo database and Dagster home go")
+    demo = commands.add_parser(
+        "demo",
+        help="an operator's day on SQLite: seed, observe, run the nightly and the current-period jobs, show results",
+    )
+    demo.add_argument(
+        "--folder", type=Path, default=Path(".demo"), help="where the demo database and Dagster home go (kept)"
+    )
     return parser
 
 
@@ -263,6 +338,9 @@ def _engine(args: argparse.Namespace, settings: Settings, *, create: bool = Fals
     is_file = url.get_backend_name() == "sqlite" and database not in ("", ":memory:")
     if is_file and not create and not Path(database).exists():
         raise UsageError(f"SQLite file {database} does not exist (run '{PROG} init-db' to create it)")
+    if is_file and create and not Path(database).parent.is_dir():
+        folder = Path(database).parent
+        raise UsageError(f"SQLite file {database}: the folder {folder} does not exist (create it first)")
     engine = make_engine(url, _limits(args, settings))
     with engine.connect() as connection:  # fail here, clearly, when the database is unreachable
         connection.execute(text("SELECT 1"))
@@ -287,48 +365,117 @@ def _limits(args: argparse.Namespace, settings: Settings) -> ConnectionLimits:
 
 def _aggregate(args: argparse.Namespace, settings: Settings) -> int:
     period = PeriodType(args.period)
+    windows = _windows(period, args)
     corrected = settings.corrected_quarter if args.corrected_quarter is None else True
-    report = aggregate_period(
-        _engine(args, settings),
-        period,
-        window_containing(period, args.date),
-        scope=Scope(args.scope),
-        batch_size=args.batch_size or settings.batch_size,
-        corrected_quarter=corrected,
-    )
-    print(json.dumps(report.summary(), ensure_ascii=False, indent=2))
-    failed = report.count(Outcome.FAILED)
+    engine = _engine(args, settings)
+    reports: list[AggregationReport] = []
+    with _progress("windows" if len(windows) > 1 else "batches", f"{period.value} aggregation") as bar:
+
+        def after_batch(batch: Batch) -> None:
+            if bar is not None:
+                bar.total = len(windows) * batch.total  # known once the instances are listed
+                bar.update(1)
+
+        for window in windows:
+            reports.append(
+                aggregate_period(
+                    engine,
+                    period,
+                    window,
+                    scope=Scope(args.scope),
+                    batch_size=args.batch_size or settings.batch_size,
+                    corrected_quarter=corrected,
+                    after_batch=after_batch,
+                )
+            )
+    summaries = [report.summary() for report in reports]
+    # One window prints its summary; a range prints the list of them, in period order.
+    print(json.dumps(summaries[0] if args.date else summaries, ensure_ascii=False, indent=2))
+    failed = [outcome for report in reports for outcome in report.failures]
     if failed:
-        first = next(o for o in report.outcomes if o.error is not None)
+        total = sum(report.instances_total for report in reports)
+        first = failed[0]
+        where = f" over {len(reports)} windows" if len(reports) > 1 else ""
         raise RunFailed(
-            f"{failed} of {report.instances_total} instances failed "
-            f"(first: instance {first.instance.id}: {first.error})"
+            f"{len(failed)} of {total} instances failed{where} (first: instance {first.instance.id}: {first.error})"
         )
     return 0
 
 
+def _windows(period: PeriodType, args: argparse.Namespace) -> list[Window]:
+    """The windows `--date`, or `--from` and `--to`, name; none that begins after today."""
+    today = china_today()
+    first, last = (args.date, args.date) if args.date else (args.from_date, args.to_date)
+    if args.date is None and last is None:
+        raise UsageError("--from needs --to (the last day of the range)")
+    if args.date is not None and args.to_date is not None:
+        raise UsageError("--to goes with --from, not with --date")
+    for option, day in (("--date", args.date), ("--from", args.from_date), ("--to", args.to_date)):
+        if day is not None and day > today:
+            raise UsageError(f"{option}: {day} is in the future; today is {today} (Asia/Shanghai)")
+    if last < first:
+        raise UsageError(f"--to: {last} is before --from {first}")
+    windows = [window_containing(period, first)]
+    while windows[-1].end < last:
+        windows.append(window_containing(period, windows[-1].end + timedelta(days=1)))
+    return windows
+
+
 def _generate(args: argparse.Namespace, settings: Settings) -> int:
+    synthetic = _pipeline_module("capacity_pipeline.domain.samples.synthetic")  # numpy and pandas
     engine = _engine(args, settings, create=True)
     create_schema(engine)
-    spec = SyntheticSpec(
+    spec = synthetic.SyntheticSpec(
         instances=args.instances,
         databases=args.databases,
         days=args.days,
         end_date=args.end_date or china_today(),
         seed=args.seed,
     )
-    try:
-        counts = load_synthetic_data(engine, spec)
-    except ValueError as error:
-        raise UsageError(str(error)) from None
+    with _progress("days", "synthetic samples", total=spec.days) as bar:
+        try:
+            counts = synthetic.load_synthetic_data(engine, spec, on_day=bar.update if bar is not None else None)
+        except ValueError as error:
+            raise UsageError(str(error)) from None
     print(json.dumps(counts.__dict__))
     return 0
 
 
-def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from capacity_pipeline.demo import run_demo  # imports Dagster, which only the demo needs
+@contextmanager
+def _progress(unit: str, description: str, total: int | None = None) -> Iterator[Any]:
+    """A tqdm bar on stderr while stderr is a terminal; None (nothing drawn) otherwise."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
 
-    print(run_demo(args.folder, settings))
+    with tqdm(total=total, unit=f" {unit}", desc=description, file=sys.stderr, leave=False) as bar:
+        yield bar
+
+
+def _pipeline_module(name: str) -> Any:
+    """A module of the `pipeline` extra; its absence is bad input that says what to install."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as error:
+        raise UsageError(
+            f"this command needs {error.name}, part of the pipeline extra: pip install 'capacity_pipeline[pipeline]'"
+        ) from None
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    demo = _pipeline_module("capacity_pipeline.demo")  # imports Dagster, which only the demo needs
+
+    def say(step: str) -> None:  # the steps of a minute's work, on a terminal only
+        if sys.stderr.isatty():
+            print(f"{PROG} demo: {step} ...", file=sys.stderr, flush=True)
+
+    try:
+        print(demo.run_demo(args.folder, settings, say=say))
+    except demo.DemoFailed as error:
+        raise RunFailed(str(error)) from None
     return 0
 
 
@@ -337,9 +484,19 @@ def _request(args: argparse.Namespace, settings: Settings) -> int:
         scope = Scope.from_request(args.scope)  # bad input fails before any connection
     except InvalidScope as error:
         raise UsageError(f"--scope: {error}") from None
-    print(
-        request_current_aggregation(_engine(args, settings), scope, created_by=args.created_by, period_type=args.period)
+    task_run_id = request_current_aggregation(
+        _engine(args, settings), scope, created_by=args.created_by, period_type=args.period
     )
+    request = {
+        "task_run_id": task_run_id,
+        "task_key": c.CURRENT_TASK_KEY,
+        "status": "running",
+        "scope": scope.value,
+        "period_type": effective_period(args.period).value,
+        "message": "Requested. The trigger sensor of a running Dagster daemon starts the run; "
+        "the run center shows its progress under this task_run_id.",
+    }
+    print(json.dumps(request, indent=2))
     return 0
 
 

@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
+import fcntl
 import json
-from datetime import date
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+from datetime import date, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import func, inspect, select, text
 
-from capacity_pipeline.cli import main
+from capacity_pipeline.cli import build_parser, main
+from capacity_pipeline.domain.periods import china_today
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.storage.database import make_engine
 from capacity_pipeline.domain.storage.tables import create_schema
 from capacity_pipeline_tests.support import WhaleFallData, row_trigger, url_of
@@ -417,3 +428,156 @@ def test_generate_refuses_a_database_that_already_has_instances(tmp_path, capsys
     whalefall = WhaleFallData(engine)
     assert {table: _count(whalefall, table) for table in first_counts} == first_counts
     engine.dispose()
+
+
+# --- help, request, dates, folders, ranges, progress ------------------------------------------
+
+
+def _option_help(parser_help: str) -> dict[str, str]:
+    """Each option's help text in a rendered --help, keyed by its first option string."""
+    entries: dict[str, str] = {}
+    current = None
+    for line in parser_help.split("options:", 1)[1].splitlines():
+        if line.startswith("  -"):
+            current = line.split()[0].rstrip(",")
+            entries[current] = line
+        elif current and line.startswith(" " * 10):
+            entries[current] += " " + line.strip()
+    return entries
+
+
+def test_every_option_of_every_command_has_help_that_says_its_default():
+    parser = build_parser()
+    commands = next(action for action in parser._actions if isinstance(action, argparse._SubParsersAction))
+    assert set(commands.choices) >= {"init-db", "aggregate", "generate", "request", "serve-api", "demo"}
+    for name, command in commands.choices.items():
+        documented = _option_help(command.format_help())
+        for action in command._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, f"{name} {action.option_strings[0]} has no help"
+            text = " ".join(documented[action.option_strings[0]].split())
+            if not action.required:  # an option one may leave out says what happens then
+                assert "default" in text or "required" in text, f"{name} {action.option_strings[0]}: {text}"
+    serve_api = _option_help(commands.choices["serve-api"].format_help())
+    assert "(default: 8080)" in " ".join(serve_api["--port"].split())
+
+
+def test_request_prints_the_task_run_as_json_in_english(engine, capsys):
+    exit_code = main(["request", "--scope", "instance", "--period", "weekly", "--db-url", url_of(engine)])
+
+    captured = capsys.readouterr()
+    assert exit_code == 0 and captured.err == ""
+    request = json.loads(captured.out)
+    assert set(request) == {"task_run_id", "task_key", "status", "scope", "period_type", "message"}
+    assert (request["task_key"], request["status"], request["scope"], request["period_type"]) == (
+        "capacity_aggregate_current",
+        "running",
+        "instance",
+        "weekly",
+    )
+    assert request["message"].isascii() and "Dagster daemon" in request["message"]
+    task_run = RunCenter(engine).get_run(request["task_run_id"])
+    assert task_run["status"] == "running" and task_run["task_key"] == "capacity_aggregate_current"
+
+
+@pytest.mark.parametrize("option", ["--date", "--from", "--to"])
+def test_a_date_in_the_future_is_refused_naming_the_option_and_today(seeded_sqlite, capsys, option):
+    url, whalefall = seeded_sqlite
+    today = china_today()
+    tomorrow = today + timedelta(days=1)
+    dates = {"--date": ["--date", tomorrow], "--from": ["--from", tomorrow, "--to", tomorrow]}
+    dates["--to"] = ["--from", today, "--to", tomorrow]
+
+    exit_code = main(["aggregate", "--period", "daily", *map(str, dates[option]), "--db-url", url])
+
+    captured = capsys.readouterr()
+    assert exit_code == 2 and captured.out == ""
+    assert _one_line(captured.err) == (
+        f"capacity-pipeline aggregate: error: {option}: {tomorrow} is in the future; today is {today} (Asia/Shanghai)"
+    )
+    assert _aggregation_counts(whalefall) == dict.fromkeys(AGGREGATION_TABLES, 0)
+
+
+def test_init_db_into_a_missing_folder_names_the_folder(tmp_path, capsys):
+    folder = tmp_path / "no" / "such" / "dir"
+
+    exit_code = main(["init-db", "--db-url", f"sqlite:///{folder / 'x.db'}"])
+
+    captured = capsys.readouterr()
+    assert exit_code == 2 and captured.out == ""
+    assert _one_line(captured.err) == (
+        f"capacity-pipeline init-db: error: SQLite file {folder / 'x.db'}: the folder {folder} does not exist "
+        "(create it first)"
+    )
+    assert not (tmp_path / "no").exists()
+
+
+def test_aggregate_from_to_writes_every_period_of_the_range(seeded_sqlite, capsys):
+    url, whalefall = seeded_sqlite
+
+    exit_code = main(["aggregate", "--period", "daily", "--from", "2026-06-08", "--to", "2026-06-10", "--db-url", url])
+
+    captured = capsys.readouterr()
+    assert exit_code == 0 and captured.err == ""
+    summaries = json.loads(captured.out)
+    assert [summary["window"]["start"] for summary in summaries] == ["2026-06-08", "2026-06-09", "2026-06-10"]
+    # 2026-06-08 has no samples: its instances are skipped; the two days with samples are written.
+    assert [summary["instances"]["processed"] for summary in summaries] == [0, 2, 2]
+    days = {row["period_start"] for row in whalefall.rows("instance_size_aggregations")}
+    assert days == {DAY_BEFORE, DAY}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--from", "2026-06-08"], "--from needs --to (the last day of the range)"),
+        (["--date", "2026-06-08", "--to", "2026-06-10"], "--to goes with --from, not with --date"),
+        (["--from", "2026-06-10", "--to", "2026-06-08"], "--to: 2026-06-08 is before --from 2026-06-10"),
+    ],
+)
+def test_a_malformed_range_is_refused(seeded_sqlite, capsys, arguments, message):
+    url, whalefall = seeded_sqlite
+
+    exit_code = main(["aggregate", "--period", "daily", *arguments, "--db-url", url])
+
+    assert exit_code == 2
+    assert _one_line(capsys.readouterr().err) == f"capacity-pipeline aggregate: error: {message}"
+    assert _aggregation_counts(whalefall) == dict.fromkeys(AGGREGATION_TABLES, 0)
+
+
+def test_generate_draws_progress_on_a_terminal_and_keeps_stdout_json(tmp_path):
+    """On a terminal stderr shows a progress bar; stdout stays the JSON (quiet elsewhere: see above)."""
+    url = f"sqlite:///{tmp_path / 'generated.db'}"
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a terminal's size
+    try:
+        process = subprocess.run(
+            [str(Path(sys.executable).parent / "capacity-pipeline"), *GENERATE, "--db-url", url],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            timeout=120,
+            check=False,
+        )
+        os.close(follower)
+        follower = None
+        terminal = b""
+        while chunk := _read_available(leader):
+            terminal += chunk
+    finally:
+        if follower is not None:
+            os.close(follower)
+        os.close(leader)
+
+    assert process.returncode == 0
+    assert json.loads(process.stdout)["instances"] == 3
+    drawn = terminal.decode(errors="replace")
+    assert "synthetic samples:" in drawn and "0/5 [" in drawn and "days/s" in drawn
+
+
+def _read_available(fd: int) -> bytes:
+    try:
+        return os.read(fd, 65536)
+    except OSError:  # EIO: the writer closed its side
+        return b""

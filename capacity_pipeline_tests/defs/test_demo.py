@@ -1,40 +1,54 @@
-"""`make demo` runs the real Dagster path on the embedded default (SQLite everywhere)."""
+"""The demo's samples: seeded once a day, kept on a rerun that day, replaced (run center kept) on a later day.
+
+The operator's day itself, through a real `dagster dev`, is e2e/test_demo_e2e.py.
+"""
 
 from __future__ import annotations
 
-import dagster as dg
+from datetime import timedelta
 
-from capacity_pipeline.cli import main
-from capacity_pipeline.defs.aggregation.assets import asset_key
-from capacity_pipeline.domain.model import Level
-from capacity_pipeline.domain.periods import PeriodType
+from capacity_pipeline.demo import DemoPaths, seed_demo
+from capacity_pipeline.domain.model import Scope
+from capacity_pipeline.domain.periods import china_today
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
+from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
+from capacity_pipeline.domain.samples.synthetic import seeded_through
 from capacity_pipeline.domain.storage.database import make_engine
+from capacity_pipeline_tests.support import WhaleFallData
+
+SMALL = {"instances": 3, "databases": 2, "days": 20, "seed": 7}  # the demo's shape, test-sized
 
 
-def test_demo_materializes_every_period_through_dagster_and_prints_a_summary(tmp_path, capsys):
-    folder = tmp_path / "demo"
+def test_the_demo_seeds_once_a_day_and_keeps_the_samples_on_a_rerun(tmp_path):
+    paths = DemoPaths(tmp_path)
+    today = china_today()
 
-    assert main(["demo", "--folder", str(folder)]) == 0
+    first = seed_demo(paths, today, SMALL)
+    engine = make_engine(paths.database_url)
+    samples = WhaleFallData(engine).rows("instance_size_stats", "id")
+    second = seed_demo(paths, today, SMALL)
 
-    captured = capsys.readouterr()
-    assert captured.err == ""
-    lines = captured.out.splitlines()
-    assert lines[0].startswith(f"Seeded {folder / 'whalefall-demo.db'}: 12 instances, ")
-    header, rule, *runs = lines[3 : lines.index("", 3)]
-    assert header.split()[:3] == ["period", "partition", "window"]
-    assert [run.split()[0] for run in runs] == ["daily", "daily", "weekly", "monthly", "quarterly"]
-    assert all("0 failed" in run and run.endswith("8/8 passed") for run in runs)
-    assert "Instances that grew most in" in captured.out
+    assert first.startswith(f"Seeded {paths.database}: {SMALL['instances']} instances, ")
+    assert first.endswith(f"up to {today} (Asia/Shanghai).")
+    assert second == f"Kept {paths.database}: its samples already end today ({today}, Asia/Shanghai)."
+    assert WhaleFallData(engine).rows("instance_size_stats", "id") == samples
+    engine.dispose()
 
-    with dg.DagsterInstance.from_config(str(folder / "dagster_home")) as instance:
-        for period in PeriodType:
-            for level in Level:
-                assert instance.get_materialized_partitions(asset_key(level, period)), (period, level)
-        runs = instance.get_run_records()
-        assert len(runs) == 5
-    # Every demo run is final in the run center without any daemon: the steps' hooks settled them.
-    center = RunCenter(make_engine(f"sqlite:///{folder / 'whalefall-demo.db'}"))
-    task_runs = [center.get_run(record.dagster_run.run_id) for record in runs]
-    assert [run["status"] for run in task_runs] == ["completed"] * 5
-    assert all(run["completed_at"] and run["progress_completed"] == run["progress_total"] > 0 for run in task_runs)
+
+def test_a_demo_on_a_later_day_replaces_the_samples_and_keeps_the_run_center(tmp_path):
+    paths = DemoPaths(tmp_path)
+    today = china_today()
+    earlier = today - timedelta(days=3)
+    seed_demo(paths, earlier, SMALL)
+    engine = make_engine(paths.database_url)
+    task_run = request_current_aggregation(engine, Scope.ALL, created_by=1)
+
+    message = seed_demo(paths, today, SMALL)
+
+    assert message.startswith(f"Seeded {paths.database}: ")
+    assert message.endswith(f"(replacing samples that ended {earlier}; the run center's rows are kept).")
+    assert seeded_through(engine) == today
+    instances = WhaleFallData(engine).rows("instances", "id")
+    assert [row["id"] for row in instances] == list(range(1, SMALL["instances"] + 1))
+    assert RunCenter(engine).get_run(task_run)["status"] == "running"
+    engine.dispose()

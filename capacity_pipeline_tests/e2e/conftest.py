@@ -10,12 +10,26 @@ of its own: two deployments watching one database would both pick up its request
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from capacity_pipeline.domain.storage.database import make_engine
 from capacity_pipeline.domain.storage.tables import create_schema
 from capacity_pipeline_tests.support import DagsterDev, database_url, scratch_database
+
+E2E = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m "not slow"` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test of this folder is `slow`, and all run on one xdist worker (they share the session's
+    `dagster dev`, and two servers at once would starve the other worker on a small machine)."""
+    for item in items:
+        if E2E in item.path.parents:
+            item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+
 
 SHARED_SETTINGS = {
     "CAPACITY_BATCH_SIZE": "2",

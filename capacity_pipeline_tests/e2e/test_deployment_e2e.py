@@ -65,7 +65,7 @@ def role_commands(host: str, code_port: int, webserver_port: int, api_port: int,
             *("-h", host, "-p", str(code_port)),
         ],
         "dagster-webserver": ["dagster-webserver", "-w", workspace, "-h", host, "-p", str(webserver_port)],
-        "dagster-daemon": ["dagster-daemon", "run", "-w", workspace],
+        "dagster-daemon": ["dagster-daemon", "run", "-w", workspace, "--log-level", "warning"],
         "capacity-api": ["capacity-pipeline", "serve-api", "--host", host, "--port", str(api_port)],
     }
 
@@ -181,7 +181,7 @@ def test_workspaces_load_the_code_server_over_grpc():
 
 
 def test_images_pin_the_project_dagster_and_hold_no_secret():
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]["pipeline"]
     pinned = {requirement for requirement in pyproject if requirement.startswith("dagster")}
     assert pinned == {"dagster==1.13.27", "dagster-webserver==1.13.27", "dagster-postgres==0.29.27"}
     for name in ("Dockerfile", "Dockerfile.dagster"):

@@ -8,13 +8,13 @@ with numpy a day at a time and bulk-loaded: COPY on PostgreSQL, executemany on S
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import Engine, func, insert, select
+from sqlalchemy import Engine, delete, func, insert, select
 
 from capacity_pipeline.domain.periods import months_between
 from capacity_pipeline.domain.storage.dialects import dialect_of
@@ -66,8 +66,11 @@ class LoadedCounts:
     instance_size_stats: int
 
 
-def load_synthetic_data(engine: Engine, spec: SyntheticSpec) -> LoadedCounts:
-    """Generate and bulk-load the data. Refuses to load into a database that already has instances."""
+def load_synthetic_data(
+    engine: Engine, spec: SyntheticSpec, *, on_day: Callable[[int], object] | None = None
+) -> LoadedCounts:
+    """Generate and bulk-load the data. Refuses to load into a database that already has instances.
+    `on_day(1)` is called after each day is loaded (a progress bar's update)."""
     metadata = tables_for(engine)
     instances_table = metadata.tables["instances"]
     with engine.connect() as connection:
@@ -91,8 +94,35 @@ def load_synthetic_data(engine: Engine, spec: SyntheticSpec) -> LoadedCounts:
         instance_rows += len(day_instances)
         _bulk_load(engine, "database_size_stats", day_databases, _DATABASE_COLUMNS)
         _bulk_load(engine, "instance_size_stats", day_instances, _INSTANCE_COLUMNS)
+        if on_day is not None:
+            on_day(1)
     dialect_of(engine).analyze(engine, ["instances", "database_size_stats", "instance_size_stats"])
     return LoadedCounts(spec.instances, database_rows, instance_rows)
+
+
+def seeded_through(engine: Engine) -> date | None:
+    """The last day the database has samples for; None when it has no instances (never seeded)."""
+    tables = tables_for(engine).tables
+    with engine.connect() as connection:
+        if not connection.execute(select(func.count()).select_from(tables["instances"])).scalar_one():
+            return None
+        last = connection.execute(select(func.max(tables["instance_size_stats"].c.collected_date))).scalar_one()
+    return date.fromisoformat(last) if isinstance(last, str) else last
+
+
+def clear_synthetic_data(engine: Engine) -> None:
+    """Delete the instances, their samples and their aggregations (a demo re-seeding itself); the run
+    center's tables are left as they are."""
+    tables = tables_for(engine).tables
+    with engine.begin() as connection:
+        for name in (
+            "database_size_aggregations",
+            "instance_size_aggregations",
+            "database_size_stats",
+            "instance_size_stats",
+            "instances",
+        ):
+            connection.execute(delete(tables[name]))
 
 
 class _Generator:

@@ -10,18 +10,25 @@ The shape follows Dagster's own storage (a SQL base class, a PostgreSQL subclass
   INSERT ... SELECT under its database-wide write lock.
 * Connections: timeouts, cancelling a statement from another thread, what a waiting session
   waits for, and which errors mean "retry" rather than "this instance is broken".
+* Month partitions (compat Q16): PostgreSQL's catalog look-ups and DDL; SQLite has none.
+
+`SqlDialect` declares the contract with abstract methods, as Dagster's `SqlRunStorage` does: a
+method with one portable implementation has it in the base class, every other one is written out
+by each dialect (a dialect missing one cannot be instantiated).
 """
 
 from __future__ import annotations
 
 import io
+import re
 import sqlite3
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import Enum
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import psycopg
@@ -82,48 +89,48 @@ def first_line(error: BaseException) -> str:
     return message.splitlines()[0] if message else type(error).__name__
 
 
-class SqlDialect:
+class SqlDialect(ABC):
     """The operations whose SQL or driver calls differ by database; see the subclasses."""
 
-    name: str
-    partitions_by_month: bool = False  # the capacity tables are range-partitioned by month
-    now_sql: str  # the server-side "now" of column defaults
+    name: ClassVar[str]
+    partitions_by_month: ClassVar[bool]  # the capacity tables are range-partitioned by month
+    now_sql: ClassVar[str]  # the server-side "now" of column defaults
 
     # -- WhaleFall's Python arithmetic (sqlmath) ------------------------------------------------
 
+    @abstractmethod
     def as_float(self, expr: str) -> str:
         """Python float(expr) of an integer-valued expression."""
-        raise NotImplementedError
 
+    @abstractmethod
     def trunc_int(self, expr: str) -> str:
         """Python int(x) of a float: truncation toward zero, as a bigint."""
-        raise NotImplementedError
 
+    @abstractmethod
     def avg_truncated(self, column: str, where: str) -> str:
         """int(AVG(column)) over the rows `where` holds (compat 4.1); NULL over no values."""
-        raise NotImplementedError
 
+    @abstractmethod
     def avg_as_float(self, column: str, where: str) -> str:
         """float(AVG(column)) over the rows `where` holds, as WhaleFall's driver hands it over."""
-        raise NotImplementedError
 
+    @abstractmethod
     def py_round2(self, x: str) -> str:
         """Python round(x, 2) of a float8, as a numeric with two decimals (compat Q3)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def pg_numeric2(self, x: str) -> str:
         """A float8 stored into numeric(10,2): PostgreSQL rounds half away from zero (compat 4.2)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def text_hash(self, expr: str) -> str:
         """A 32-bit hash of a text expression (for data versions, not for security)."""
-        raise NotImplementedError
 
     # -- writing a batch ------------------------------------------------------------------------
 
+    @abstractmethod
     def in_batch(self) -> str:
         """The SQL condition "instance_id is one of the batch's :ids"."""
-        raise NotImplementedError
 
     def window_columns(self) -> str:
         return ":period_type AS period_type, :start AS period_start, :end AS period_end"
@@ -131,16 +138,17 @@ class SqlDialect:
     def timestamp_columns(self) -> str:
         return ":now AS calculated_at, :now AS created_at"
 
+    @abstractmethod
     def upsert_statements(
         self, ctes: str, final: str, upsert: str, records_read: str, temporary: str
     ) -> list[TextClause]:
         """A level's statements; the last one yields the per-instance counts (see per_instance_counts)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def per_instance_counts(self, result: Any) -> list[tuple[int, int, int]]:
         """(instance_id, rows written, records read) from the last statement's result."""
-        raise NotImplementedError
 
+    @abstractmethod
     def begin_batch(self, connection: Connection) -> None:
         """Per-transaction settings of a batch."""
 
@@ -153,18 +161,19 @@ class SqlDialect:
                 table.insert(), [dict(zip(columns, row, strict=True)) for row in records.itertuples(index=False)]
             )
 
+    @abstractmethod
     def analyze(self, engine: Engine, tables: Sequence[str]) -> None:
         """Refresh the planner's statistics after a bulk load."""
 
     # -- the forecasts' series ------------------------------------------------------------------
 
+    @abstractmethod
     def day_offset(self, column: str, origin: str) -> str:
         """Whole days from the date parameter `:origin` to the date `column`, as an integer."""
-        raise NotImplementedError
 
+    @abstractmethod
     def date_plus_days(self, column: str, days: str) -> str:
         """The date `days` (an integer expression) after the date `column`."""
-        raise NotImplementedError
 
     def daily_series(self, connection: Connection, samples: str, params: dict[str, Any]) -> DailySeries:
         """Every series of `samples`, a SELECT of (instance_id, database_name, day, size_mb) with at most
@@ -194,55 +203,72 @@ class SqlDialect:
 
     # -- the run center ---------------------------------------------------------------------------
 
+    @abstractmethod
     def insert_ignoring_conflicts(self, table: Table) -> Any:
         """The dialect's INSERT that knows ON CONFLICT DO NOTHING."""
-        raise NotImplementedError
 
+    @abstractmethod
     def for_update(self, query: Select) -> Select:
-        """Lock the selected rows until the transaction ends (a no-op where writers are serialised)."""
-        return query
+        """Lock the selected rows until the transaction ends."""
 
     # -- schema -----------------------------------------------------------------------------------
 
+    @abstractmethod
     def serialise(self, connection: Connection, key: str) -> None:
-        """A transaction-long mutex named `key` (SQLite: the write lock taken at BEGIN does it)."""
+        """A transaction-long mutex named `key`."""
+
+    @abstractmethod
+    def needs_month_partition(self, connection: Connection, table: str, name: str) -> bool:
+        """True when `table` is partitioned by month and its partition `name` does not exist yet."""
+
+    @abstractmethod
+    def create_month_partition(
+        self, engine: Engine, table: str, name: str, start: date, end: date, comment: str
+    ) -> bool:
+        """Create `table`'s partition `name` for the days from `start` up to (not including) `end`,
+        with `comment`; False when it need not be made after all (another process made it
+        meanwhile, or another partition covers the month). Safe against concurrent callers."""
 
     # -- connections ------------------------------------------------------------------------------
 
+    @abstractmethod
     def create_engine(self, url: URL, limits: ConnectionLimits, **kwargs: Any) -> Engine:
-        raise NotImplementedError
+        """An engine whose every connection obeys `limits`."""
 
+    @abstractmethod
     def backend_id(self, connection: Connection) -> int | None:
-        """The server session behind a connection, as other sessions see it."""
-        return None
+        """The server session behind a connection, as other sessions see it (None: no such thing)."""
 
+    @abstractmethod
     def cancel(self, connection: Connection) -> None:
         """Cancel the statement running on `connection`; safe to call from another thread."""
-        raise NotImplementedError
 
+    @abstractmethod
     def cancel_backend(self, engine: Engine, backend: int) -> None:
         """Cancel whatever server session `backend` runs, from a session of its own (its own
         connection may be gone already, as after an interrupt)."""
 
+    @abstractmethod
     def describe_wait(self, connection: Connection, backend: int) -> str | None:
         """What session `backend` is waiting for, in words, or None when it is not waiting on a lock.
         It names the holders by pid, application, table and lock mode, never by their SQL (it may
         quote data)."""
-        return None
 
+    @abstractmethod
     def current_time(self, connection: Connection) -> datetime | None:
         """The server's wall clock (timezone-aware UTC); None for an embedded database (it has none
         but this machine's)."""
-        return None
 
+    @abstractmethod
     def classify(self, error: SQLAlchemyError) -> ErrorKind:
-        raise NotImplementedError
+        """What a database error means for the work in progress."""
 
 
 class SqliteDialect(SqlDialect):
     """The embedded default: one file, a database-wide write lock, Python functions for the math."""
 
     name = "sqlite"
+    partitions_by_month = False
     # CURRENT_TIMESTAMP has whole seconds; keep milliseconds so that times order correctly.
     now_sql = "(strftime('%Y-%m-%d %H:%M:%f', 'now'))"
 
@@ -288,6 +314,12 @@ class SqliteDialect(SqlDialect):
             tally[1] += records
         return [(instance_id, rows, records) for instance_id, (rows, records) in counts.items()]
 
+    def begin_batch(self, connection: Connection) -> None:
+        pass  # no per-transaction planner settings to tune
+
+    def analyze(self, engine: Engine, tables: Sequence[str]) -> None:
+        pass  # SQLite plans these queries from its indexes; without ANALYZE no statistics go stale
+
     def insert_ignoring_conflicts(self, table: Table) -> Any:
         return sqlite_insert(table)
 
@@ -299,6 +331,20 @@ class SqliteDialect(SqlDialect):
 
     def _bind(self, query: str) -> TextClause:
         return text(query).bindparams(bindparam("ids", expanding=True))
+
+    def for_update(self, query: Select) -> Select:
+        return query  # writers are serialised: BEGIN IMMEDIATE takes the database's write lock
+
+    def serialise(self, connection: Connection, key: str) -> None:
+        pass  # the write lock taken at BEGIN (see create_engine) already serialises every writer
+
+    def needs_month_partition(self, connection: Connection, table: str, name: str) -> bool:
+        return False  # plain tables: every month goes into the one table
+
+    def create_month_partition(
+        self, engine: Engine, table: str, name: str, start: date, end: date, comment: str
+    ) -> bool:
+        return False
 
     def create_engine(self, url: URL, limits: ConnectionLimits, **kwargs: Any) -> Engine:
         # The busy timeout is SQLite's lock timeout; it has no statement timeout.
@@ -318,8 +364,20 @@ class SqliteDialect(SqlDialect):
         event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
         return engine
 
+    def backend_id(self, connection: Connection) -> int | None:
+        return None  # in-process: no server session for another connection to see
+
     def cancel(self, connection: Connection) -> None:
         connection.connection.dbapi_connection.interrupt()
+
+    def cancel_backend(self, engine: Engine, backend: int) -> None:
+        pass  # no server sessions (backend_id is None, so nobody asks)
+
+    def describe_wait(self, connection: Connection, backend: int) -> str | None:
+        return None  # a waiting writer waits for the database's one write lock, nothing to name
+
+    def current_time(self, connection: Connection) -> None:
+        return None  # an embedded database has no clock but this machine's
 
     def classify(self, error: SQLAlchemyError) -> ErrorKind:
         message = first_line(error).lower()
@@ -335,6 +393,8 @@ _RETRY_STATES = {"40001", "40P01"}  # serialization_failure, deadlock_detected
 _LOCK_TIMEOUT_STATE = "55P03"  # lock_not_available
 _QUERY_CANCELED_STATE = "57014"  # statement timeout or a cancel request
 _CONNECTION_STATES = ("08", "57P01", "57P02", "57P03")
+# CREATE TABLE ... PARTITION OF fails so when the month already routes to another partition.
+_ALREADY_COVERED = re.compile(r"would overlap partition|default partition", re.IGNORECASE)
 
 
 class PostgresDialect(SqlDialect):
@@ -478,6 +538,37 @@ class PostgresDialect(SqlDialect):
 
     def serialise(self, connection: Connection, key: str) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": key})
+
+    def needs_month_partition(self, connection: Connection, table: str, name: str) -> bool:
+        row = connection.execute(
+            text(
+                "SELECT (SELECT relkind FROM pg_class WHERE oid = to_regclass(:parent)) = 'p', "
+                "to_regclass(:child) IS NULL"
+            ),
+            {"parent": table, "child": name},
+        ).one()
+        return bool(row[0]) and bool(row[1])
+
+    def create_month_partition(
+        self, engine: Engine, table: str, name: str, start: date, end: date, comment: str
+    ) -> bool:
+        try:
+            with engine.begin() as connection:
+                # Two processes racing for the same partition take turns; the second finds it made.
+                self.serialise(connection, f"capacity_pipeline.partition.{name}")
+                if not self.needs_month_partition(connection, table, name):
+                    return False
+                connection.exec_driver_sql(
+                    f'CREATE TABLE IF NOT EXISTS "{name}" PARTITION OF "{table}" '
+                    f"FOR VALUES FROM ('{start.isoformat()}') TO ('{end.isoformat()}')"
+                )
+                connection.exec_driver_sql(f"COMMENT ON TABLE \"{name}\" IS '{comment}'")
+        except DBAPIError as error:
+            # The month is already covered by a differently named or DEFAULT partition: rows route.
+            if _ALREADY_COVERED.search(str(error.orig)):
+                return False
+            raise
+        return True
 
     def create_engine(self, url: URL, limits: ConnectionLimits, **kwargs: Any) -> Engine:
         options = (
