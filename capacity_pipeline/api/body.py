@@ -5,6 +5,8 @@ clearly instead of reaching the JSON decoder's recursion limit or being silently
 
 * more than MAX_BODY_BYTES -> 413; a body that cannot be read whole -> 400;
 * JSON nested deeper than MAX_JSON_DEPTH, or not JSON at all under a JSON type -> 400;
+* JSON whose text (any field, any depth, keys too) holds a NUL or an unpaired surrogate -> 400
+  naming the field: no database stores that text;
 * any other non-empty body -> 415, except a well-formed form with no field, or whose only field
   is a token-shaped `csrf_token` (WhaleFall's host pages may post the token that way): that is an
   empty request, i.e. scope `all`.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
 
@@ -33,6 +36,8 @@ CSRF_FIELD = "csrf_token"
 _TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,512}")
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _JSON_WHITESPACE = b" \t\r\n"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL, and surrogates (paired ones are decoded to one code point)
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def limit_request_body() -> None:
@@ -151,6 +156,39 @@ def trigger_fields() -> tuple[Any, Any]:
         body = json.loads(text)
     except (ValueError, RecursionError):
         raise validation_error("request body is not valid JSON") from None
+    _refuse_unstorable_text(body)
     if not isinstance(body, dict):
         return None, None
     return body.get("scope"), body.get("period_type")
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string of a decoded JSON value, object keys included (iteratively: any depth)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            yield item
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
+def _refuse_unstorable_text(body: Any) -> None:
+    """NUL and unpaired surrogates are valid JSON escapes (`\\u0000`, `\\ud800`) but not text any
+    database stores (PostgreSQL refuses both in text and jsonb): 400 naming the top-level field
+    they are in. A field's name is shown only when it is a plain identifier (nothing else of the
+    body is quoted)."""
+    fields = body.items() if isinstance(body, dict) else [(None, body)]
+    for name, value in fields:
+        if name is not None and _UNSTORABLE.search(name):
+            where = "a field name"
+        elif any(_UNSTORABLE.search(text) for text in _strings(value)):
+            where = "request body" if name is None else name if _FIELD_NAME.fullmatch(name) else "a field"
+        else:
+            continue
+        raise validation_error(
+            f"{where}: text must not contain NUL (\\u0000) or an unpaired surrogate (\\ud800-\\udfff)"
+        )
