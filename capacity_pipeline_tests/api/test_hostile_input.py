@@ -177,6 +177,7 @@ UNSUPPORTED = ("UNSUPPORTED_MEDIA_TYPE", "request body must be JSON (Content-Typ
         (_multipart(_field("scope", "database"))[0], _multipart()[1]),
         (b'preamble {"scope":"database"}\r\n' + _multipart(_field("csrf_token", "abc"))[0], _multipart()[1]),
         (_multipart(_field("csrf_token", "abc"))[0] + b'{"scope":"database"}', _multipart()[1]),  # epilogue
+        (_multipart(_field("csrf_token", "abc"))[0] + _multipart(_field("scope", "database"))[0], _multipart()[1]),
         (_multipart(_field("csrf_token", "abc"), _field("f", "DATA", '; filename="a.json"'))[0], _multipart()[1]),
         (_multipart(_field("csrf_token", "abc"), _field("scope", "database"))[0], _multipart()[1]),
         (_multipart(_field("csrf_token", "abc"))[0][:-10], _multipart()[1]),  # cut short
