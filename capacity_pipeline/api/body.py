@@ -43,7 +43,12 @@ _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def limit_request_body() -> None:
-    """Cap what this request may read at MAX_BODY_BYTES, also for chunked bodies (Flask >= 3.1)."""
+    """Before any view (so before authentication): a declared Content-Length over MAX_BODY_BYTES
+    is 413 without reading a byte, and what this request may read is capped at MAX_BODY_BYTES,
+    also for chunked bodies (Flask >= 3.1)."""
+    declared = request.content_length
+    if declared is not None and declared > MAX_BODY_BYTES:
+        raise payload_too_large(MAX_BODY_BYTES)
     current = request.max_content_length
     with contextlib.suppress(AttributeError):  # Flask 3.0: only the app's MAX_CONTENT_LENGTH bounds it
         request.max_content_length = MAX_BODY_BYTES if current is None else min(current, MAX_BODY_BYTES)
@@ -54,9 +59,7 @@ def raw_body() -> bytes:
     cached = g.get("capacity_raw_body")
     if cached is not None:
         return cached
-    declared = request.content_length
-    if declared is not None and declared > MAX_BODY_BYTES:
-        raise payload_too_large(MAX_BODY_BYTES)
+    declared = request.content_length  # at most MAX_BODY_BYTES: limit_request_body saw to it
     try:
         data = request.get_data(cache=True)
     except RequestEntityTooLarge:

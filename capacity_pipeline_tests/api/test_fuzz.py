@@ -2,9 +2,10 @@
 
 Generated bodies (JSON of any shape and any text, NUL and lone surrogates included, deep nesting,
 forms, multipart, random bytes, oversized), Content-Types, Authorization headers, CSRF tokens, run
-ids (any text, NUL, unicode) and query strings. Whatever comes in: never a 5xx, always WhaleFall's JSON envelope, no token or query-string
-secret echoed, and nothing written to task_runs unless the answer is 200. For an authorised
-trigger, the answer is also predicted from the body alone (which scope, or which 4xx).
+ids (any text, NUL, unicode) and query strings. Whatever comes in: never a 5xx, always WhaleFall's
+JSON envelope, no token or query-string secret echoed, and nothing written to task_runs unless the
+answer is 200. For an authorised trigger, the answer is also predicted from the body alone (which
+scope, or which 4xx).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`capacity-pipeline serve-api` as a real process: port validation, binding before "serving",
-one-line bind errors."""
+one-line bind errors, bodies refused before they are read."""
 
 from __future__ import annotations
 
@@ -107,3 +107,43 @@ def test_it_says_serving_once_bound_answers_logs_each_request_and_stops_quietly_
         r" INFO capacity_pipeline\.api\.access: GET /api/v1/task-runs/nope 404 user=7 \d+\.\dms req_", stderr
     )
     assert "Traceback" not in stderr and TOKEN not in stderr and secret not in stderr
+
+
+def _exchange(port: int, request: bytes) -> tuple[int, dict]:
+    """Send raw bytes, read one HTTP answer (within 5 s); returns the status and the JSON body."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+        client.sendall(request)
+        response = http.client.HTTPResponse(client)
+        response.begin()
+        assert response.getheader("Content-Type") == "application/json"
+        return response.status, json.loads(response.read())
+
+
+def _post(headers: str) -> bytes:
+    return f"POST /api/v1/capacity/aggregations/current HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n".encode()
+
+
+def test_a_body_over_4_kb_is_refused_before_it_is_read_and_before_authentication(env):
+    port, huge = free_port(), 200 * 1024 * 1024
+    with serving(env, port) as process:
+        # Only the headers are sent: the answer comes without the server waiting for 200 MB.
+        status, body = _exchange(port, _post(f"Content-Type: application/json\r\nContent-Length: {huge}\r\n"))
+        assert (status, body["message_code"], body["message"]) == (
+            413,
+            "PAYLOAD_TOO_LARGE",
+            "request body is larger than 4096 bytes",
+        )
+        assert (body["context"]["url"], body["context"]["method"]) == ("/api/v1/capacity/aggregations/current", "POST")
+        # A chunked body is cut off once it passes 4 KB, whatever it announces next.
+        chunked = _post("Transfer-Encoding: chunked\r\n") + b"%x\r\n%s\r\n" % (5000, b"x" * 5000)
+        assert _exchange(port, chunked)[0] == 413
+        assert _exchange(port, _post("X-Padding: " + "p" * 20_000 + "\r\n"))[0] == 431
+        # 4096 bytes exactly are read and answered by the API itself.
+        payload = json.dumps({"scope": "all", "x": ""}).encode()
+        payload = payload[:-2] + b"x" * (4096 - len(payload)) + b'"}'
+        headers = f"Authorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n"
+        status, body = _exchange(port, _post(headers) + payload)
+        assert status == 200, body
+    _, stderr = process.communicate()
+    assert " POST /api/v1/capacity/aggregations/current 413 user=- " in stderr
+    assert "Traceback" not in stderr
