@@ -153,8 +153,8 @@ def unsupported_media_type() -> ApiError:
     return validation_error("request body must be JSON (Content-Type: application/json)", "UNSUPPORTED_MEDIA_TYPE", 415)
 
 
-def service_unavailable(message: str, code: str) -> ApiError:
-    return ApiError(503, code, message, category="system", severity="high")
+def service_unavailable(message: str, code: str, retry_after: int | None = None) -> ApiError:
+    return ApiError(503, code, message, category="system", severity="high", retry_after=retry_after)
 
 
 def http_error(status: int, name: str, description: str) -> ApiError:
