@@ -386,6 +386,7 @@ def _aggregate(args: argparse.Namespace, settings: Settings) -> int:
                     batch_size=args.batch_size or settings.batch_size,
                     corrected_quarter=corrected,
                     after_batch=after_batch,
+                    reconnect_within=_limits(args, settings).statement_timeout,  # a server restart is survived
                 )
             )
     summaries = [report.summary() for report in reports]
