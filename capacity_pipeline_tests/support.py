@@ -487,7 +487,7 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _default_stop_signals() -> None:
+def default_stop_signals() -> None:
     """Run in the child before exec: SIGINT and SIGTERM back to their default action. A background
     job of a non-interactive shell (`cmd &` in a script, some CI runners) starts with SIGINT
     ignored, and an ignored signal stays ignored across exec: a server started from it could not
@@ -499,10 +499,10 @@ def _default_stop_signals() -> None:
 def spawn(command: list[str], **popen: Any) -> subprocess.Popen:
     """Start `command` in a session (so a process group) of its own, with default SIGINT and
     SIGTERM whatever this process inherited: stop_group can always stop it and what it starts."""
-    return subprocess.Popen(command, start_new_session=True, preexec_fn=_default_stop_signals, **popen)
+    return subprocess.Popen(command, start_new_session=True, preexec_fn=default_stop_signals, **popen)
 
 
-def _live_members(group: int) -> list[int]:
+def live_members(group: int) -> list[int]:
     """The processes of a process group that have not exited (zombies hold no port: not counted)."""
     members = []
     for entry in Path("/proc").iterdir():
@@ -527,13 +527,13 @@ def stop_group(process: subprocess.Popen, *, sig: int = signal.SIGINT, grace: fl
     with suppress(ProcessLookupError):
         os.killpg(group, sig)
     deadline = time.monotonic() + grace
-    while _live_members(group) and time.monotonic() < deadline:
+    while live_members(group) and time.monotonic() < deadline:
         with suppress(subprocess.TimeoutExpired):
             process.wait(timeout=0.1)  # reaps the leader as soon as it exits
-    if _live_members(group):
+    if live_members(group):
         with suppress(ProcessLookupError):
             os.killpg(group, signal.SIGKILL)
-        wait_until(lambda: not _live_members(group), 10, f"process group {group} gone after SIGKILL", interval=0.05)
+        wait_until(lambda: not live_members(group), 10, f"process group {group} gone after SIGKILL", interval=0.05)
     process.wait(timeout=10)
 
 
@@ -542,7 +542,7 @@ def kill_group(process: subprocess.Popen) -> None:
     once they are all gone."""
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
-    wait_until(lambda: not _live_members(process.pid), 10, f"process group {process.pid} gone", interval=0.05)
+    wait_until(lambda: not live_members(process.pid), 10, f"process group {process.pid} gone", interval=0.05)
 
 
 @dataclass

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import signal
 import socket
 import sys
 import time
@@ -201,8 +202,26 @@ def bind(app: Flask, host: str, port: int) -> BaseWSGIServer | MultiSocketServer
     return server
 
 
+STOP_GRACE_SECONDS = 5  # how long a stop waits for the requests in progress
+
+
+def stop_on_sigint_and_sigterm() -> None:
+    """SIGINT (Ctrl-C) and SIGTERM (systemd, docker stop, kill) both stop the server, whatever
+    this process inherited: started as a background job of a non-interactive shell it begins with
+    SIGINT ignored, and Python then installs no handler for it. Called first thing, so that a
+    signal sent while the server starts is not lost either."""
+
+    def stop(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+
+
 def run(server: BaseWSGIServer | MultiSocketServer) -> None:
-    """Blocks serving requests until interrupted (Ctrl-C ends quietly, without a traceback).
+    """Blocks serving requests until interrupted (SIGINT or SIGTERM once stop_on_sigint_and_sigterm
+    ran), then stops quietly (no traceback): it
+    stops accepting, lets the requests in progress finish for up to STOP_GRACE_SECONDS, and returns.
 
     waitress keeps no access log of its own, so tokens and query strings are never written there.
     """
@@ -212,3 +231,4 @@ def run(server: BaseWSGIServer | MultiSocketServer) -> None:
         pass
     finally:
         server.close()
+        server.task_dispatcher.shutdown(timeout=STOP_GRACE_SECONDS)

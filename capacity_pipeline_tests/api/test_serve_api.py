@@ -20,7 +20,7 @@ import pytest
 
 from capacity_pipeline.domain.storage.database import make_engine
 from capacity_pipeline.domain.storage.tables import create_schema
-from capacity_pipeline_tests.support import free_port
+from capacity_pipeline_tests.support import default_stop_signals, free_port
 
 TOKEN = "serve-api-token-8c2f"
 CLI = [sys.executable, "-m", "capacity_pipeline.cli", "serve-api"]
@@ -39,11 +39,24 @@ def env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+def _ignoring_stop_signals() -> None:
+    """What a background job of a non-interactive shell inherits (`cmd &` in a script, nohup with
+    some shells, CI runners): SIGINT ignored, and here SIGTERM too."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_IGN)
+
+
 @contextmanager
-def serving(env: dict[str, str], port: int) -> Iterator[subprocess.Popen]:
+def serving(env: dict[str, str], port: int, *, inherited_ignored: bool = False) -> Iterator[subprocess.Popen]:
     """The server on `port`, answering; stopped (SIGINT, as Ctrl-C) when the block ends."""
     process = subprocess.Popen(
-        [*CLI, "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*CLI, "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # Default SIGINT whatever pytest inherited, unless the test asks for them ignored.
+        preexec_fn=_ignoring_stop_signals if inherited_ignored else default_stop_signals,
     )
     try:
         deadline = time.monotonic() + 20
@@ -59,7 +72,12 @@ def serving(env: dict[str, str], port: int) -> Iterator[subprocess.Popen]:
     finally:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
-        process.wait(timeout=10)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()  # never leave a server behind, even when the test fails
+            process.wait(timeout=10)
+            raise
 
 
 @pytest.mark.parametrize("port", ["70000", "65536", "0", "-1", "http"])
@@ -146,4 +164,15 @@ def test_a_body_over_4_kb_is_refused_before_it_is_read_and_before_authentication
         assert status == 200, body
     _, stderr = process.communicate()
     assert " POST /api/v1/capacity/aggregations/current 413 user=- " in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_it_stops_quietly_on_sigint_and_sigterm_even_when_it_inherited_them_ignored(env, stop):
+    port = free_port()
+    with serving(env, port, inherited_ignored=True) as process:
+        process.send_signal(stop)
+        process.wait(timeout=10)
+    stdout, stderr = process.communicate()
+    assert (process.returncode, stdout) == (0, f"serving the capacity API on http://127.0.0.1:{port}\n")
     assert "Traceback" not in stderr
