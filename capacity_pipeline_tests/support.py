@@ -46,6 +46,7 @@ T = TypeVar("T")
 _TABLES = (
     "capacity_forecasts",
     "capacity_limits",
+    "capacity_sensor_heartbeats",
     "capacity_task_run_links",
     "task_run_items",
     "task_runs",

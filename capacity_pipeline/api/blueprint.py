@@ -28,6 +28,7 @@ from capacity_pipeline.api.envelopes import (
     validation_error,
 )
 from capacity_pipeline.domain.model import InvalidScope, Scope
+from capacity_pipeline.domain.run_center.sensor_heartbeats import last_trigger_sensor_tick
 from capacity_pipeline.domain.run_center.settle import Cancelled, settle
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
@@ -42,6 +43,7 @@ CANCELLED_MESSAGE = "任务已取消"
 CANCEL_FAILED_MESSAGE = "取消任务失败,任务不存在或已结束"
 HEALTHY_MESSAGE = "服务正常"
 DATABASE_UNAVAILABLE_MESSAGE = "数据库不可用"
+DAEMON_UNAVAILABLE_MESSAGE = "Dagster 守护进程未运行: 手动触发的任务不会启动"
 RETRY_AFTER_SECONDS = 30
 # Task run ids are uuid4 strings in their canonical form (WhaleFall's and Dagster's alike).
 RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -110,8 +112,10 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
 
     @blueprint.get("/api/v1/health", merge_slashes=False)
     def health() -> tuple[Response, int]:
-        """No login: for load balancers and monitors. 503 when `SELECT 1` fails; the answer never
-        names the database (URL, host or password), the log says why."""
+        """No login: for load balancers and monitors. 503 when `SELECT 1` fails, and when no
+        Dagster daemon ticks the trigger sensor (a request would then wait the pick-up timeout
+        before failing). The answer never names the database (URL, host or password), the log
+        says why."""
         engine_used = None
         try:
             engine_used = current_engine()
@@ -122,7 +126,28 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
             raise service_unavailable(
                 DATABASE_UNAVAILABLE_MESSAGE, "DATABASE_UNAVAILABLE", retry_after=RETRY_AFTER_SECONDS
             ) from None
-        return success(HEALTHY_MESSAGE, {"database": "ok"})
+        try:
+            tick = last_trigger_sensor_tick(engine_used)
+        except SQLAlchemyError as error:  # its table is missing: init-db was not run since an upgrade
+            log.warning("health check: the trigger sensor's ticks cannot be read (%s)", _reason(error, engine_used))
+            tick = None
+        if tick is None or tick.stale:
+            seen = "触发传感器从未运行" if tick is None else f"触发传感器 {tick.seconds_ago:.0f} 秒前最后运行"
+            log.warning(
+                "health check: %s",
+                "the trigger sensor never ticked"
+                if tick is None
+                else f"the trigger sensor last ticked {tick.seconds_ago:.0f} s ago (is a Dagster daemon running?)",
+            )
+            raise service_unavailable(
+                f"{DAEMON_UNAVAILABLE_MESSAGE} ({seen})", "DAEMON_UNAVAILABLE", retry_after=RETRY_AFTER_SECONDS
+            )
+        data = {
+            "database": "ok",
+            "trigger_sensor": "ok",
+            "trigger_sensor_last_tick_seconds_ago": round(tick.seconds_ago, 1),
+        }
+        return success(HEALTHY_MESSAGE, data)
 
     @blueprint.post("/api/v1/capacity/aggregations/current", merge_slashes=False)
     def trigger_current_aggregation() -> tuple[Response, int]:

@@ -20,6 +20,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from capacity_pipeline.domain.run_center.sensor_heartbeats import record_trigger_sensor_tick
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline_tests.api.whalefall_host import ADMIN_ID, VIEWER_ID, create_host_app, csrf_header, login
 from capacity_pipeline_tests.support import (
@@ -232,6 +233,7 @@ def test_fuzz_standalone(
 ):
     client, existing = standalone
     method = wrong_method or METHODS[endpoint]
+    record_trigger_sensor_tick(engine, 2)  # a daemon is ticking: health answers 200
     before = task_run_rows(engine)
     headers = {"Authorization": authorization, "X-CSRFToken": csrf}
     response = _send(client, method, _path(endpoint, run_id, existing) + query, body, content_type, headers)
@@ -258,6 +260,7 @@ def test_fuzz_inside_whalefall(host, engine, endpoint, user, run_id, query, body
         token = csrf_header(client)["X-CSRFToken"]
     else:
         token = {"none": None, "other session": "IjAx.bad.token"}.get(csrf, csrf)
+    record_trigger_sensor_tick(engine, 2)  # a daemon is ticking: health answers 200
     before = task_run_rows(engine)
     headers = {"Authorization": authorization, "X-CSRFToken": token}
     response = _send(client, METHODS[endpoint], _path(endpoint, run_id, existing) + query, body, content_type, headers)
@@ -340,6 +343,7 @@ def test_fuzz_an_authorised_trigger_answers_what_the_body_says(standalone, host,
         client = host[0].test_client()
         login(client, ADMIN_ID)
         headers = csrf_header(client)
+    record_trigger_sensor_tick(engine, 2)  # a daemon is ticking: health answers 200
     before = task_run_rows(engine)
     response = _send(client, "POST", CURRENT, body, content_type, headers)
     answer = _check(response, engine, before, "trigger")
