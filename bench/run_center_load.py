@@ -60,6 +60,7 @@ from capacity_pipeline_tests.support import (
     database_url,
     free_port,
     scratch_database,
+    spawn,
     stop_group,
     wait_until,
 )
@@ -190,12 +191,11 @@ def main() -> int:
         os.environ["DAGSTER_POSTGRES_URL"] = database_url(storage, driver="postgresql+psycopg2")
         server = DagsterDev.prepared(Path(folder), os.environ["DAGSTER_POSTGRES_URL"], database_url(whalefall), **env)
         port = free_port()
-        api = subprocess.Popen(
+        api = spawn(
             [str(Path(sys.executable).parent / "capacity-pipeline"), "serve-api", "--port", str(port)],
             env={**server.env},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            start_new_session=True,
         )
         try:
             server.start()

@@ -386,6 +386,7 @@ def _aggregate(args: argparse.Namespace, settings: Settings) -> int:
                     batch_size=args.batch_size or settings.batch_size,
                     corrected_quarter=corrected,
                     after_batch=after_batch,
+                    reconnect_within=_limits(args, settings).statement_timeout,  # a server restart is survived
                 )
             )
     summaries = [report.summary() for report in reports]
@@ -502,8 +503,16 @@ def _request(args: argparse.Namespace, settings: Settings) -> int:
 
 def _serve_api(args: argparse.Namespace, settings: Settings) -> int:
     from capacity_pipeline.api.auth import BearerTokenAuth
-    from capacity_pipeline.api.server import BindError, bind, configure_logging, create_app, run
+    from capacity_pipeline.api.server import (
+        BindError,
+        bind,
+        configure_logging,
+        create_app,
+        run,
+        stop_on_sigint_and_sigterm,
+    )
 
+    stop_on_sigint_and_sigterm()  # whatever this process inherited (a background job: SIGINT ignored)
     try:
         auth = BearerTokenAuth.from_settings(settings)
     except ValueError as error:

@@ -197,7 +197,12 @@ def _dagster_dev(paths: DemoPaths, settings: Settings) -> Iterator[Any]:
     command = [str(dagster), "dev", "-w", str(paths.workspace.resolve()), "-h", "127.0.0.1", "-p", str(port)]
     with paths.server_log.open("w") as log:
         server = subprocess.Popen(
-            command, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_default_stop_signals,
         )
     try:
         client = DagsterGraphQLClient("127.0.0.1", port_number=port)
@@ -223,6 +228,14 @@ def _wait_until_loaded(server: subprocess.Popen, port: int, paths: DemoPaths, ti
                     return
         time.sleep(0.5)
     raise DemoFailed(f"dagster dev did not load the code location within {timeout:.0f} s; see {paths.server_log}")
+
+
+def _default_stop_signals() -> None:
+    """In the child before exec: default SIGINT and SIGTERM, so `_stop` works even when the demo
+    runs as a background job of a script (which starts with SIGINT ignored; dagster dev would keep
+    ignoring it)."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
 
 
 def _stop(server: subprocess.Popen) -> None:

@@ -16,7 +16,13 @@ from sqlalchemy import Engine
 
 from capacity_pipeline.domain.storage.database import make_engine
 from capacity_pipeline.domain.storage.tables import create_schema
-from capacity_pipeline_tests.support import WhaleFallData, database_url, empty_tables, scratch_database
+from capacity_pipeline_tests.support import (
+    PrivatePostgres,
+    WhaleFallData,
+    database_url,
+    empty_tables,
+    scratch_database,
+)
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +38,17 @@ def postgres_engine(postgres_url: str) -> Iterator[Engine]:
     create_schema(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    """A PostgreSQL server of the session's own, which tests may stop and restart (the machine's
+    server is shared: it is never restarted). Started on first use; removed at the end."""
+    server = PrivatePostgres().start()
+    try:
+        yield server
+    finally:
+        server.remove()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

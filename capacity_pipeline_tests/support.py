@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -45,6 +46,7 @@ T = TypeVar("T")
 _TABLES = (
     "capacity_forecasts",
     "capacity_limits",
+    "capacity_sensor_heartbeats",
     "capacity_task_run_links",
     "task_run_items",
     "task_runs",
@@ -283,6 +285,83 @@ def whalefall_cancel(engine: Engine, run_id: str) -> bool:
     return True
 
 
+# -- a PostgreSQL server of the tests' own --------------------------------------------------------
+
+PG_BIN = Path(os.environ.get("CAPACITY_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+class PrivatePostgres:
+    """A PostgreSQL server of the test's own (initdb into a scratch folder, a free port on
+    127.0.0.1, its own process group), which a test may stop and start again: the machine's
+    server is shared by everyone and never restarted. As root, the server runs as `postgres`
+    (PostgreSQL refuses to run as root)."""
+
+    def __init__(self) -> None:
+        self.folder = Path(tempfile.mkdtemp(prefix="capacity_pg_"))
+        self.data = self.folder / "data"
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self._as_owner: list[str] = []
+        if os.geteuid() == 0:
+            shutil.chown(self.folder, "postgres", "postgres")
+            self._as_owner = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+        initdb = [str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth=trust", "--no-sync"]
+        subprocess.run([*self._as_owner, *initdb, "-E", "UTF8"], check=True, capture_output=True, timeout=120)
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        """A new, empty database on this server (started if it is stopped); returns its URL."""
+        if self.process is None:
+            self.start()
+        name = f"whalefall_{uuid.uuid4().hex[:8]}"
+        admin = create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        admin.dispose()
+        return self.url(name)
+
+    def start(self) -> PrivatePostgres:
+        settings = ["-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={self.folder}"]
+        settings += ["-c", "fsync=off", "-c", "max_connections=40", "-c", "shared_buffers=16MB"]
+        with (self.folder / "server.log").open("a") as log:
+            self.process = spawn(
+                [*self._as_owner, str(PG_BIN / "postgres"), "-D", str(self.data), "-p", str(self.port), *settings],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(self._accepting, 30, f"the private PostgreSQL on port {self.port} accepting connections")
+        return self
+
+    def _accepting(self) -> bool:
+        assert self.process is not None and self.process.poll() is None, self.log()
+        ready = subprocess.run(
+            [str(PG_BIN / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres"],
+            capture_output=True,
+        )
+        return ready.returncode == 0
+
+    def stop(self) -> None:
+        """A fast shutdown (SIGINT to the postmaster, as `pg_ctl stop -m fast`): sessions are
+        terminated, their transactions rolled back; returns once the server is gone."""
+        if self.process is not None:
+            stop_group(self.process, sig=signal.SIGINT, grace=30)
+            self.process = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log(self) -> str:
+        path = self.folder / "server.log"
+        return path.read_text(errors="replace")[-3000:] if path.exists() else ""
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 # -- Dagster --------------------------------------------------------------------------------------
 
 
@@ -409,27 +488,62 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def stop_group(process: subprocess.Popen, *, sig: int = signal.SIGINT, grace: float = 30) -> None:
-    """Stop a process started in its own session: `sig` to its whole group, SIGKILL if it lingers,
-    then SIGKILL to whatever is left in the group (a child the leader did not take down)."""
-    if process.poll() is None:
+def default_stop_signals() -> None:
+    """Run in the child before exec: SIGINT and SIGTERM back to their default action. A background
+    job of a non-interactive shell (`cmd &` in a script, some CI runners) starts with SIGINT
+    ignored, and an ignored signal stays ignored across exec: a server started from it could not
+    be stopped with SIGINT (Python then installs no KeyboardInterrupt handler at all)."""
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, signal.SIG_DFL)
+
+
+def spawn(command: list[str], **popen: Any) -> subprocess.Popen:
+    """Start `command` in a session (so a process group) of its own, with default SIGINT and
+    SIGTERM whatever this process inherited: stop_group can always stop it and what it starts."""
+    return subprocess.Popen(command, start_new_session=True, preexec_fn=default_stop_signals, **popen)
+
+
+def live_members(group: int) -> list[int]:
+    """The processes of a process group that have not exited (zombies hold no port: not counted)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
         try:
-            os.killpg(process.pid, sig)
-            process.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-    with suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # it exited while we looked
+        state, process_group = fields[0], int(fields[2])
+        if process_group == group and state not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def stop_group(process: subprocess.Popen, *, sig: int = signal.SIGINT, grace: float = 30) -> None:
+    """Stop a process started by `spawn`: `sig` to its whole group, SIGKILL to whatever is left
+    after `grace` seconds, and return only once no process of the group is alive (so its ports
+    are free: a server started next on the same port never meets the old one, which with
+    SO_REUSEPORT would otherwise share the port with it)."""
+    group = process.pid
+    with suppress(ProcessLookupError):
+        os.killpg(group, sig)
+    deadline = time.monotonic() + grace
+    while live_members(group) and time.monotonic() < deadline:
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=0.1)  # reaps the leader as soon as it exits
+    if live_members(group):
+        with suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGKILL)
+        wait_until(lambda: not live_members(group), 10, f"process group {group} gone after SIGKILL", interval=0.05)
+    process.wait(timeout=10)
 
 
 def kill_group(process: subprocess.Popen) -> None:
-    """SIGKILL the whole process group at once: every process dies without cleaning up."""
+    """SIGKILL the whole process group at once: every process dies without cleaning up; returns
+    once they are all gone."""
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=10)
-    time.sleep(0.5)  # let the kernel close the dead processes' sockets before their ports are reused
+    wait_until(lambda: not live_members(process.pid), 10, f"process group {process.pid} gone", interval=0.05)
 
 
 @dataclass
@@ -466,13 +580,12 @@ class DagsterDev:
     def start(self) -> DagsterDev:
         dagster = Path(sys.executable).parent / "dagster"
         with self.log.open("a") as output:
-            self.process = subprocess.Popen(
+            self.process = spawn(
                 [str(dagster), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(self.port)],
                 cwd=REPO,
                 env=self.env,
                 stdout=output,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
         self._wait_until_serving()
         return self

@@ -40,6 +40,7 @@ ALL_TABLES = sorted(
         "capacity_task_run_links",  # the pipeline's own, beside the run center
         "capacity_limits",  # the forecasts' own
         "capacity_forecasts",
+        "capacity_sensor_heartbeats",  # the pipeline's own: the sensors' last ticks
     ]
 )
 

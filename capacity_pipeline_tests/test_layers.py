@@ -148,10 +148,12 @@ class NoPipeline(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoPipeline())
 from capacity_pipeline.api.auth import BearerTokenAuth, Caller
 from capacity_pipeline.api.server import create_app
+from capacity_pipeline.domain.run_center.sensor_heartbeats import record_trigger_sensor_tick
 from capacity_pipeline.domain.storage.database import make_engine
 from capacity_pipeline.domain.storage.tables import create_schema
 engine = make_engine("sqlite:///{tmp_path / "whalefall.db"}")
 create_schema(engine)
+record_trigger_sensor_tick(engine, 2)  # as the daemon's sensor does: health is 200, not degraded
 app = create_app(engine, BearerTokenAuth({{"token": Caller(1, "admin")}}))
 response = app.test_client().get("/api/v1/health")
 loaded = sorted(name for name in sys.modules if name.split(".")[0] in {sorted(PIPELINE_ONLY)!r})

@@ -14,6 +14,8 @@ from typing import Any
 
 from flask import Blueprint, Response
 from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from capacity_pipeline.api.auth import AuthBackend, require_admin, require_login
 from capacity_pipeline.api.body import limit_request_body, trigger_fields
@@ -26,10 +28,11 @@ from capacity_pipeline.api.envelopes import (
     validation_error,
 )
 from capacity_pipeline.domain.model import InvalidScope, Scope
+from capacity_pipeline.domain.run_center.sensor_heartbeats import last_trigger_sensor_tick
 from capacity_pipeline.domain.run_center.settle import Cancelled, settle
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
-from capacity_pipeline.domain.storage.dialects import first_line
+from capacity_pipeline.domain.storage.dialects import ErrorKind, dialect_of, first_line
 
 log = logging.getLogger("capacity_pipeline.api")
 
@@ -40,6 +43,8 @@ CANCELLED_MESSAGE = "任务已取消"
 CANCEL_FAILED_MESSAGE = "取消任务失败,任务不存在或已结束"
 HEALTHY_MESSAGE = "服务正常"
 DATABASE_UNAVAILABLE_MESSAGE = "数据库不可用"
+DAEMON_UNAVAILABLE_MESSAGE = "Dagster 守护进程未运行: 手动触发的任务不会启动"
+RETRY_AFTER_SECONDS = 30
 # Task run ids are uuid4 strings in their canonical form (WhaleFall's and Dagster's alike).
 RUN_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -56,6 +61,19 @@ def _reason(error: BaseException, engine: Engine | None) -> str:
     reason = f"{type(error).__name__}: {first_line(error)}"
     password = engine.url.password if engine is not None else None
     return reason.replace(str(password), "***") if password else reason
+
+
+def _unavailable(error: Exception, engine: Engine) -> bool:
+    """True when the database cannot be used right now (unreachable, restarting, a timeout, no
+    free connection): the request may simply be sent again later."""
+    if isinstance(error, PoolTimeout):
+        return True
+    return isinstance(error, DBAPIError) and dialect_of(engine).classify(error) is not ErrorKind.DATA
+
+
+def _database_unavailable(error: BaseException, engine: Engine | None) -> ApiError:
+    log.warning("the database is unavailable (%s)", _reason(error, engine))
+    return service_unavailable(DATABASE_UNAVAILABLE_MESSAGE, "DATABASE_UNAVAILABLE", retry_after=RETRY_AFTER_SECONDS)
 
 
 def _json_ready(value: Any) -> Any:
@@ -83,10 +101,21 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
     def api_error(error: ApiError) -> tuple[Response, int]:
         return error.response()
 
+    @blueprint.errorhandler(SQLAlchemyError)
+    def database_error(error: SQLAlchemyError) -> tuple[Response, int]:
+        """503 with Retry-After while the database cannot be used; any other database error stays
+        the host's (or the standalone server's) 500."""
+        engine_used = current_engine()
+        if not _unavailable(error, engine_used):
+            raise error
+        return _database_unavailable(error, engine_used).response()
+
     @blueprint.get("/api/v1/health", merge_slashes=False)
     def health() -> tuple[Response, int]:
-        """No login: for load balancers and monitors. 503 when `SELECT 1` fails; the answer never
-        names the database (URL, host or password), the log says why."""
+        """No login: for load balancers and monitors. 503 when `SELECT 1` fails, and when no
+        Dagster daemon ticks the trigger sensor (a request would then wait the pick-up timeout
+        before failing). The answer never names the database (URL, host or password), the log
+        says why."""
         engine_used = None
         try:
             engine_used = current_engine()
@@ -94,8 +123,31 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
                 connection.execute(text("SELECT 1"))
         except Exception as error:
             log.warning("health check: the database is unavailable (%s)", _reason(error, engine_used))
-            raise service_unavailable(DATABASE_UNAVAILABLE_MESSAGE, "DATABASE_UNAVAILABLE") from None
-        return success(HEALTHY_MESSAGE, {"database": "ok"})
+            raise service_unavailable(
+                DATABASE_UNAVAILABLE_MESSAGE, "DATABASE_UNAVAILABLE", retry_after=RETRY_AFTER_SECONDS
+            ) from None
+        try:
+            tick = last_trigger_sensor_tick(engine_used)
+        except SQLAlchemyError as error:  # its table is missing: init-db was not run since an upgrade
+            log.warning("health check: the trigger sensor's ticks cannot be read (%s)", _reason(error, engine_used))
+            tick = None
+        if tick is None or tick.stale:
+            seen = "触发传感器从未运行" if tick is None else f"触发传感器 {tick.seconds_ago:.0f} 秒前最后运行"
+            log.warning(
+                "health check: %s",
+                "the trigger sensor never ticked"
+                if tick is None
+                else f"the trigger sensor last ticked {tick.seconds_ago:.0f} s ago (is a Dagster daemon running?)",
+            )
+            raise service_unavailable(
+                f"{DAEMON_UNAVAILABLE_MESSAGE} ({seen})", "DAEMON_UNAVAILABLE", retry_after=RETRY_AFTER_SECONDS
+            )
+        data = {
+            "database": "ok",
+            "trigger_sensor": "ok",
+            "trigger_sensor_last_tick_seconds_ago": round(tick.seconds_ago, 1),
+        }
+        return success(HEALTHY_MESSAGE, data)
 
     @blueprint.post("/api/v1/capacity/aggregations/current", merge_slashes=False)
     def trigger_current_aggregation() -> tuple[Response, int]:
@@ -105,13 +157,14 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
             scope = Scope.from_request(raw_scope)
         except InvalidScope as error:
             raise validation_error(str(error)) from None
+        engine_used = current_engine()
         try:
             # period_type: daily, weekly, monthly or quarterly runs that period's current window;
             # missing or unknown stays daily, as WhaleFall does (compat 7.1, Q18).
-            run_id = request_current_aggregation(
-                current_engine(), scope, created_by=caller.user_id, period_type=period_type
-            )
-        except Exception:
+            run_id = request_current_aggregation(engine_used, scope, created_by=caller.user_id, period_type=period_type)
+        except Exception as error:
+            if _unavailable(error, engine_used):
+                raise _database_unavailable(error, engine_used) from None
             log.exception("capacity trigger failed")  # the database URL is not in the message
             raise internal_error(TRIGGER_FAILED_MESSAGE) from None
         log.info("task run %s requested by user %s (scope %s)", run_id, caller.user_id, scope.value)

@@ -1,10 +1,12 @@
 """Reading the request body defensively: bounded, parsed once, hostile input answered with a 4xx.
 
 The trigger body is tiny (a scope and a period type), so anything unusual is refused early and
-clearly instead of reaching the JSON decoder's recursion limit or being silently ignored:
+clearly instead of being silently ignored:
 
 * more than MAX_BODY_BYTES -> 413; a body that cannot be read whole -> 400;
 * JSON nested deeper than MAX_JSON_DEPTH, or not JSON at all under a JSON type -> 400;
+* JSON whose text (any field, any depth, keys too) holds a NUL or an unpaired surrogate -> 400
+  naming the field: no database stores that text;
 * any other non-empty body -> 415, except a well-formed form with no field, or whose only field
   is a token-shaped `csrf_token` (WhaleFall's host pages may post the token that way): that is an
   empty request, i.e. scope `all`.
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
 
@@ -27,16 +30,25 @@ from werkzeug.formparser import FormDataParser
 from capacity_pipeline.api.envelopes import payload_too_large, unsupported_media_type, validation_error
 
 MAX_BODY_BYTES = 4096
-MAX_JSON_DEPTH = 32  # the body is a flat object; 32 leaves room and stays far below the decoder's limit
+# The body is a flat object; 32 levels leave room, and a fixed limit answers the same whatever
+# the stack depth at which the decoder's own recursion limit would strike.
+MAX_JSON_DEPTH = 32
 CSRF_FIELD = "csrf_token"
 # Flask-WTF tokens are itsdangerous URL-safe strings: base64url characters and dots.
 _TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,512}")
 _FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 _JSON_WHITESPACE = b" \t\r\n"
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # NUL, and surrogates (paired ones are decoded to one code point)
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 def limit_request_body() -> None:
-    """Cap what this request may read at MAX_BODY_BYTES, also for chunked bodies (Flask >= 3.1)."""
+    """Before any view (so before authentication): a declared Content-Length over MAX_BODY_BYTES
+    is 413 without reading a byte, and what this request may read is capped at MAX_BODY_BYTES,
+    also for chunked bodies (Flask >= 3.1)."""
+    declared = request.content_length
+    if declared is not None and declared > MAX_BODY_BYTES:
+        raise payload_too_large(MAX_BODY_BYTES)
     current = request.max_content_length
     with contextlib.suppress(AttributeError):  # Flask 3.0: only the app's MAX_CONTENT_LENGTH bounds it
         request.max_content_length = MAX_BODY_BYTES if current is None else min(current, MAX_BODY_BYTES)
@@ -47,9 +59,7 @@ def raw_body() -> bytes:
     cached = g.get("capacity_raw_body")
     if cached is not None:
         return cached
-    declared = request.content_length
-    if declared is not None and declared > MAX_BODY_BYTES:
-        raise payload_too_large(MAX_BODY_BYTES)
+    declared = request.content_length  # at most MAX_BODY_BYTES: limit_request_body saw to it
     try:
         data = request.get_data(cache=True)
     except RequestEntityTooLarge:
@@ -72,15 +82,14 @@ def _form_fields(raw: bytes) -> list[tuple[str, str]] | None:
         return None
     params = dict(request.mimetype_params)
     if request.mimetype == "multipart/form-data":
-        boundary = params.get("boundary", "").encode("latin-1", "replace")
-        closing = b"--" + boundary + b"--"
-        # werkzeug skips a preamble and an epilogue silently; a real form has neither (RFC 2046
-        # allows one CRLF before the first delimiter, which some clients send).
+        # werkzeug skips a preamble and an epilogue silently, and either could carry what the body
+        # really asks for; a real form has neither (RFC 2046 allows one CRLF before the first
+        # delimiter, which some clients send). Werkzeug itself refuses a missing boundary.
+        delimiter = b"--" + params.get("boundary", "").encode("latin-1", "replace")
+        closing = delimiter + b"--"
         framed = raw.removeprefix(b"\r\n").removesuffix(b"\r\n")
-        if boundary and framed == closing:
-            return []  # an empty FormData: the closing delimiter alone
-        opened = framed.startswith(b"--" + boundary + b"\r\n") and framed.endswith(closing)
-        if not boundary or not opened or raw.count(closing) != 1:
+        opens = framed == closing or framed.startswith(delimiter + b"\r\n")
+        if not opens or not framed.endswith(closing) or raw.count(closing) != 1:
             return None
     parser = FormDataParser(silent=False, max_form_memory_size=MAX_BODY_BYTES, max_form_parts=16)
     try:
@@ -106,28 +115,6 @@ def form_csrf_token() -> str | None:
     return tokens[0] if len(tokens) == 1 else None
 
 
-def _nested_too_deep(text: str, limit: int) -> bool:
-    """True when arrays/objects nest deeper than `limit` (strings skipped), checked before decoding."""
-    depth, in_string, escaped = 0, False, False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif char in "]}":
-            depth -= 1
-    return False
-
-
 def trigger_fields() -> tuple[Any, Any]:
     """The raw `scope` and `period_type` of the body; None when the body is empty or not a JSON
     object (compat 7.1)."""
@@ -145,12 +132,40 @@ def trigger_fields() -> tuple[Any, Any]:
         text = raw.decode(json.detect_encoding(raw))
     except (UnicodeDecodeError, LookupError):
         raise validation_error("request body is not valid JSON") from None
-    if _nested_too_deep(text, MAX_JSON_DEPTH):
-        raise validation_error(f"request body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep")
+    too_deep = validation_error(f"request body nests arrays or objects more than {MAX_JSON_DEPTH} levels deep")
     try:
         body = json.loads(text)
-    except (ValueError, RecursionError):
+    except RecursionError:  # deeper than the decoder goes (the 4 KB cap keeps that cheap)
+        raise too_deep from None
+    except ValueError:
         raise validation_error("request body is not valid JSON") from None
+    for value, depth, field in _decoded_values(body):
+        if depth > MAX_JSON_DEPTH:
+            raise too_deep
+        if isinstance(value, str) and _UNSTORABLE.search(value):
+            raise validation_error(
+                f"{field}: text must not contain NUL (\\u0000) or an unpaired surrogate (\\ud800-\\udfff)"
+            )
     if not isinstance(body, dict):
         return None, None
     return body.get("scope"), body.get("period_type")
+
+
+def _decoded_values(body: Any) -> Iterator[tuple[Any, int, str]]:
+    """Every value of a decoded body, object keys included, with how many arrays and objects hold
+    it (itself included) and the field it is in, as an error may name it: a top-level field by its
+    name when that is a plain identifier (nothing else of the body is ever quoted)."""
+    stack: list[tuple[Any, int, str]] = [(body, 0, "request body")]
+    while stack:
+        value, depth, field = stack.pop()
+        if isinstance(value, dict | list):
+            depth += 1
+        yield value, depth, field
+        if isinstance(value, list):
+            stack.extend((item, depth, field) for item in value)
+        elif isinstance(value, dict):
+            for name, item in value.items():
+                top = depth == 1
+                inner = (name if _FIELD_NAME.fullmatch(name) else "a field") if top else field
+                stack.append((name, depth, "a field name" if top else field))
+                stack.append((item, depth, inner))

@@ -73,16 +73,27 @@ def _request_context() -> dict[str, Any]:
 class ApiError(Exception):
     """An error answered with WhaleFall's error envelope."""
 
-    def __init__(self, status: int, message_code: str, message: str, *, category: str, severity: str) -> None:
+    def __init__(
+        self,
+        status: int,
+        message_code: str,
+        message: str,
+        *,
+        category: str,
+        severity: str,
+        retry_after: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message_code = message_code
         self.message = message
         self.category = category
         self.severity = severity
+        self.retry_after = retry_after  # seconds, sent as Retry-After (RFC 9110) when set
 
-    def response(self) -> tuple[Response, int]:
-        body = {
+    def body(self, context: dict[str, Any]) -> dict[str, Any]:
+        """The envelope, with the request's `context` (see _request_context)."""
+        return {
             "success": False,
             "error": True,
             "error_id": uuid.uuid4().hex,
@@ -93,9 +104,16 @@ class ApiError(Exception):
             "timestamp": _timestamp(),
             "recoverable": self.severity in ("low", "medium"),
             "suggestions": SUGGESTIONS.get(self.category, SUGGESTIONS["system"]),
-            "context": _request_context(),
+            "context": context,
         }
-        return jsonify(body), self.status
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [("Retry-After", str(self.retry_after))] if self.retry_after is not None else []
+
+    def response(self) -> tuple[Response, int]:
+        response = jsonify(self.body(_request_context()))
+        response.headers.extend(self.headers())
+        return response, self.status
 
 
 def validation_error(message: str, code: str = "VALIDATION_ERROR", status: int = 400) -> ApiError:
@@ -135,8 +153,8 @@ def unsupported_media_type() -> ApiError:
     return validation_error("request body must be JSON (Content-Type: application/json)", "UNSUPPORTED_MEDIA_TYPE", 415)
 
 
-def service_unavailable(message: str, code: str) -> ApiError:
-    return ApiError(503, code, message, category="system", severity="high")
+def service_unavailable(message: str, code: str, retry_after: int | None = None) -> ApiError:
+    return ApiError(503, code, message, category="system", severity="high", retry_after=retry_after)
 
 
 def http_error(status: int, name: str, description: str) -> ApiError:

@@ -124,6 +124,14 @@ def test_bad_bodies_get_a_clear_4xx_and_write_nothing(host_client, engine, reque
     assert _task_runs(engine) == 0
 
 
+def test_a_body_declared_over_4_kb_is_413_before_login_and_role_are_looked_at(host_client, bearer_client, engine):
+    oversized = {"data": b"x" * 5000, "content_type": "application/json"}
+    for response in (host_client.post(CURRENT, **oversized), bearer_client.post(CURRENT, **oversized)):
+        body = response.get_json()
+        assert (response.status_code, body["message_code"]) == (413, "PAYLOAD_TOO_LARGE"), body
+    assert _task_runs(engine) == 0
+
+
 # -- compat 7.3: task runs -------------------------------------------------------------------------
 
 

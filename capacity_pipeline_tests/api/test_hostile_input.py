@@ -3,6 +3,7 @@ nothing written."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from contextlib import contextmanager
 from urllib.parse import quote
@@ -80,6 +81,48 @@ def test_undecodable_json_is_400(bearer_client, engine, body):
     assert task_runs(engine) == 0
 
 
+# -- text no database can store ------------------------------------------------------------------
+
+UNSTORABLE = ["\x00", "\ud800", "a\udfffb"]  # NUL, lone surrogates (JSON \\u escapes)
+
+
+def _unstorable(field: str) -> str:
+    return f"{field}: text must not contain NUL (\\u0000) or an unpaired surrogate (\\ud800-\\udfff)"
+
+
+@pytest.mark.parametrize("value", UNSTORABLE)
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        (lambda v: {"scope": "instance", "period_type": v}, "period_type"),
+        (lambda v: {"scope": v}, "scope"),
+        (lambda v: {"scope": "database", "note": [{"x": v}]}, "note"),
+        (lambda v: {"scope": "all", f"k{v}": 1}, "a field name"),
+        (lambda v: [v], "request body"),
+    ],
+    ids=["period_type", "scope", "nested", "key", "array"],
+)
+def test_a_nul_or_a_lone_surrogate_anywhere_in_the_json_is_400_naming_the_field(
+    bearer_client, engine, value, body, field
+):
+    data = json.dumps(body(value))  # ensure_ascii: \u0000 and \ud800 travel as escapes, as a client sends them
+    response = bearer_client.post(CURRENT, data=data, content_type="application/json", headers=ADMIN)
+    error(response, 400, "VALIDATION_ERROR", _unstorable(field), "validation")
+    assert task_runs(engine) == 0
+
+
+def test_inside_whalefall_unstorable_text_is_400_too(host_client, engine):
+    login(host_client, ADMIN_ID)
+    response = host_client.post(
+        CURRENT,
+        data='{"scope":"instance","period_type":"\\u0000"}',
+        content_type="application/json",
+        headers=csrf_header(host_client),
+    )
+    error(response, 400, "VALIDATION_ERROR", _unstorable("period_type"), "validation")
+    assert task_runs(engine) == 0
+
+
 # -- run ids -------------------------------------------------------------------------------------
 
 
@@ -134,6 +177,7 @@ UNSUPPORTED = ("UNSUPPORTED_MEDIA_TYPE", "request body must be JSON (Content-Typ
         (_multipart(_field("scope", "database"))[0], _multipart()[1]),
         (b'preamble {"scope":"database"}\r\n' + _multipart(_field("csrf_token", "abc"))[0], _multipart()[1]),
         (_multipart(_field("csrf_token", "abc"))[0] + b'{"scope":"database"}', _multipart()[1]),  # epilogue
+        (_multipart(_field("csrf_token", "abc"))[0] + _multipart(_field("scope", "database"))[0], _multipart()[1]),
         (_multipart(_field("csrf_token", "abc"), _field("f", "DATA", '; filename="a.json"'))[0], _multipart()[1]),
         (_multipart(_field("csrf_token", "abc"), _field("scope", "database"))[0], _multipart()[1]),
         (_multipart(_field("csrf_token", "abc"))[0][:-10], _multipart()[1]),  # cut short

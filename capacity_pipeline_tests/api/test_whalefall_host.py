@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from capacity_pipeline.domain.run_center.sensor_heartbeats import record_trigger_sensor_tick
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline_tests.api.whalefall_host import ADMIN_ID, VIEWER_ID, create_host_app, csrf_header, login
 from capacity_pipeline_tests.support import CURRENT, HEALTH, error, task_runs
@@ -58,7 +59,8 @@ def test_every_code_in_whalefall_order(client, engine):
 
 
 def test_reads_need_a_login_and_health_nothing(client, engine):
-    assert _json(client.get(HEALTH))["data"] == {"database": "ok"}
+    record_trigger_sensor_tick(engine, 2)
+    assert _json(client.get(HEALTH))["data"]["database"] == "ok"
     login(client, ADMIN_ID)
     run_id = _json(client.post(CURRENT, json={}, headers=csrf_header(client)))["data"]["run_id"]
     client.get("/test/logout")

@@ -21,7 +21,7 @@ import pytest
 from capacity_pipeline.defs.run_center.tags import TASK_RUN_TAG
 from capacity_pipeline.domain.periods import china_today
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
-from capacity_pipeline_tests.support import assert_run_center_consistent, free_port, stop_group, wait_until
+from capacity_pipeline_tests.support import assert_run_center_consistent, free_port, spawn, stop_group, wait_until
 
 TOKEN = "e2e-admin-token-5d1c"
 TOKENS = json.dumps({TOKEN: {"user_id": 42, "role": "admin"}})
@@ -33,12 +33,11 @@ def api_server(tmp_path, postgres_url):
     cli = Path(sys.executable).parent / "capacity-pipeline"
     env = {**os.environ, "WHALEFALL_DATABASE_URL": postgres_url, "CAPACITY_API_TOKENS": TOKENS}
     with log.open("w") as output:
-        process = subprocess.Popen(
+        process = spawn(
             [str(cli), "serve-api", "--host", "127.0.0.1", "--port", str(port)],
             env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
 
     def answering() -> bool:

@@ -43,6 +43,7 @@ from capacity_pipeline_tests.support import (
     database_url,
     free_port,
     scratch_database,
+    spawn,
     stop_group,
     wait_until,
 )
@@ -256,13 +257,12 @@ class Topology:
 
     def start(self, role: str, command: list[str], env: dict[str, str]) -> subprocess.Popen:
         with (self.folder / f"{role}.log").open("a") as log:
-            process = subprocess.Popen(
+            process = spawn(
                 [str(BIN / command[0]), *command[1:]],
                 cwd=self.folder,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
         self.processes[role] = process
         return process
@@ -362,14 +362,13 @@ def test_the_deployed_topology_serves_a_request_end_to_end_and_survives_a_code_s
         # The rollout's observation command (deploy/README.md, "Rollout"), with the production
         # dagster.yaml; here alongside the other roles' start, to save time (automation is off).
         with (tmp_path / "observe.log").open("w") as log:
-            observe = subprocess.Popen(
+            observe = spawn(
                 [str(BIN / "dagster"), "job", "execute", "-m", "capacity_pipeline.defs", "-a", "defs"]
                 + ["-j", "observe_capacity_samples"],
                 cwd=tmp_path,
                 env=code_env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
             )
         try:
             processes.start("dagster-webserver", commands["dagster-webserver"], dagster_env)

@@ -172,6 +172,7 @@ class RunCenterStep:
                 before_batch=lambda batch: self.center.start_items(self.open_ids, [i.id for i in batch]),
                 after_batch=after_batch,
                 control=self.control,
+                reconnect_within=self.whalefall.statement_timeout_seconds,  # a restart of the server is survived
             )
         except AggregationAborted as error:
             raise dg.Failure(description=f"The WhaleFall database refused the work: {error}") from None

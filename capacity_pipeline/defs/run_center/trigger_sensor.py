@@ -33,6 +33,7 @@ from capacity_pipeline.domain import constants as c
 from capacity_pipeline.domain.model import InvalidScope, Scope
 from capacity_pipeline.domain.periods import PeriodType, china_today, current_window
 from capacity_pipeline.domain.run_center.claims import RunClaims
+from capacity_pipeline.domain.run_center.sensor_heartbeats import record_trigger_sensor_tick
 from capacity_pipeline.domain.run_center.settle import Failed, settle
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.run_center.triggers import read_trigger
@@ -81,6 +82,7 @@ def launch_triggers(
 ) -> dg.SensorResult | dg.SkipReason:
     """One tick of the trigger launcher (see the module docstring)."""
     engine = whalefall.connected_engine()  # a clear line per tick while it is down
+    record_trigger_sensor_tick(engine, TRIGGER_SENSOR_SECONDS)  # the API's health: a daemon is ticking
     claims, center = RunClaims(engine), RunCenter(engine)
     pickup = timedelta(seconds=whalefall.trigger_pickup_timeout_seconds)
     triggers = claims.unclaimed_triggers(c.CURRENT_TASK_KEY)

@@ -5,7 +5,10 @@ Instances go in batches (default 250); per batch, each window is written in one 
 runs its levels' statements (level_sql.py). A batch that fails on its data is rolled back whole and
 retried one instance at a time, so one bad instance fails alone (fixes compat Q11) and committed
 batches stay committed. A failure of the database as a whole (a lock or statement timeout, a
-cancel, a lost connection) stops the work instead: retrying instance by instance cannot help.
+cancel) stops the work instead: retrying instance by instance cannot help. A lost connection (the
+server restarted) is retried, the batch whole, with a backoff, for up to `reconnect_within`
+seconds (the statement timeout, for the callers): a batch only upserts what it computes, so
+running it twice writes the same rows.
 
 The caller sees every batch before and after it is written (items, progress, cancellation), and
 a `BatchControl` lets another thread watch the session in use and stop the work at once.
@@ -38,7 +41,6 @@ from capacity_pipeline.domain.storage.dialects import ErrorKind, SqlDialect, dia
 from capacity_pipeline.domain.storage.month_partitions import ensure_month_partitions
 
 DEFAULT_BATCH_SIZE = 250
-RETRY_ATTEMPTS = 3  # a deadlock or serialization failure is retried this many times in all
 
 
 class AggregationStopped(Exception):
@@ -121,12 +123,14 @@ def aggregate_windows(
     before_batch: BeforeBatch | None = None,
     after_batch: AfterBatch | None = None,
     control: BatchControl | None = None,
+    reconnect_within: float = 0.0,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> list[AggregationReport]:
     """Aggregate each window of `plans` for the given (default: active) instances; one report per plan.
 
     Batches go outside, windows inside: a batch's instances are done in every window before the
-    next batch starts, so its items can be settled at once.
+    next batch starts, so its items can be settled at once. A connection lost while a batch (or
+    the month partitions) is written is retried for up to `reconnect_within` seconds.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
@@ -136,8 +140,8 @@ def aggregate_windows(
     reports = {plan: AggregationReport(plan, len(targets), batches_total=len(batches)) for plan in plans}
     dialect = dialect_of(engine)
     if targets:
-        _ensure_partitions(engine, dialect, plans)
-    writers = [_WindowWriter(engine, dialect, plan, now, control) for plan in plans]
+        _ensure_partitions(engine, dialect, plans, reconnect_within)
+    writers = [_WindowWriter(engine, dialect, plan, now, control, reconnect_within) for plan in plans]
     setup = time.perf_counter() - started  # shared by the plans: each report counts it once
     try:
         for number, batch in enumerate(batches, start=1):
@@ -184,12 +188,14 @@ class _WindowWriter:
         plan: WindowPlan,
         now: Callable[[], datetime],
         control: BatchControl | None,
+        reconnect_within: float,
     ) -> None:
         self.engine = engine
         self.dialect = dialect
         self.plan = plan
         self.now = now
         self.control = control
+        self.reconnect_within = reconnect_within
         self.seconds = 0.0  # spent writing this window, over all batches
         self.statements = {level: level_statements(dialect.name, level) for level in plan.levels}
         self.parameters = {
@@ -213,7 +219,9 @@ class _WindowWriter:
 
     def write(self, batch: Sequence[ActiveInstance]) -> list[InstanceOutcome]:
         try:
-            return retrying(self.dialect, lambda: self._write_in_one_transaction(batch), RETRY_ATTEMPTS)
+            return retrying(
+                self.dialect, lambda: self._write_in_one_transaction(batch), reconnect_within=self.reconnect_within
+            )
         except SQLAlchemyError as failure:
             if self.control is not None and self.control.stop_reason is not None:
                 raise AggregationStopped(self.control.stop_reason) from None
@@ -228,6 +236,8 @@ class _WindowWriter:
     def _explain(self, kind: ErrorKind, error: SQLAlchemyError) -> str:
         where = f"{self.plan.period.value} {self.plan.window}"
         seen = self.control.last_wait if self.control is not None else None
+        if kind is ErrorKind.CONNECTION and self.reconnect_within > 0:
+            seen = f"still lost after reconnecting for {self.reconnect_within:g} s"
         return f"{kind.value} while writing {where}: {first_line(error)}" + (f" ({seen})" if seen else "")
 
     def _write_in_one_transaction(self, batch: Sequence[ActiveInstance]) -> list[InstanceOutcome]:
@@ -264,11 +274,14 @@ class _WindowWriter:
         return list(outcomes.values())
 
 
-def _ensure_partitions(engine: Engine, dialect: SqlDialect, plans: Sequence[WindowPlan]) -> None:
+def _ensure_partitions(
+    engine: Engine, dialect: SqlDialect, plans: Sequence[WindowPlan], reconnect_within: float
+) -> None:
     """The month partitions the plans write into (compat Q16); a locked parent aborts like a batch."""
     tables = sorted({level.table for plan in plans for level in plan.levels})
-    try:
-        ensure_month_partitions(engine, tables, [plan.window.start for plan in plans])
+    months = [plan.window.start for plan in plans]
+    try:  # creating what is missing may run twice
+        retrying(dialect, lambda: ensure_month_partitions(engine, tables, months), reconnect_within=reconnect_within)
     except SQLAlchemyError as error:
         kind = dialect.classify(error)
         if kind is ErrorKind.DATA:

@@ -15,10 +15,19 @@ from sqlalchemy import Connection, Engine, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
-from capacity_pipeline.domain.storage.dialects import ConnectionLimits, ErrorKind, SqlDialect, dialect_named, dialect_of
+from capacity_pipeline.domain.storage.dialects import (
+    ConnectionLimits,
+    ErrorKind,
+    SqlDialect,
+    dialect_named,
+    dialect_of,
+)
 
 T = TypeVar("T")
-WRITE_ATTEMPTS = 5  # a deadlock or serialization failure is retried this many times in all
+# A transaction the database rolled back for a deadlock or a serialization failure is run this
+# many times in all (then the batch engine splits its batch, and any other caller fails).
+TRANSACTION_ATTEMPTS = 5
+RECONNECT_BACKOFF_SECONDS = (0.1, 5.0)  # the first wait after a lost connection, and the longest
 
 DATABASE_URL_ENV = "WHALEFALL_DATABASE_URL"
 
@@ -59,7 +68,7 @@ def make_engine(url: URL | str, limits: ConnectionLimits | None = None, **kwargs
     return dialect_named(parsed.get_backend_name()).create_engine(parsed, limits or ConnectionLimits(), **kwargs)
 
 
-def in_transaction(engine: Engine, work: Callable[[Connection], T], attempts: int = WRITE_ATTEMPTS) -> T:
+def in_transaction(engine: Engine, work: Callable[[Connection], T], attempts: int = TRANSACTION_ATTEMPTS) -> T:
     """Run `work` in one transaction, again on a deadlock or a serialization failure (see retrying)."""
 
     def once() -> T:
@@ -69,15 +78,33 @@ def in_transaction(engine: Engine, work: Callable[[Connection], T], attempts: in
     return retrying(dialect_of(engine), once, attempts)
 
 
-def retrying(dialect: SqlDialect, transaction: Callable[[], T], attempts: int = WRITE_ATTEMPTS) -> T:
-    """Run `transaction` again, after a short backoff, when the database reports a deadlock or a
-    serialization failure: the transaction was rolled back whole, so running it again is safe.
-    The last failure, or any other one, is raised."""
-    for attempt in range(1, attempts + 1):
+def retrying(
+    dialect: SqlDialect,
+    transaction: Callable[[], T],
+    attempts: int = TRANSACTION_ATTEMPTS,
+    *,
+    reconnect_within: float = 0.0,
+) -> T:
+    """Run `transaction` again when the database rolled it back whole, so that running it again
+    is safe: after a deadlock or a serialization failure (`attempts` runs in all, a short backoff
+    between them), and, for up to `reconnect_within` seconds from the first loss, after a lost
+    connection (a restart, a failover), waiting twice as long each time. Only for transactions
+    that may run twice: a connection lost during COMMIT leaves it unknown whether it committed.
+    Any other failure, or the last one, is raised: a lost connection once the budget is spent."""
+    conflicts, lost_at, wait = 0, None, RECONNECT_BACKOFF_SECONDS[0]
+    while True:
         try:
             return transaction()
         except SQLAlchemyError as error:
-            if attempt == attempts or dialect.classify(error) is not ErrorKind.RETRY:
+            kind = dialect.classify(error)
+            if kind is ErrorKind.RETRY and conflicts + 1 < attempts:
+                conflicts += 1
+                time.sleep(0.01 * 2**conflicts)
+                continue
+            if kind is not ErrorKind.CONNECTION or reconnect_within <= 0:
                 raise
-            time.sleep(0.01 * 2**attempt)
-    raise AssertionError("unreachable")
+            lost_at = time.monotonic() if lost_at is None else lost_at
+            if time.monotonic() + wait - lost_at > reconnect_within:
+                raise
+            time.sleep(wait)
+            wait = min(wait * 2, RECONNECT_BACKOFF_SECONDS[1])

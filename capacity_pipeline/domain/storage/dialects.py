@@ -36,7 +36,7 @@ from sqlalchemy import Connection, Engine, Select, Table, TextClause, bindparam,
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from capacity_pipeline.domain.storage import sqlmath
 
@@ -385,6 +385,8 @@ class SqliteDialect(SqlDialect):
             return ErrorKind.LOCK_TIMEOUT
         if "interrupted" in message:
             return ErrorKind.CANCELLED
+        if "unable to open database file" in message:
+            return ErrorKind.CONNECTION
         return ErrorKind.DATA
 
 
@@ -643,6 +645,8 @@ class PostgresDialect(SqlDialect):
             return ErrorKind.STATEMENT_TIMEOUT if "timeout" in first_line(error) else ErrorKind.CANCELLED
         if state.startswith(_CONNECTION_STATES) or (isinstance(error, DBAPIError) and error.connection_invalidated):
             return ErrorKind.CONNECTION
+        if not state and isinstance(error, OperationalError):
+            return ErrorKind.CONNECTION  # no SQLSTATE: the server never answered (refused, unreachable, gone)
         return ErrorKind.DATA
 
 

@@ -362,6 +362,16 @@ def whalefall_metadata(dialect: str) -> MetaData:
         comment="capacity_pipeline: the Dagster run doing each TaskRun's work, and its heartbeat",
     )
     _forecast_tables(metadata, now)
+    # Not WhaleFall's: each sensor's last tick (by the database's clock), so the API's health can
+    # tell whether a Dagster daemon is picking requests up.
+    Table(
+        "capacity_sensor_heartbeats",
+        metadata,
+        Column("sensor_name", String(255), primary_key=True),
+        Column("ticked_at", _TIMESTAMPTZ, nullable=False),
+        Column("interval_seconds", Float, nullable=False),  # how often the sensor ticks when all is well
+        comment="capacity_pipeline: each Dagster sensor's last tick, for the API's health",
+    )
     return metadata
 
 

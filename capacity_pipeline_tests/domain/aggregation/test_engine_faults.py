@@ -1,6 +1,7 @@
 """The engine when the database misbehaves (PostgreSQL): a table locked by another session, a stop
 that arrives during a lock wait, an interrupt in the middle of a statement, a host that never
-answers. Test-sized timeouts keep each case to a few seconds."""
+answers, a server restarted in the middle of a batch (a private server: the machine's is shared).
+Test-sized timeouts keep each case to a few seconds."""
 
 from __future__ import annotations
 
@@ -9,37 +10,43 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, suppress
 from datetime import date
 
 import pytest
 from sqlalchemy import Connection, Engine, text
 
-from capacity_pipeline.domain.aggregation.engine import AggregationAborted, BatchControl, aggregate_period
-from capacity_pipeline.domain.model import Scope
+from capacity_pipeline.domain.aggregation.engine import AggregationAborted, Batch, BatchControl, aggregate_period
+from capacity_pipeline.domain.model import Outcome, Scope
 from capacity_pipeline.domain.periods import PeriodType, Window
 from capacity_pipeline.domain.run_center.claims import RunClaims
 from capacity_pipeline.domain.run_center.worker_watch import WorkerWatch
 from capacity_pipeline.domain.storage.database import make_engine
 from capacity_pipeline.domain.storage.dialects import ConnectionLimits, ErrorKind
 from capacity_pipeline.domain.storage.month_partitions import ensure_month_partitions
-from capacity_pipeline_tests.support import WhaleFallData, url_of, wait_until
+from capacity_pipeline.domain.storage.tables import create_schema
+from capacity_pipeline_tests.support import PrivatePostgres, WhaleFallData, url_of, wait_until
 
 DAY = date(2026, 6, 10)
 DAILY = Window(DAY, DAY)
 PERIOD_LOCK = f"capacity_pipeline.database_size_aggregations.daily.{DAY}"
 
 
+def _seed(whalefall: WhaleFallData, instances: int) -> WhaleFallData:
+    for instance_id in range(1, instances + 1):
+        whalefall.instance(instance_id)
+        whalefall.database_stats(instance_id, "app", [(DAY, 100, 90)])
+        whalefall.instance_stats(instance_id, [(DAY, 100, 1)])
+    # The month partition exists already, so the only lock a batch waits for is the table's.
+    ensure_month_partitions(whalefall.engine, ["database_size_aggregations"], [DAY])
+    return whalefall
+
+
 @pytest.fixture
 def five_instances(pg_whalefall: WhaleFallData) -> WhaleFallData:
-    for instance_id in range(1, 6):
-        pg_whalefall.instance(instance_id)
-        pg_whalefall.database_stats(instance_id, "app", [(DAY, 100, 90)])
-        pg_whalefall.instance_stats(instance_id, [(DAY, 100, 1)])
-    # The month partition exists already, so the only lock a batch waits for is the table's.
-    ensure_month_partitions(pg_whalefall.engine, ["database_size_aggregations"], [DAY])
-    return pg_whalefall
+    return _seed(pg_whalefall, 5)
 
 
 @contextmanager
@@ -206,3 +213,84 @@ def test_a_host_that_accepts_but_never_answers_fails_at_the_connect_timeout(caps
         f"capacity-pipeline aggregate: failed: cannot use postgresql://nobody:***@127.0.0.1:{port}/whalefall: "
         "connection timeout expired\n"
     )
+
+
+# -- a server restarted under the run --------------------------------------------------------------
+
+
+@pytest.fixture
+def restartable(private_postgres: PrivatePostgres) -> Iterator[tuple[PrivatePostgres, Engine]]:
+    """Three instances in a new database on the private server (running), and an engine on it."""
+    engine = make_engine(private_postgres.new_database(), ConnectionLimits(connect_timeout=2))
+    create_schema(engine)
+    _seed(WhaleFallData(engine), 3)
+    yield private_postgres, engine
+    engine.dispose()
+
+
+@contextmanager
+def period_locked_after_the_first_batch(engine: Engine) -> Iterator[Callable[[Batch], None]]:
+    """An after_batch hook: once batch 1 is written, another session takes the period's lock, so
+    batch 2 waits inside its transaction until that session goes away."""
+    holder: list[Connection] = []
+
+    def after_batch(batch: Batch) -> None:
+        if batch.number == 1:
+            holder.append(engine.connect())
+            holder[0].execute(text("SELECT pg_advisory_lock(hashtext(:key))"), {"key": PERIOD_LOCK})
+
+    try:
+        yield after_batch
+    finally:
+        for connection in holder:
+            with suppress(Exception):  # the restart killed its session
+                connection.close()
+
+
+def test_a_server_restart_in_the_middle_of_a_batch_is_survived_by_reconnecting(restartable):
+    server, engine = restartable
+    with period_locked_after_the_first_batch(engine) as after_batch, ThreadPoolExecutor(1) as worker:
+        run = worker.submit(
+            aggregate_period,
+            engine,
+            PeriodType.DAILY,
+            DAILY,
+            scope=Scope.DATABASE,
+            batch_size=1,
+            after_batch=after_batch,
+            reconnect_within=30,
+        )
+        wait_until(lambda: _our_waiting_sessions(engine), 10, "batch 2 waiting inside its transaction")
+        server.restart()  # a fast shutdown terminates batch 2's session (and the lock holder's)
+        report = run.result(timeout=60)
+
+    assert [(o.instance.id, o.status) for o in report.outcomes] == [(i, Outcome.COMPLETED) for i in (1, 2, 3)]
+    rows = WhaleFallData(engine).rows("database_size_aggregations")
+    assert [(row["instance_id"], row["avg_size_mb"]) for row in rows] == [(1, 100), (2, 100), (3, 100)]
+
+
+def test_a_server_that_stays_down_ends_the_run_once_the_reconnect_budget_is_spent(restartable):
+    server, engine = restartable
+
+    def stop_after_the_first_batch(batch: Batch) -> None:
+        if batch.number == 1:
+            server.stop()
+
+    started = time.monotonic()
+    with pytest.raises(AggregationAborted) as aborted:
+        aggregate_period(
+            engine,
+            PeriodType.DAILY,
+            DAILY,
+            scope=Scope.DATABASE,
+            batch_size=1,
+            after_batch=stop_after_the_first_batch,
+            reconnect_within=1.5,
+        )
+    elapsed = time.monotonic() - started
+
+    assert aborted.value.kind is ErrorKind.CONNECTION
+    message = str(aborted.value)
+    assert message.startswith("connection lost while writing daily 2026-06-10..2026-06-10: ")
+    assert message.endswith("(still lost after reconnecting for 1.5 s)"), message
+    assert elapsed < 10  # the budget, not the statement timeout (600 s by default)
