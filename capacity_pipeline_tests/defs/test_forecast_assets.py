@@ -20,11 +20,12 @@ from capacity_pipeline.defs.samples.sources import stats_key
 from capacity_pipeline.domain.forecast.limits import set_limit
 from capacity_pipeline.domain.forecast.store import read_forecasts
 from capacity_pipeline.domain.model import Level
-from capacity_pipeline.domain.periods import china_today
+from capacity_pipeline.domain.periods import PeriodType, china_today
 from capacity_pipeline.domain.run_center.claims import RunClaims
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline_tests.support import (
+    AGGREGATION_ASSETS,
     FORECAST_ASSETS,
     code_location_definitions,
     dagster_resources,
@@ -205,6 +206,24 @@ def test_the_check_alone_scores_the_latest_partition_and_keeps_its_verdict(engin
         False,
         "2026-06-30",
     )
+
+
+def test_a_run_of_roll_ups_and_forecasts_together_has_the_roll_ups_task_run_only(engine, fleet, dagster_instance):
+    daily = [AGGREGATION_ASSETS[level, PeriodType.DAILY] for level in Level]
+    result = dg.materialize(
+        [*daily, *FORECAST_ASSETS.values()],
+        partition_key=AS_OF.isoformat(),
+        resources=dagster_resources(engine),
+        instance=dagster_instance,
+    )
+
+    assert result.success
+    [task_run_id] = RunClaims(engine).task_runs_of(result.run_id)
+    run = RunCenter(engine).get_run(task_run_id)
+    assert (task_runs(engine), run["task_key"], run["status"]) == (1, "capacity_materialize", "completed")
+    assert run["summary_json"]["common"]["inputs"] == {"scope": "all"}  # from the roll-ups' levels alone
+    assert [item["instance_id"] for item in RunCenter(engine).get_items(task_run_id)] == [7, 8, 9]
+    assert len(list(read_forecasts(engine, as_of=AS_OF))) == 2 * 9
 
 
 def test_the_nightly_run_forecasts_the_day_it_closes_after_its_task_run_is_final(engine, fleet, dagster_instance):
