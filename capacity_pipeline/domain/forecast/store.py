@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import Connection, Engine, and_, delete, func, select
 
 from capacity_pipeline.domain.forecast.model import ForecastRow, InvalidForecastInput, Quality
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.storage.dialects import dialect_of
 from capacity_pipeline.domain.storage.tables import tables_for
+
+if TYPE_CHECKING:  # the API reads forecasts with the base install, which has no pandas
+    import pandas as pd
 
 _READ_BATCH = 5000  # rows fetched at a time when reading back
 
