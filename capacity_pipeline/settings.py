@@ -365,11 +365,21 @@ class Settings:
     def forecast_options(self, **changes: Any) -> ForecastOptions:
         """The forecasts' options from these settings (`changes` override them, as a CLI option does);
         settings that do not fit together fail naming the field."""
-        values = {
-            "horizons": self.forecast_horizons,
-            "history_days": self.forecast_history_days,
-            "min_usable_days": self.forecast_min_usable_days,
-            "max_days_to_limit": self.forecast_max_days_to_limit,
-            "batch_size": self.forecast_batch_size,
-        }
-        return ForecastOptions(**{**values, **changes})
+        return forecast_options_of(self, **changes)
+
+
+# Which setting gives each of the forecasts' options (the Dagster resource carries the same fields).
+FORECAST_OPTION_SETTINGS = {
+    "horizons": "forecast_horizons",
+    "history_days": "forecast_history_days",
+    "min_usable_days": "forecast_min_usable_days",
+    "max_days_to_limit": "forecast_max_days_to_limit",
+    "batch_size": "forecast_batch_size",
+}
+
+
+def forecast_options_of(values: Any, **changes: Any) -> ForecastOptions:
+    """ForecastOptions from anything with the forecast settings as attributes (Settings, the resource)."""
+    options = {option: getattr(values, name) for option, name in FORECAST_OPTION_SETTINGS.items()}
+    options["horizons"] = tuple(options["horizons"])
+    return ForecastOptions(**{**options, **changes})

@@ -28,6 +28,7 @@ from sqlalchemy import Engine, create_engine, func, insert, make_url, select, te
 
 from capacity_pipeline.defs.aggregation.assets import build_aggregation_assets
 from capacity_pipeline.defs.definitions import build_defs
+from capacity_pipeline.defs.forecast.assets import build_forecast_assets
 from capacity_pipeline.defs.partitions import partitions_by_period
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.defs.run_center.tags import CLAIM_TAG
@@ -370,6 +371,8 @@ TEST_SETTINGS = Settings()
 PARTITIONS = partitions_by_period(TEST_SETTINGS.partitions_start)
 # The aggregation assets alone, without resources, for dg.materialize with a test's own.
 AGGREGATION_ASSETS = build_aggregation_assets(PARTITIONS, automate_current_periods=False)
+# The forecast assets alone (each with its check), by level, likewise.
+FORECAST_ASSETS = build_forecast_assets(PARTITIONS[PeriodType.DAILY])
 
 
 def url_of(engine: Engine) -> str:

@@ -1,4 +1,5 @@
-"""WhaleFall's capacity trigger and task-run endpoints (compat 7.1, 7.3) as a Flask blueprint.
+"""WhaleFall's capacity trigger and task-run endpoints (compat 7.1, 7.3) as a Flask blueprint, with
+the forecasts and limits (forecasts.py).
 
 `create_blueprint(engine, auth)` mounts in WhaleFall (host-session auth) or in the standalone
 server (bearer tokens). Every rejection happens before anything is written.
@@ -27,6 +28,7 @@ from capacity_pipeline.api.envelopes import (
     success,
     validation_error,
 )
+from capacity_pipeline.api.forecasts import add_forecast_routes
 from capacity_pipeline.domain.model import InvalidScope, Scope
 from capacity_pipeline.domain.run_center.sensor_heartbeats import last_trigger_sensor_tick
 from capacity_pipeline.domain.run_center.settle import Cancelled, settle
@@ -195,4 +197,5 @@ def create_blueprint(engine: Engine | Callable[[], Engine], auth: AuthBackend) -
         log.info("task run %s cancelled by user %s", run_id, caller.user_id)
         return success(CANCELLED_MESSAGE)
 
+    add_forecast_routes(blueprint, current_engine, auth)
     return blueprint

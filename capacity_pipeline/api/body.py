@@ -118,15 +118,24 @@ def form_csrf_token() -> str | None:
 def trigger_fields() -> tuple[Any, Any]:
     """The raw `scope` and `period_type` of the body; None when the body is empty or not a JSON
     object (compat 7.1)."""
+    body = json_body()
+    if not isinstance(body, dict):
+        return None, None
+    return body.get("scope"), body.get("period_type")
+
+
+def json_body() -> Any:
+    """The decoded JSON body; None for an empty request (no body, a form with no field, or one
+    carrying only the CSRF token). Anything else that is not JSON is refused (415, or 400)."""
     raw = raw_body()
     if not raw.strip(_JSON_WHITESPACE):
-        return None, None
+        return None
     if not request.is_json:
         fields = _form_fields(raw)
         if fields == [] or (
             fields is not None and len(fields) == 1 and fields[0][0] == CSRF_FIELD and _TOKEN.fullmatch(fields[0][1])
         ):
-            return None, None  # a form with no field, or carrying only the CSRF token: an empty request
+            return None  # a form with no field, or carrying only the CSRF token: an empty request
         raise unsupported_media_type()
     try:
         text = raw.decode(json.detect_encoding(raw))
@@ -146,9 +155,7 @@ def trigger_fields() -> tuple[Any, Any]:
             raise validation_error(
                 f"{field}: text must not contain NUL (\\u0000) or an unpaired surrogate (\\ud800-\\udfff)"
             )
-    if not isinstance(body, dict):
-        return None, None
-    return body.get("scope"), body.get("period_type")
+    return body
 
 
 def _decoded_values(body: Any) -> Iterator[tuple[Any, int, str]]:

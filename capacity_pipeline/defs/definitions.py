@@ -19,12 +19,15 @@ from capacity_pipeline.defs.aggregation.jobs import (
     calculate_database_schedule,
     capacity_aggregate_current_job,
 )
+from capacity_pipeline.defs.forecast.assets import build_forecast_assets, forecast_selection
+from capacity_pipeline.defs.forecast.automation import build_forecast_automation_sensor
 from capacity_pipeline.defs.partitions import partitions_by_period
 from capacity_pipeline.defs.resources import whalefall_from_settings
 from capacity_pipeline.defs.run_center.reconciler import run_center_reconciler
 from capacity_pipeline.defs.run_center.trigger_sensor import build_trigger_sensor
 from capacity_pipeline.defs.samples.observation import build_observation
 from capacity_pipeline.defs.samples.sources import build_sample_sources
+from capacity_pipeline.domain.periods import PeriodType
 from capacity_pipeline.settings import Settings
 
 
@@ -40,18 +43,21 @@ def build_defs(settings: Settings, *, resources: Mapping[str, Any] | None = None
     warnings.filterwarnings("ignore", category=dg.BetaWarning)
     warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
+    settings.forecast_options()  # forecast settings that do not fit together fail the load, naming the field
     partitions = partitions_by_period(settings.partitions_start)
     sources = build_sample_sources(partitions)
     aggregations = build_aggregation_assets(partitions, automate_current_periods=settings.automate_current_periods)
+    forecasts = build_forecast_assets(partitions[PeriodType.DAILY])
     observation_jobs, observation_schedules = build_observation(settings, sources)
     return dg.Definitions(
-        assets=[*sources.all, *aggregations.values()],
+        assets=[*sources.all, *aggregations.values(), *forecasts.values()],
         jobs=[capacity_aggregate_current_job, build_nightly_job(partitions), *observation_jobs],
         schedules=[calculate_database_schedule, *observation_schedules],
         sensors=[
             build_trigger_sensor(partitions),
             run_center_reconciler,
             build_automation_sensor(settings, aggregation_selection()),
+            build_forecast_automation_sensor(settings, forecast_selection()),
         ],
         resources=dict(resources) if resources is not None else {"whalefall": whalefall_from_settings(settings)},
         # Steps of one run go in one process, in WhaleFall's order (database level, then instance

@@ -12,9 +12,10 @@ import dagster as dg
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 
+from capacity_pipeline.domain.forecast.model import ForecastOptions, InvalidForecastInput
 from capacity_pipeline.domain.storage.database import DatabaseConfigError, make_engine, normalise_url
 from capacity_pipeline.domain.storage.dialects import ConnectionLimits, first_line
-from capacity_pipeline.settings import SETTINGS, Settings
+from capacity_pipeline.settings import SETTINGS, Settings, forecast_options_of
 
 DATABASE_URL_ENV = SETTINGS["url"].env
 
@@ -43,6 +44,11 @@ class WhaleFallDatabase(dg.ConfigurableResource):
     corrected_quarter: bool = SETTINGS["corrected_quarter"].default
     webserver_url: str = SETTINGS["webserver_url"].default
     observe_days: int = SETTINGS["observe_days"].default
+    forecast_horizons: list[int] = list(SETTINGS["forecast_horizons"].default)
+    forecast_history_days: int = SETTINGS["forecast_history_days"].default
+    forecast_min_usable_days: int = SETTINGS["forecast_min_usable_days"].default
+    forecast_max_days_to_limit: int = SETTINGS["forecast_max_days_to_limit"].default
+    forecast_batch_size: int = SETTINGS["forecast_batch_size"].default
 
     @property
     def limits(self) -> ConnectionLimits:
@@ -71,6 +77,14 @@ class WhaleFallDatabase(dg.ConfigurableResource):
                 description=f"{DATABASE_URL_ENV}: cannot connect to the WhaleFall database: {first_line(error)}"
             ) from None
         return engine
+
+    def forecast_options(self) -> ForecastOptions:
+        """The forecasts' options from this resource's fields (settings that do not fit together fail
+        naming the field)."""
+        try:
+            return forecast_options_of(self)
+        except InvalidForecastInput as error:
+            raise dg.Failure(description=f"forecast settings: {error}") from None
 
     def run_url(self, dagster_run_id: str) -> dict[str, str]:
         """The run's id and its page in the Dagster UI, for the run center's summary."""

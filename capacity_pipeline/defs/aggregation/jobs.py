@@ -7,7 +7,9 @@
 * `calculate_database` (compat 8): the last complete daily, weekly, monthly and quarterly periods at
   both levels, in one run. A run has one partition key, and these four periods are four partitions
   definitions, so the job is an op that runs the engine per period and reports each asset
-  partition it wrote as a materialization of that asset.
+  partition it wrote as a materialization of that asset. A second op then forecasts as of the day
+  the run closes (yesterday) and reports those forecast partitions the same way; it is not part of
+  the run-center task (the TaskRun is final before it starts, and its failure does not touch it).
 """
 
 from datetime import date
@@ -18,6 +20,7 @@ from sqlalchemy import Engine
 from capacity_pipeline.defs.aggregation import checks
 from capacity_pipeline.defs.aggregation.assets import aggregation_selection, asset_key
 from capacity_pipeline.defs.aggregation.metadata import failure_description, growth_metadata, report_metadata
+from capacity_pipeline.defs.forecast.nightly import forecast_closed_day
 from capacity_pipeline.defs.partitions import PartitionsByPeriod, key_for_window
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.defs.run_center.hooks import RUN_CENTER_HOOKS
@@ -43,6 +46,7 @@ from capacity_pipeline.domain.run_center.payloads import (
 from capacity_pipeline.domain.run_center.task_runs import ItemPhase
 
 NIGHTLY_OP_NAME = "aggregate_last_periods"
+NIGHTLY_FORECAST_OP_NAME = "forecast_closed_day"
 
 capacity_aggregate_current_job = dg.define_asset_job(
     name=CURRENT_JOB_NAME,
@@ -52,7 +56,8 @@ capacity_aggregate_current_job = dg.define_asset_job(
 
 
 class NightlyConfig(dg.Config):
-    """`today` (YYYY-MM-DD, Asia/Shanghai) fixes which periods are "last"; default: the run's day."""
+    """`today` (YYYY-MM-DD, Asia/Shanghai) fixes which periods are "last" (and the day forecast: the
+    day before); default: the run's day. The schedule gives both ops the same day."""
 
     today: str | None = None
 
@@ -148,13 +153,36 @@ def _final_summary(step: RunCenterStep, task_run_id: str, reports: list[Aggregat
     )
 
 
-def build_nightly_job(partitions: PartitionsByPeriod) -> dg.JobDefinition:
-    """WhaleFall's nightly job; a period before the first partition is aggregated but not reported."""
-    calculate_database_op = _calculate_database_op(partitions)
+def _forecast_closed_day_op(partitions: PartitionsByPeriod) -> dg.OpDefinition:
+    @dg.op(
+        name=NIGHTLY_FORECAST_OP_NAME,
+        description="Forecasts at both levels as of the day the run closes (yesterday).",
+        # On an op, the same tag orders the run's steps (the in-process executor runs higher
+        # priorities first): after the aggregation, which needs none of it, so the run center's
+        # TaskRun is final before the forecasts start.
+        tags={PRIORITY_TAG: "-1"},
+    )
+    def forecast_closed_day_op(
+        context: dg.OpExecutionContext, config: NightlyConfig, whalefall: WhaleFallDatabase
+    ) -> None:
+        closed = last_window(PeriodType.DAILY, _today(config)).start
+        forecast_closed_day(context, whalefall, closed, partitions[PeriodType.DAILY])
 
-    @dg.job(name=NIGHTLY_JOB_NAME, tags={"capacity/job": NIGHTLY_JOB_NAME}, hooks=RUN_CENTER_HOOKS)
+    return forecast_closed_day_op
+
+
+def build_nightly_job(partitions: PartitionsByPeriod) -> dg.JobDefinition:
+    """WhaleFall's nightly job; a period before the first partition is aggregated but not reported.
+
+    The run-center hooks are the aggregation op's only: the forecasts are not the TaskRun's work.
+    """
+    calculate_database_op = _calculate_database_op(partitions).with_hooks(RUN_CENTER_HOOKS)
+    forecast_op = _forecast_closed_day_op(partitions)
+
+    @dg.job(name=NIGHTLY_JOB_NAME, tags={"capacity/job": NIGHTLY_JOB_NAME})
     def calculate_database_job() -> None:
         calculate_database_op()
+        forecast_op()
 
     return calculate_database_job
 
@@ -173,7 +201,9 @@ def calculate_database_schedule(context: dg.ScheduleEvaluationContext) -> dg.Run
     periods = {period: key_for_window(last_window(period, today)) for period in PeriodType}
     return dg.RunRequest(
         run_key=f"{NIGHTLY_JOB_NAME}:{today.isoformat()}",
-        run_config=dg.RunConfig(ops={NIGHTLY_OP_NAME: NightlyConfig(today=today.isoformat())}),
+        run_config=dg.RunConfig(
+            ops={op: NightlyConfig(today=today.isoformat()) for op in (NIGHTLY_OP_NAME, NIGHTLY_FORECAST_OP_NAME)}
+        ),
         tags={
             TRIGGER_SOURCE_TAG: c.TRIGGER_SCHEDULED,  # background work in the run queue (dagster.yaml)
             PRIORITY_TAG: BACKGROUND_PRIORITY,

@@ -24,7 +24,7 @@ _MAX_INSTANCE_ID = 2**31 - 1
 
 def _instance_id(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_INSTANCE_ID:
-        raise InvalidForecastInput(f"instance_id: expected a whole number from 1 to {_MAX_INSTANCE_ID}, got {value!r}")
+        raise InvalidForecastInput(f"instance_id: expected a whole number from 1 to {_MAX_INSTANCE_ID}", got=value)
     return value
 
 
@@ -33,15 +33,15 @@ def _database_name(value: Any) -> str | None:
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > 255:
         raise InvalidForecastInput(
-            f"database_name: expected a non-blank name of at most 255 characters, or none for the instance itself, "
-            f"got {value!r}"
+            "database_name: expected a non-blank name of at most 255 characters, or none for the instance itself",
+            got=value,
         )
     return value
 
 
 def _limit_mb(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LIMIT_MB:
-        raise InvalidForecastInput(f"limit_mb: expected a whole number of MB from 1 to {MAX_LIMIT_MB}, got {value!r}")
+        raise InvalidForecastInput(f"limit_mb: expected a whole number of MB from 1 to {MAX_LIMIT_MB}", got=value)
     return value
 
 
@@ -57,7 +57,7 @@ def _updated_by(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_INSTANCE_ID:
-        raise InvalidForecastInput(f"updated_by: expected a user id from 1 to {_MAX_INSTANCE_ID}, got {value!r}")
+        raise InvalidForecastInput(f"updated_by: expected a user id from 1 to {_MAX_INSTANCE_ID}", got=value)
     return value
 
 

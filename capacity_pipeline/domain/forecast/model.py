@@ -131,8 +131,17 @@ class Limit:
         }
 
 
+_NOT_GIVEN = object()
+
+
 class InvalidForecastInput(ValueError):
-    """Bad input to a forecast or a limit; the message names the field and what it accepts."""
+    """Bad input to a forecast or a limit; the message names the field and what it accepts, then the
+    value given. `reason` is the message without that value, for an edge that must not echo its
+    input (the HTTP API)."""
+
+    def __init__(self, reason: str, *, got: Any = _NOT_GIVEN) -> None:
+        self.reason = reason
+        super().__init__(reason if got is _NOT_GIVEN else f"{reason}, got {got!r}")
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from sqlalchemy import Connection, Engine, and_, delete, func, select
 
 from capacity_pipeline.domain.forecast.model import ForecastRow, InvalidForecastInput, Quality
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.storage.dialects import dialect_of
 from capacity_pipeline.domain.storage.tables import tables_for
+
+if TYPE_CHECKING:  # the API reads forecasts with the base install, which has no pandas
+    import pandas as pd
 
 _READ_BATCH = 5000  # rows fetched at a time when reading back
 
@@ -79,22 +81,12 @@ def forecast_row(record: Any) -> ForecastRow:
     )
 
 
-def read_forecasts(
-    engine: Engine,
-    *,
-    level: Level | None = None,
-    instance_id: int | None = None,
-    database_name: str | None = None,
-    as_of: date | None = None,
-) -> Iterator[ForecastRow]:
-    """Stored forecasts, by as-of day, level, instance, database (the instance's own first), horizon.
-
-    Without `as_of`, each level's latest as-of day. `database_name` selects one database (database
-    level only). Rows stream from the database a few thousand at a time.
-    """
+def _selected(
+    forecasts: Any, level: Level | None, instance_id: int | None, database_name: str | None, as_of: date | None
+) -> Any:
+    """The condition of a read: these filters, and without `as_of` each level's latest as-of day."""
     if database_name is not None and level is Level.INSTANCE:
         raise InvalidForecastInput("database_name: only forecasts at level database have one")
-    forecasts = tables_for(engine).tables["capacity_forecasts"]
     c = forecasts.c
     conditions = []
     if level is not None:
@@ -110,15 +102,57 @@ def read_forecasts(
         conditions.append(
             c.as_of_date == select(func.max(latest.c.as_of_date)).where(latest.c.level == c.level).scalar_subquery()
         )
+    return and_(*conditions)
+
+
+def read_forecasts(
+    engine: Engine,
+    *,
+    level: Level | None = None,
+    instance_id: int | None = None,
+    database_name: str | None = None,
+    as_of: date | None = None,
+    offset: int = 0,
+    limit: int | None = None,
+) -> Iterator[ForecastRow]:
+    """Stored forecasts, by as-of day, level, instance, database (the instance's own first), horizon.
+
+    Without `as_of`, each level's latest as-of day. `database_name` selects one database (database
+    level only). `offset` and `limit` take one page of that order (the API's). Rows stream from
+    the database a few thousand at a time.
+    """
+    forecasts = tables_for(engine).tables["capacity_forecasts"]
+    c = forecasts.c
     query = (
         select(forecasts)
-        .where(and_(*conditions))
+        .where(_selected(forecasts, level, instance_id, database_name, as_of))
         .order_by(c.as_of_date, c.level, c.instance_id, c.database_name.is_not(None), c.database_name, c.horizon_days)
+        .offset(offset)
+        .limit(limit)
     )
     with engine.connect() as connection:
         result = connection.execution_options(yield_per=_READ_BATCH).execute(query)
         for record in result:
             yield forecast_row(record)
+
+
+def count_forecasts(
+    engine: Engine,
+    *,
+    level: Level | None = None,
+    instance_id: int | None = None,
+    database_name: str | None = None,
+    as_of: date | None = None,
+) -> int:
+    """How many rows `read_forecasts` with the same filters gives (without a page)."""
+    forecasts = tables_for(engine).tables["capacity_forecasts"]
+    query = (
+        select(func.count())
+        .select_from(forecasts)
+        .where(_selected(forecasts, level, instance_id, database_name, as_of))
+    )
+    with engine.connect() as connection:
+        return int(connection.execute(query).scalar_one())
 
 
 def latest_as_of(bind: Engine | Connection, level: Level) -> date | None:
