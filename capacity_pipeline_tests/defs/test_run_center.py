@@ -525,12 +525,21 @@ def test_the_reconciler_settles_a_finished_run_whose_hook_could_not_write(pg_eng
     assert_run_center_consistent(pg_engine, dagster_instance, [result.run_id])
 
 
-def _started_run(instance: dg.DagsterInstance, engine, tags: dict | None = None) -> dg.DagsterRun:  # noqa: ANN001
-    """A run Dagster believes STARTED, with no process behind it (its worker is gone)."""
+def _started_run(
+    instance: dg.DagsterInstance,
+    engine,  # noqa: ANN001
+    tags: dict | None = None,
+    *,
+    started_at: datetime | None = None,
+) -> dg.DagsterRun:
+    """A run Dagster believes STARTED (at `started_at`, default now), with no process behind it
+    (its worker is gone)."""
     job = resolve_job(engine, "capacity_aggregate_current")
     run = instance.create_run_for_job(job_def=job, tags=tags or {}, status=dg.DagsterRunStatus.NOT_STARTED)
     instance.report_dagster_event(
-        dg.DagsterEvent(event_type_value=dg.DagsterEventType.RUN_START.value, job_name=job.name), run.run_id
+        dg.DagsterEvent(event_type_value=dg.DagsterEventType.RUN_START.value, job_name=job.name),
+        run.run_id,
+        timestamp=started_at.timestamp() if started_at else None,
     )
     return instance.get_run_by_id(run.run_id)
 
@@ -540,11 +549,11 @@ def test_a_run_whose_worker_stopped_heartbeating_is_failed_in_dagster_and_the_ru
 ):
     center, claims = RunCenter(pg_engine), RunClaims(pg_engine)
     task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
-    run = _started_run(dagster_instance, pg_engine)
+    silent_since = datetime.now(UTC) - timedelta(seconds=30)
+    run = _started_run(dagster_instance, pg_engine, started_at=silent_since)
     assert claims.adopt(task_run_id, run.run_id)
     center.snapshot_items(task_run_id)
     links = tables_for(pg_engine).tables["capacity_task_run_links"]
-    silent_since = datetime.now(UTC) - timedelta(seconds=30)
     with pg_engine.begin() as connection:
         connection.execute(update(links).values(heartbeat_at=silent_since))
     whalefall = dagster_resources(pg_engine, heartbeat_timeout_seconds=60)["whalefall"]
@@ -558,6 +567,30 @@ def test_a_run_whose_worker_stopped_heartbeating_is_failed_in_dagster_and_the_ru
     task_run = center.get_run(task_run_id)
     assert task_run["status"] == "failed" and "stopped heartbeating" in task_run["error_message"]
     assert {i["status"] for i in center.get_items(task_run_id)} == {"failed"}
+    assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
+
+
+def test_a_run_between_two_steps_is_alive_while_it_writes_events(pg_engine, four_instances, dagster_instance):
+    """The heartbeat beats inside a step only: a run whose last step ended longer ago than the
+    timeout, but which still writes events (its next step starting on a busy machine, or its
+    end), is not failed; once it is silent in both, it is."""
+    task_run_id = request_current_aggregation(pg_engine, Scope.ALL, created_by=None)
+    silent_since = datetime.now(UTC) - timedelta(seconds=30)
+    run = _started_run(dagster_instance, pg_engine, started_at=silent_since)
+    assert RunClaims(pg_engine).adopt(task_run_id, run.run_id)
+    links = tables_for(pg_engine).tables["capacity_task_run_links"]
+    with pg_engine.begin() as connection:
+        connection.execute(update(links).values(heartbeat_at=silent_since))
+    dagster_instance.report_engine_event("the next step is starting", run)  # an event of now
+    whalefall = dagster_resources(pg_engine, heartbeat_timeout_seconds=10)["whalefall"]
+
+    assert reconcile(dagster_instance, whalefall) == []
+    assert dagster_instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.STARTED
+    assert RunCenter(pg_engine).status(task_run_id) == TaskStatus.RUNNING
+
+    whalefall = dagster_resources(pg_engine, heartbeat_timeout_seconds=1)["whalefall"]
+    wait_until(lambda: reconcile(dagster_instance, whalefall), 10, "the silent run failed", interval=0.5)
+    assert dagster_instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
     assert_run_center_consistent(pg_engine, dagster_instance, [task_run_id])
 
 

@@ -110,7 +110,8 @@ def _fail_dead_workers(
     now: datetime,
     location_name: str | None,
 ) -> list[str]:
-    """A started run whose steps stopped heartbeating fails, in Dagster and in the run center."""
+    """A started run whose steps stopped heartbeating, and which wrote no event for as long, fails,
+    in Dagster and in the run center."""
     started = [
         run
         for run in instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
@@ -130,7 +131,10 @@ def _fail_dead_workers(
             if record and record.start_time:  # Dagster's own clock, against this host's
                 last = datetime.fromtimestamp(record.start_time, UTC)
                 silent_for = datetime.now(UTC) - last
-        if silent_for is None or silent_for <= timeout:
+        if silent_for is None or silent_for <= timeout or _recently_active(instance, run.run_id, timeout):
+            continue
+        current = instance.get_run_by_id(run.run_id)  # read again just before: it may be ending now
+        if current is None or current.status != dg.DagsterRunStatus.STARTED:
             continue
         message = (
             f"the run's worker stopped heartbeating at {last.isoformat(timespec='seconds')} "
@@ -142,6 +146,17 @@ def _fail_dead_workers(
             settle(claims.engine, task_run_id, WorkerLost(f"Dagster run {run.run_id} failed: {message}"))
         done.append(f"{run.run_id}: worker dead, run failed")
     return done
+
+
+def _recently_active(instance: dg.DagsterInstance, run_id: str, timeout: timedelta) -> bool:
+    """The run wrote an event within `timeout`: alive between two steps, or still starting up
+    (the heartbeat beats only inside a step; a busy machine can take longer than the timeout to
+    go from one step to the next)."""
+    latest = instance.get_records_for_run(run_id, limit=1, ascending=False).records
+    if not latest:
+        return False
+    age = datetime.now(UTC) - datetime.fromtimestamp(latest[0].timestamp, UTC)  # Dagster's clock and ours
+    return age <= timeout
 
 
 def _settle_ended_runs(instance: dg.DagsterInstance, center: RunCenter, claims: RunClaims) -> list[str]:
