@@ -13,7 +13,14 @@ from __future__ import annotations
 
 import dagster as dg
 
-from capacity_pipeline.defs.run_center.tags import BACKGROUND_PRIORITY, PRIORITY_TAG, TASK_KEY_TAG, TRIGGER_SOURCE_TAG
+from capacity_pipeline.defs.run_center.tags import (
+    BACKGROUND_PRIORITY,
+    PRIORITY_TAG,
+    REFRESH_CHANGED,
+    REFRESH_TAG,
+    TASK_KEY_TAG,
+    TRIGGER_SOURCE_TAG,
+)
 from capacity_pipeline.domain import constants as c
 from capacity_pipeline.domain.periods import PeriodType
 from capacity_pipeline.settings import Settings
@@ -36,6 +43,7 @@ def build_automation_sensor(settings: Settings, target: dg.AssetSelection) -> dg
             TASK_KEY_TAG: c.MATERIALIZE_TASK_KEY,
             TRIGGER_SOURCE_TAG: c.TRIGGER_SCHEDULED,
             PRIORITY_TAG: BACKGROUND_PRIORITY,
+            REFRESH_TAG: REFRESH_CHANGED,
         },
         minimum_interval_seconds=settings.automation_sensor_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING if settings.automation else dg.DefaultSensorStatus.STOPPED,

@@ -26,6 +26,10 @@ SCOPE_TAG = "capacity/scope"
 CREATED_BY_TAG = "capacity/created_by"
 REQUESTED_PERIOD_TAG = "capacity/requested_period_type"
 SCHEDULE_TAG = "dagster/schedule_name"
+# Set by the automation (and kept by its retries): the run refreshes what changed since each
+# window was last aggregated, not the whole scope.
+REFRESH_TAG = "capacity/refresh"
+REFRESH_CHANGED = "changed"
 # The run queue (dagster.yaml) lets a person's run go before background work: higher first.
 PRIORITY_TAG = "dagster/priority"
 BACKGROUND_PRIORITY = "-1"  # the automation's runs and the nightly schedule's
