@@ -45,6 +45,10 @@ REPO = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get("CAPACITY_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 T = TypeVar("T")
 _TABLES = (
+    "capacity_sample_versions",
+    "capacity_sample_observations",
+    "capacity_sample_changes",
+    "capacity_window_marks",
     "capacity_forecasts",
     "capacity_limits",
     "capacity_sensor_heartbeats",

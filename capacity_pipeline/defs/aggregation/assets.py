@@ -17,6 +17,7 @@ import dagster as dg
 from capacity_pipeline.defs.aggregation import checks
 from capacity_pipeline.defs.aggregation.automation import aggregation_condition
 from capacity_pipeline.defs.aggregation.metadata import (
+    RefreshReason,
     failure_description,
     failures_metadata,
     growth_metadata,
@@ -26,13 +27,16 @@ from capacity_pipeline.defs.partitions import PartitionsByPeriod, window_for_key
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.defs.run_center.hooks import RUN_CENTER_HOOKS
 from capacity_pipeline.defs.run_center.step import InstancesFailed, RunCenterStep
-from capacity_pipeline.defs.run_center.tags import task_of_run
+from capacity_pipeline.defs.run_center.tags import CHANGES_THROUGH_TAG, REFRESH_CHANGED, REFRESH_TAG, task_of_run
 from capacity_pipeline.defs.samples.sources import GROUP, baseline_key, stats_key
 from capacity_pipeline.domain.aggregation.engine import Batch
+from capacity_pipeline.domain.aggregation.refresh import Refresh, plan_refresh
 from capacity_pipeline.domain.model import AggregationReport, Level, WindowPlan, merge_outcomes
 from capacity_pipeline.domain.periods import PeriodType, Window
 from capacity_pipeline.domain.run_center.payloads import current_phase_result, current_summary
 from capacity_pipeline.domain.run_center.task_runs import ItemPhase
+from capacity_pipeline.domain.samples.changes import last_change
+from capacity_pipeline.domain.samples.instances import list_active_instances
 
 _SPEC_SECTION = {Level.DATABASE: "compat 4.1", Level.INSTANCE: "compat 4.2"}
 
@@ -155,6 +159,8 @@ def _materialize(
     windows = [window_for_key(period, key) for key in context.partition_keys]
     span = Window(windows[0].start, windows[-1].end)
     plans = [WindowPlan(period, window, (level,), whalefall.corrected_quarter) for window in windows]
+    refresh = _refresh_of_run(context, whalefall, task.scope.levels, period, windows)
+    why = _why(context, whalefall, refresh)
 
     def phase_results(batch: Batch) -> list[ItemPhase]:
         """One result per instance for this level over all the run's windows (compat 6.2 payloads)."""
@@ -169,6 +175,7 @@ def _materialize(
         whalefall,
         task,
         initial_summary=lambda: current_summary(task.task_key, task.scope),
+        only=refresh.instance_ids if refresh is not None else None,
     ) as step:
         step.write_summaries(
             lambda _: current_summary(
@@ -177,11 +184,50 @@ def _materialize(
                 period_type=period,
                 requested_period_type=task.requested_period_type,
                 window=span,
-                extra=whalefall.run_url(context.run.run_id),
+                extra={**whalefall.run_url(context.run.run_id), **(why.summary() if refresh is not None else {})},
             )
         )
-        reports = step.aggregate(plans, phase_results, [phase.value for phase in task.scope.levels])
-    return _result(context, step, reports, key, level)
+        reports = step.aggregate(
+            plans,
+            phase_results,
+            [phase.value for phase in task.scope.levels],
+            changes_through=refresh.through if refresh is not None else None,
+        )
+    return _result(context, step, reports, key, level, why)
+
+
+def _refresh_of_run(
+    context: dg.AssetExecutionContext,
+    whalefall: WhaleFallDatabase,
+    levels: tuple[Level, ...],
+    period: PeriodType,
+    windows: list[Window],
+) -> Refresh | None:
+    """An automated run of one partition refreshes what changed since the window was last
+    aggregated; an explicit materialization, a backfill, the nightly job and the API do the
+    whole scope (None). The run's steps share one cursor (a run tag), so every level of the run
+    covers the same changes."""
+    if context.run.tags.get(REFRESH_TAG) != REFRESH_CHANGED or len(windows) != 1:
+        return None
+    engine = whalefall.connected_engine()
+    tags = (context.instance.get_run_by_id(context.run.run_id) or context.run).tags
+    if CHANGES_THROUGH_TAG in tags:
+        through = int(tags[CHANGES_THROUGH_TAG])
+    else:
+        through = last_change(engine)
+        context.instance.add_run_tags(context.run.run_id, {CHANGES_THROUGH_TAG: str(through)})
+    plan = WindowPlan(period, windows[0], levels, whalefall.corrected_quarter)
+    return plan_refresh(engine, plan, through=through)
+
+
+def _why(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase, refresh: Refresh | None) -> RefreshReason:
+    """What triggered this materialization, for its metadata and the TaskRun's summary."""
+    in_scope = len(list_active_instances(whalefall.connected_engine()))
+    if refresh is None:
+        how = "a backfill" if "dagster/backfill" in context.run.tags else f"a {task_of_run(context.run).task_name} run"
+        return RefreshReason(f"{how}: the whole scope, all {in_scope} instance(s)", in_scope, in_scope)
+    count = in_scope if refresh.whole else len(refresh.changed)
+    return RefreshReason(refresh.describe(in_scope), count, in_scope, refresh)
 
 
 def _result(
@@ -190,17 +236,23 @@ def _result(
     reports: list[AggregationReport],
     key: dg.AssetKey,
     level: Level,
+    why: RefreshReason,
 ) -> dg.MaterializeResult:
     failed = [report for report in reports if report.failures]
     for report in failed:
         context.log.error(failure_description(report))
     if failed:
-        metadata = {**report_metadata(failed[0], level), **failures_metadata(failed[0])}
+        metadata = {**report_metadata(failed[0], level), **failures_metadata(failed[0]), **why.metadata()}
         raise InstancesFailed(description=failure_description(failed[0]), metadata=metadata)
+    context.log.info(f"Why: {why.text}")
     if len(reports) == 1:
         [report] = reports
         return dg.MaterializeResult(
-            metadata={**report_metadata(report, level), **growth_metadata(step.engine, report, level)}
+            metadata={
+                **why.metadata(),
+                **report_metadata(report, level),
+                **growth_metadata(step.engine, report, level),
+            }
         )
     return dg.MaterializeResult(
         asset_key=key,
@@ -209,6 +261,7 @@ def _result(
             "window": str(Window(reports[0].window.start, reports[-1].window.end)),
             "rows_written": dg.MetadataValue.int(sum(r.rows_written(level) for r in reports)),
             "seconds": dg.MetadataValue.float(round(sum(r.seconds for r in reports), 3)),
+            **why.metadata(),
         },
     )
 

@@ -1,12 +1,14 @@
-"""What a materialization shows in the Dagster UI: counts, windows, timings, top growth, failures."""
+"""What a materialization shows in the Dagster UI: why it ran, counts, windows, timings, top growth, failures."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
 from sqlalchemy import Engine
 
+from capacity_pipeline.domain.aggregation.refresh import Refresh, changed_days_text
 from capacity_pipeline.domain.aggregation.top_growth import top_growth
 from capacity_pipeline.domain.model import AggregationReport, Level
 
@@ -63,3 +65,34 @@ def failure_description(report: AggregationReport) -> str:
         f"{len(failed)} of {report.instances_total} instances failed in {report.period_type.value} "
         f"{report.window}; first: instance {first.instance.id} ({first.instance.name}): {first.error}"
     )
+
+
+@dataclass(frozen=True)
+class RefreshReason:
+    """Why a materialization re-aggregates what it does: a refresh of what changed, or the whole scope."""
+
+    text: str
+    reaggregated: int  # instances re-aggregated
+    in_scope: int  # active instances
+    refresh: Refresh | None = None
+
+    def metadata(self) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "trigger": self.text,
+            "instances_reaggregated": dg.MetadataValue.int(self.reaggregated),
+            "instances_in_scope": dg.MetadataValue.int(self.in_scope),
+        }
+        if self.refresh is not None and not self.refresh.whole:
+            changed = self.refresh.changed
+            values["changed_instance_days"] = dg.MetadataValue.int(sum(len(days) for days in changed.values()))
+            values["changed_days"] = changed_days_text(changed) or "none"
+            values["changes_through"] = dg.MetadataValue.int(self.refresh.through)
+        return values
+
+    def summary(self) -> dict[str, Any]:
+        """The same, for the TaskRun's summary (summary_json.ext.data)."""
+        return {
+            "refresh_reason": self.text,
+            "instances_reaggregated": self.reaggregated,
+            "instances_in_scope": self.in_scope,
+        }

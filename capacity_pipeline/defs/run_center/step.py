@@ -32,6 +32,7 @@ from capacity_pipeline.domain.run_center.claims import RunClaims
 from capacity_pipeline.domain.run_center.settle import Cancelled, CancelledIn, Interrupted, settle
 from capacity_pipeline.domain.run_center.task_runs import ItemPhase, RunCenter
 from capacity_pipeline.domain.run_center.worker_watch import WorkerWatch
+from capacity_pipeline.domain.samples.changes import last_change
 
 
 class InstancesFailed(dg.Failure):
@@ -57,8 +58,10 @@ class RunCenterStep:
         *,
         initial_summary: Callable[[], dict[str, Any]],
         by_name: bool = False,
+        only: frozenset[int] | None = None,
     ) -> None:
         self.context = context
+        self.only = only  # a refresh of what changed: these instances only
         self.whalefall = whalefall
         self.task = task
         self.initial_summary = initial_summary
@@ -98,7 +101,9 @@ class RunCenterStep:
                 settle(self.engine, run_id, Cancelled())
             if not self.open_ids:
                 self._end_closed(statuses)
-            snapshots = [self.center.snapshot_items(run_id, by_name=self.by_name) for run_id in self.open_ids]
+            snapshots = [
+                self.center.snapshot_items(run_id, by_name=self.by_name, only=self.only) for run_id in self.open_ids
+            ]
             order = (lambda i: (i.name, i.id)) if self.by_name else (lambda i: i.id)
             self.instances = sorted({instance for snapshot in snapshots for instance in snapshot}, key=order)
             self.context.log.info(
@@ -145,9 +150,20 @@ class RunCenterStep:
     # -- working ----------------------------------------------------------------------------------
 
     def aggregate(
-        self, plans: Sequence[WindowPlan], results: PhaseResults, expected_phases: Sequence[str]
+        self,
+        plans: Sequence[WindowPlan],
+        results: PhaseResults,
+        expected_phases: Sequence[str],
+        *,
+        changes_through: int | None = None,
     ) -> list[AggregationReport]:
-        """The engine over this run's instances, every batch mirrored into the items."""
+        """The engine over this run's instances, every batch mirrored into the items.
+
+        The windows are marked as following the sample changes up to `changes_through` (a refresh
+        says how far its instances cover them; a whole-scope run covers every change logged before
+        its work began)."""
+        if changes_through is None:
+            changes_through = last_change(self.engine)
 
         def after_batch(batch: Batch) -> bool:
             progress = self.center.record_phases(self.open_ids, results(batch), expected_phases)
@@ -173,6 +189,7 @@ class RunCenterStep:
                 after_batch=after_batch,
                 control=self.control,
                 reconnect_within=self.whalefall.statement_timeout_seconds,  # a restart of the server is survived
+                changes_through=changes_through,
             )
         except AggregationAborted as error:
             raise dg.Failure(description=f"The WhaleFall database refused the work: {error}") from None

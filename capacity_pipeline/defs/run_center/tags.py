@@ -30,6 +30,7 @@ SCHEDULE_TAG = "dagster/schedule_name"
 # window was last aggregated, not the whole scope.
 REFRESH_TAG = "capacity/refresh"
 REFRESH_CHANGED = "changed"
+CHANGES_THROUGH_TAG = "capacity/changes_through"  # the change-log id a refresh run covers, one for its steps
 # The run queue (dagster.yaml) lets a person's run go before background work: higher first.
 PRIORITY_TAG = "dagster/priority"
 BACKGROUND_PRIORITY = "-1"  # the automation's runs and the nightly schedule's

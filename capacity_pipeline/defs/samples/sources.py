@@ -1,38 +1,33 @@
 """WhaleFall's samples in the asset graph: observable source assets with a data version per partition.
 
 * `database_size_stats` / `instance_size_stats`: one partition per day (Asia/Shanghai, like the
-  daily assets); its data version changes whenever a sample of that day is inserted, updated or
-  deleted.
+  daily assets). An observation logs which instances' samples changed on which day
+  (domain/samples/changes.py) and gives each changed day a new data version: the id of its latest
+  change. Only changed days are recorded, so the event log grows with changes, not with time, and
+  nothing is read back from Dagster.
 * `..._quarterly_baseline`: one partition per quarter, the days the next quarter compares with
-  (compat 3, Q1). Quarters depend on it, so the graph states WhaleFall's quarterly rule exactly.
+  (compat 3, Q1). Quarters depend on it, so the graph states WhaleFall's quarterly rule exactly;
+  its version is the latest change logged on its days.
 
-An observation records only the partitions whose version changed since the last one (the first
-records them all), so the event log grows with changes, not with time. Observation runs on its own
-schedule (observation.py) and from the UI ("Observe sources").
+The first observation of a level logs nothing and records no data version: what is already
+aggregated stands, and automation waits for a sample that actually changes. Observation runs on
+its own schedule (observation.py) and from the UI ("Observe sources").
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date
 
 import dagster as dg
 
 from capacity_pipeline.defs.partitions import PartitionsByPeriod
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.domain.model import Level
-from capacity_pipeline.domain.periods import PeriodType, Window, china_today
-from capacity_pipeline.domain.samples.versions import (
-    STATS_TABLES,
-    baseline_days,
-    baseline_versions,
-    day_versions,
-    observed_days,
-    quarterly_baselines,
-)
+from capacity_pipeline.domain.periods import PeriodType, china_today
+from capacity_pipeline.domain.samples.changes import STATS_TABLES, last_changes_within, observe_changes
+from capacity_pipeline.domain.samples.versions import observed_days, quarterly_baselines
 
 GROUP = "capacity"  # the samples and their roll-ups in one lineage graph
-EMPTY_DAY = "no-samples"  # the version of a day without samples: deleting them all is a change too
 
 
 def stats_key(level: Level) -> dg.AssetKey:
@@ -43,33 +38,9 @@ def baseline_key(level: Level) -> dg.AssetKey:
     return dg.AssetKey(f"{STATS_TABLES[level]}_quarterly_baseline")
 
 
-def _changed_only(
-    context: dg.AssetExecutionContext, key: dg.AssetKey, versions: dict[str, str]
-) -> dg.DataVersionsByPartition:
-    """The versions that differ from the last ones recorded for their partitions."""
-    if not versions:
-        context.log.info(f"{key.to_user_string()}: no partition in the observed days")
-        return dg.DataVersionsByPartition({})
-    records = context.instance.fetch_observations(
-        dg.AssetRecordsFilter(asset_key=key, asset_partitions=list(versions)), limit=4 * len(versions) or 1
-    ).records
-    known: dict[str, str] = {}
-    for record in records:  # newest first: the first one seen per partition is its latest
-        observation = record.asset_observation
-        if observation is not None and observation.partition not in known:
-            known[observation.partition] = observation.tags.get("dagster/data_version", "")
-    changed = {partition: version for partition, version in versions.items() if known.get(partition) != version}
-    context.log.info(f"{key.to_user_string()}: {len(changed)} of {len(versions)} partitions changed")
-    return dg.DataVersionsByPartition({partition: dg.DataVersion(v) for partition, v in changed.items()})
-
-
-def _versions_of_every_day(whalefall: WhaleFallDatabase, level: Level, days: Window) -> dict[date, str]:
-    found = day_versions(whalefall.connected_engine(), level, days)
-    return {day: found.get(day, EMPTY_DAY) for day in _days(days.start, days.end)}
-
-
-def _days(first: date, last: date) -> list[date]:
-    return [date.fromordinal(ordinal) for ordinal in range(first.toordinal(), last.toordinal() + 1)]
+def change_version(change_id: int) -> dg.DataVersion:
+    """A partition's data version: the id of the latest change logged on its days."""
+    return dg.DataVersion(f"change-{change_id}")
 
 
 def _build_stats_source(level: Level, partitions: dg.TimeWindowPartitionsDefinition) -> dg.SourceAsset:
@@ -83,11 +54,30 @@ def _build_stats_source(level: Level, partitions: dg.TimeWindowPartitionsDefinit
         "changes when a sample of that day is inserted, updated or deleted.",
     )
     def source(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase) -> dg.DataVersionsByPartition:
-        versions = _versions_of_every_day(whalefall, level, observed_days(china_today(), whalefall.observe_days))
-        keyed = {day.isoformat(): v for day, v in versions.items() if partitions.has_partition_key(day.isoformat())}
-        return _changed_only(context, stats_key(level), keyed)
+        days = observed_days(china_today(), whalefall.observe_days)
+        observation = observe_changes(whalefall.connected_engine(), level, days)
+        context.log.info(observation.describe())
+        return dg.DataVersionsByPartition(
+            {
+                day.isoformat(): change_version(changes.last_change)
+                for day, changes in observation.changed.items()
+                if partitions.has_partition_key(day.isoformat())
+            }
+        )
 
     return source
+
+
+def _latest_versions(context: dg.AssetExecutionContext, key: dg.AssetKey, partitions: list[str]) -> dict[str, str]:
+    """The data version last recorded for each of a few partitions (the baselines in range: at most two)."""
+    known = {}
+    for partition in partitions:
+        records = context.instance.fetch_observations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+        ).records
+        if records and records[0].asset_observation is not None:
+            known[partition] = records[0].asset_observation.tags.get("dagster/data_version", "")
+    return known
 
 
 def _build_baseline_source(level: Level, partitions: dg.TimeWindowPartitionsDefinition) -> dg.SourceAsset:
@@ -103,16 +93,16 @@ def _build_baseline_source(level: Level, partitions: dg.TimeWindowPartitionsDefi
     def baseline(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase) -> dg.DataVersionsByPartition:
         days = observed_days(china_today(), whalefall.observe_days)
         windows = quarterly_baselines(days, corrected_quarter=whalefall.corrected_quarter)
-        span = baseline_days(windows)  # only their days are read, not the whole range again
-        if span is None:  # the usual case: the baselines in range feed quarters not begun yet
-            return _changed_only(context, baseline_key(level), {})
-        versions = _versions_of_every_day(whalefall, level, span)
-        keyed = {
-            start.isoformat(): version
-            for start, version in baseline_versions(versions, windows).items()
+        latest = {
+            start.isoformat(): change_version(change_id).value
+            for start, change_id in last_changes_within(whalefall.connected_engine(), level, windows).items()
             if partitions.has_partition_key(start.isoformat())
         }
-        return _changed_only(context, baseline_key(level), keyed)
+        known = _latest_versions(context, baseline_key(level), list(latest))
+        changed = {key: version for key, version in latest.items() if known.get(key) != version}
+        name = baseline_key(level).to_user_string()
+        context.log.info(f"{name}: {len(changed)} of {len(windows)} baseline(s) in range changed")
+        return dg.DataVersionsByPartition({key: dg.DataVersion(version) for key, version in changed.items()})
 
     return baseline
 

@@ -27,6 +27,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from capacity_pipeline.domain.aggregation.level_sql import level_statements
+from capacity_pipeline.domain.aggregation.refresh import record_marks
 from capacity_pipeline.domain.model import (
     ActiveInstance,
     AggregationReport,
@@ -35,6 +36,7 @@ from capacity_pipeline.domain.model import (
     WindowPlan,
 )
 from capacity_pipeline.domain.periods import PeriodType, Window
+from capacity_pipeline.domain.samples.changes import last_change
 from capacity_pipeline.domain.samples.instances import list_active_instances
 from capacity_pipeline.domain.storage.database import retrying
 from capacity_pipeline.domain.storage.dialects import ErrorKind, SqlDialect, dialect_of, first_line
@@ -125,16 +127,23 @@ def aggregate_windows(
     control: BatchControl | None = None,
     reconnect_within: float = 0.0,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    changes_through: int | None = None,
 ) -> list[AggregationReport]:
     """Aggregate each window of `plans` for the given (default: active) instances; one report per plan.
 
     Batches go outside, windows inside: a batch's instances are done in every window before the
     next batch starts, so its items can be settled at once. A connection lost while a batch (or
     the month partitions) is written is retried for up to `reconnect_within` seconds.
+
+    Each window written without a failure is marked as following every sample change up to
+    `changes_through` (refresh.py): the caller says how far its instances cover the changes; with
+    every active instance the latest change logged before the work is taken.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
     started = time.perf_counter()
+    if changes_through is None and instances is None:
+        changes_through = last_change(engine)
     targets = list_active_instances(engine) if instances is None else list(instances)
     batches = [targets[first : first + batch_size] for first in range(0, len(targets), batch_size)]
     reports = {plan: AggregationReport(plan, len(targets), batches_total=len(batches)) for plan in plans}
@@ -160,6 +169,9 @@ def aggregate_windows(
             report.stopped = report.batches_done < report.batches_total
     for writer in writers:  # each plan's own time, not the whole run's
         reports[writer.plan].seconds = setup + writer.seconds
+    if changes_through is not None:
+        complete = [report.plan for report in reports.values() if not report.stopped and not report.failures]
+        record_marks(engine, [(level, plan) for plan in complete for level in plan.levels], changes_through)
     return list(reports.values())
 
 

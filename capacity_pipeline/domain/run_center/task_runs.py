@@ -143,8 +143,11 @@ class RunCenter:
 
     # -- items ------------------------------------------------------------------------------------
 
-    def snapshot_items(self, run_id: str, *, by_name: bool = False) -> list[ActiveInstance]:
-        """One pending item per instance active when the run started, taken once (fixes compat Q20).
+    def snapshot_items(
+        self, run_id: str, *, by_name: bool = False, only: Collection[int] | None = None
+    ) -> list[ActiveInstance]:
+        """One pending item per instance active when the run started (of those in `only`, when
+        given: a refresh of what changed), taken once (fixes compat Q20).
 
         Items are created in id order, or in name order for the nightly run (compat 6.3). Later
         callers of the same run (another step) get the same instances back from the items; an
@@ -158,6 +161,8 @@ class RunCenter:
             if existing:
                 return existing
             instances = list_active_instances(connection, existing_at=run.started_at)
+            if only is not None:
+                instances = [instance for instance in instances if instance.id in only]
             if by_name:
                 instances.sort(key=lambda instance: (instance.name, instance.id))
             now = self.clock(connection)

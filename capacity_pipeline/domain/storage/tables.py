@@ -362,6 +362,7 @@ def whalefall_metadata(dialect: str) -> MetaData:
         comment="capacity_pipeline: the Dagster run doing each TaskRun's work, and its heartbeat",
     )
     _forecast_tables(metadata, now)
+    _change_tables(metadata, now)
     # Not WhaleFall's: each sensor's last tick (by the database's clock), so the API's health can
     # tell whether a Dagster daemon is picking requests up.
     Table(
@@ -463,6 +464,50 @@ def _forecast_tables(metadata: MetaData, now: TextClause) -> None:
         *_one_per_series("capacity_forecasts", ("as_of_date", "level", "instance_id"), ("horizon_days",)),
         Index("ix_capacity_forecasts_instance", "instance_id", "as_of_date"),
         comment="capacity_pipeline: P10/P50/P90 sizes per as-of day, level, series and horizon",
+    )
+
+
+def _change_tables(metadata: MetaData, now: TextClause) -> None:
+    """Not WhaleFall's: which instance's samples changed on which day, and how far each roll-up
+    window has followed those changes (domain/samples/changes.py, domain/aggregation/refresh.py)."""
+    Table(
+        "capacity_sample_versions",
+        metadata,
+        Column("level", String(16), primary_key=True),
+        Column("instance_id", Integer, primary_key=True),
+        Column("collected_date", Date, primary_key=True),
+        Column("version", Text, nullable=False),
+        comment="capacity_pipeline: one version per level, instance and day of samples, as last observed",
+    )
+    Table(
+        "capacity_sample_observations",
+        metadata,
+        Column("level", String(16), primary_key=True),
+        Column("first_observed_at", _TIMESTAMPTZ, nullable=False, server_default=now),
+        Column("last_observed_at", _TIMESTAMPTZ, nullable=False, server_default=now),
+        comment="capacity_pipeline: when each level's samples were first and last observed",
+    )
+    Table(
+        "capacity_sample_changes",
+        metadata,
+        # Ids grow in commit order (observations are serialised): "after id N" is a change log cursor.
+        Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+        Column("level", String(16), nullable=False),
+        Column("instance_id", Integer, nullable=False),
+        Column("collected_date", Date, nullable=False),
+        Column("observed_at", _TIMESTAMPTZ, nullable=False, server_default=now),
+        Index("ix_capacity_sample_changes_level_day", "level", "collected_date", "id"),
+        comment="capacity_pipeline: every observed change of an instance's samples on a day",
+    )
+    Table(
+        "capacity_window_marks",
+        metadata,
+        Column("level", String(16), primary_key=True),
+        Column("period_type", String(16), primary_key=True),
+        Column("period_start", Date, primary_key=True),
+        Column("changes_through", BigInteger, nullable=False),  # capacity_sample_changes.id
+        Column("refreshed_at", _TIMESTAMPTZ, nullable=False, server_default=now),
+        comment="capacity_pipeline: the last sample change each roll-up window was aggregated after",
     )
 
 
