@@ -13,12 +13,14 @@ import dagster as dg
 import pytest
 from sqlalchemy import text
 
-from capacity_pipeline.defs.aggregation.assets import asset_key
+from capacity_pipeline.defs.aggregation.assets import aggregation_selection, asset_key
+from capacity_pipeline.defs.aggregation.automation import build_automation_sensor
 from capacity_pipeline.defs.definitions import build_defs
 from capacity_pipeline.defs.partitions import key_for_window
-from capacity_pipeline.defs.samples.sources import EMPTY_DAY, baseline_key, stats_key
+from capacity_pipeline.defs.samples.sources import baseline_key, stats_key
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window, china_today, previous_window, window_containing
+from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.samples.versions import quarterly_baselines
 from capacity_pipeline_tests.support import (
@@ -27,7 +29,10 @@ from capacity_pipeline_tests.support import (
     code_location_definitions,
     expected_reaggregation,
     observe_samples,
+    resolve_job,
 )
+
+AGGREGATION_TABLES = ("database_size_aggregations", "instance_size_aggregations")
 
 TODAY = china_today()
 PREVIOUS_QUARTER = window_containing(
@@ -83,15 +88,12 @@ def _expected(changed: dict[Level, set[date]], *, current_periods: bool) -> dict
     return expected_reaggregation(changed, TODAY, current_periods=current_periods)
 
 
-def test_an_observation_versions_each_day_and_records_only_what_changed(pg_engine, samples, dagster_instance):
+def test_an_observation_records_only_the_days_that_changed(pg_engine, samples, dagster_instance):
     definitions = code_location_definitions(pg_engine, observe_days=OBSERVE_DAYS)
-    observe_samples(definitions, dagster_instance)
-    first = _versions(dagster_instance, stats_key(Level.DATABASE))
-    observed = len(first)
-    assert observed == (TODAY - PREVIOUS_QUARTER.start).days + 1  # every day of the range, today included
-
+    observe_samples(definitions, dagster_instance)  # the first: versions recorded, nothing is a change
+    assert _observation_count(dagster_instance, stats_key(Level.DATABASE)) == 0
     observe_samples(definitions, dagster_instance)  # nothing changed
-    assert _observation_count(dagster_instance, stats_key(Level.DATABASE)) == observed
+    assert _observation_count(dagster_instance, stats_key(Level.DATABASE)) == 0
 
     changed = _change_three_days(pg_engine)
     with pg_engine.begin() as connection:  # a day whose samples are all deleted changes too
@@ -99,13 +101,14 @@ def test_an_observation_versions_each_day_and_records_only_what_changed(pg_engin
         connection.execute(text("DELETE FROM database_size_stats WHERE collected_date = :day"), {"day": gone})
     observe_samples(definitions, dagster_instance)
 
-    now = _versions(dagster_instance, stats_key(Level.DATABASE))
-    differ = {day for day in first if first[day] != now[day]}
-    assert differ == {d.isoformat() for d in changed[Level.DATABASE]} | {gone.isoformat()}
-    assert now[gone.isoformat()] == EMPTY_DAY
-    assert _observation_count(dagster_instance, stats_key(Level.DATABASE)) == observed + 3
-    instance_changes = _versions(dagster_instance, stats_key(Level.INSTANCE))
-    assert len(instance_changes) == observed
+    versions = _versions(dagster_instance, stats_key(Level.DATABASE))
+    assert set(versions) == {d.isoformat() for d in changed[Level.DATABASE]} | {gone.isoformat()}
+    assert all(version.startswith("change-") for version in versions.values())
+    assert set(_versions(dagster_instance, stats_key(Level.INSTANCE))) == {
+        d.isoformat() for d in changed[Level.INSTANCE]
+    }
+    observe_samples(definitions, dagster_instance)  # recorded once: not again
+    assert _observation_count(dagster_instance, stats_key(Level.DATABASE)) == 3
 
 
 SAMPLE_PARTITIONS = {
@@ -195,3 +198,55 @@ def test_with_current_periods_on_the_quarter_in_progress_follows_only_the_days_i
     assert (this_quarter in requested.get(asset_key(Level.INSTANCE, PeriodType.QUARTERLY), set())) is in_q1
     # The insert on the last day of its second month (database level) reaches it in every quarter.
     assert this_quarter in requested[asset_key(Level.DATABASE, PeriodType.QUARTERLY)]
+
+
+def _calculated_at(engine, table: str, day: date) -> dict[int, set]:  # noqa: ANN001
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text(f"SELECT instance_id, calculated_at FROM {table} WHERE period_type = 'daily' AND period_start = :d"),
+            {"d": day},
+        ).all()
+    found: dict[int, set] = {}
+    for instance_id, calculated_at in rows:
+        found.setdefault(instance_id, set()).add(calculated_at)
+    return found
+
+
+def test_an_automated_run_re_aggregates_only_the_changed_instances_and_says_why(pg_engine, samples, dagster_instance):
+    day = TODAY - timedelta(days=3)
+    key, daily = day.isoformat(), [asset_key(level, PeriodType.DAILY) for level in Level]
+    job = resolve_job(pg_engine, "__ASSET_JOB")
+    assert job.execute_in_process(instance=dagster_instance, partition_key=key, asset_selection=daily).success
+    definitions = code_location_definitions(pg_engine, observe_days=OBSERVE_DAYS)
+    observe_samples(definitions, dagster_instance)
+    before = {table: _calculated_at(pg_engine, table, day) for table in AGGREGATION_TABLES}
+    with pg_engine.begin() as connection:
+        connection.execute(
+            text("UPDATE database_size_stats SET size_mb = size_mb + 5 WHERE instance_id = 4 AND collected_date = :d"),
+            {"d": day},
+        )
+    observe_samples(definitions, dagster_instance)
+
+    automation_tags = dict(build_automation_sensor(TEST_SETTINGS, aggregation_selection()).run_tags)
+    result = job.execute_in_process(
+        instance=dagster_instance, partition_key=key, asset_selection=daily, tags=automation_tags
+    )
+
+    assert result.success
+    for table in AGGREGATION_TABLES:  # only instance 4's rows are rewritten, at both levels
+        after = _calculated_at(pg_engine, table, day)
+        assert {i for i in after if after[i] != before[table][i]} == {4}, table
+    metadata = result.asset_materializations_for_node(daily[0].to_python_identifier())[0].metadata
+    assert metadata["instances_reaggregated"].value == 1 and metadata["instances_in_scope"].value == 6
+    assert metadata["changed_days"].value == f"instance 4: {key}"
+    assert metadata["trigger"].value.startswith("samples changed for 1 of 6 instance(s) on 1 day(s)")
+    task_run = RunCenter(pg_engine).get_run(result.run_id)
+    assert task_run["progress_total"] == 1 and task_run["status"] == "completed"
+    data = task_run["summary_json"]["ext"]["data"]
+    assert (data["instances_reaggregated"], data["instances_in_scope"]) == (1, 6)
+    assert "instance 4" in data["refresh_reason"]
+
+    again = job.execute_in_process(instance=dagster_instance, partition_key=key, asset_selection=daily)
+    metadata = again.asset_materializations_for_node(daily[0].to_python_identifier())[0].metadata
+    assert metadata["instances_reaggregated"].value == 6  # by hand: the whole scope
+    assert "the whole scope" in metadata["trigger"].value

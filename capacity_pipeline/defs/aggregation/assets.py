@@ -9,6 +9,7 @@ the lineage is true and automation re-aggregates exactly what a changed day feed
 no SQL of its own.
 """
 
+import json
 import warnings
 from collections.abc import Iterator
 
@@ -27,7 +28,7 @@ from capacity_pipeline.defs.partitions import PartitionsByPeriod, window_for_key
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.defs.run_center.hooks import RUN_CENTER_HOOKS
 from capacity_pipeline.defs.run_center.step import InstancesFailed, RunCenterStep
-from capacity_pipeline.defs.run_center.tags import CHANGES_THROUGH_TAG, REFRESH_CHANGED, REFRESH_TAG, task_of_run
+from capacity_pipeline.defs.run_center.tags import CHANGES_TAG, REFRESH_CHANGED, REFRESH_TAG, task_of_run
 from capacity_pipeline.defs.samples.sources import GROUP, baseline_key, stats_key
 from capacity_pipeline.domain.aggregation.engine import Batch
 from capacity_pipeline.domain.aggregation.refresh import Refresh, plan_refresh
@@ -35,7 +36,6 @@ from capacity_pipeline.domain.model import AggregationReport, Level, WindowPlan,
 from capacity_pipeline.domain.periods import PeriodType, Window
 from capacity_pipeline.domain.run_center.payloads import current_phase_result, current_summary
 from capacity_pipeline.domain.run_center.task_runs import ItemPhase
-from capacity_pipeline.domain.samples.changes import last_change
 from capacity_pipeline.domain.samples.instances import list_active_instances
 
 _SPEC_SECTION = {Level.DATABASE: "compat 4.1", Level.INSTANCE: "compat 4.2"}
@@ -206,18 +206,20 @@ def _refresh_of_run(
     """An automated run of one partition refreshes what changed since the window was last
     aggregated; an explicit materialization, a backfill, the nightly job and the API do the
     whole scope (None). The run's steps share one cursor (a run tag), so every level of the run
-    covers the same changes."""
+    covers the same changes and the same instances."""
     if context.run.tags.get(REFRESH_TAG) != REFRESH_CHANGED or len(windows) != 1:
         return None
     engine = whalefall.connected_engine()
-    tags = (context.instance.get_run_by_id(context.run.run_id) or context.run).tags
-    if CHANGES_THROUGH_TAG in tags:
-        through = int(tags[CHANGES_THROUGH_TAG])
-    else:
-        through = last_change(engine)
-        context.instance.add_run_tags(context.run.run_id, {CHANGES_THROUGH_TAG: str(through)})
     plan = WindowPlan(period, windows[0], levels, whalefall.corrected_quarter)
-    return plan_refresh(engine, plan, through=through)
+    tags = (context.instance.get_run_by_id(context.run.run_id) or context.run).tags
+    if CHANGES_TAG in tags:  # a later step of the run: the same changes as the first
+        cursor = json.loads(tags[CHANGES_TAG])
+        marks = {Level(level): mark for level, mark in cursor["since"].items()}
+        return plan_refresh(engine, plan, through=cursor["through"], marks=marks)
+    refresh = plan_refresh(engine, plan)
+    cursor = {"through": refresh.through, "since": {level.value: mark for level, mark in refresh.marks.items()}}
+    context.instance.add_run_tags(context.run.run_id, {CHANGES_TAG: json.dumps(cursor, sort_keys=True)})
+    return refresh
 
 
 def _why(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase, refresh: Refresh | None) -> RefreshReason:

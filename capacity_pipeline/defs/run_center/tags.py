@@ -30,7 +30,8 @@ SCHEDULE_TAG = "dagster/schedule_name"
 # window was last aggregated, not the whole scope.
 REFRESH_TAG = "capacity/refresh"
 REFRESH_CHANGED = "changed"
-CHANGES_THROUGH_TAG = "capacity/changes_through"  # the change-log id a refresh run covers, one for its steps
+# The changes a refresh run covers, one for all its steps: {"through": id, "since": {level: mark}}.
+CHANGES_TAG = "capacity/changes"
 # The run queue (dagster.yaml) lets a person's run go before background work: higher first.
 PRIORITY_TAG = "dagster/priority"
 BACKGROUND_PRIORITY = "-1"  # the automation's runs and the nightly schedule's

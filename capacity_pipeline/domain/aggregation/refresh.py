@@ -14,7 +14,7 @@ which, until the window is aggregated again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 
@@ -81,12 +81,18 @@ def read_windows(plan: WindowPlan) -> tuple[Window, Window]:
     return plan.window, plan.previous
 
 
-def plan_refresh(engine: Engine, plan: WindowPlan, *, through: int | None = None) -> Refresh:
-    """The refresh of `plan`'s window at its levels: the instances changed after each level's mark,
-    up to `through` (default: the latest change logged now)."""
+def plan_refresh(
+    engine: Engine,
+    plan: WindowPlan,
+    *,
+    through: int | None = None,
+    marks: Mapping[Level, int | None] | None = None,
+) -> Refresh:
+    """The refresh of `plan`'s window at its levels: the instances changed after each level's mark
+    (default: as recorded now), up to `through` (default: the latest change logged now)."""
     with engine.connect() as connection:
         through = last_change(connection) if through is None else through
-        marks = window_marks(connection, plan)
+        marks = dict(window_marks(connection, plan) if marks is None else marks)
         changed: dict[int, set[date]] = {}
         for level, mark in marks.items():
             if mark is None:
