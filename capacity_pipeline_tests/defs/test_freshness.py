@@ -233,9 +233,13 @@ def test_an_automated_run_re_aggregates_only_the_changed_instances_and_says_why(
     )
 
     assert result.success
-    for table in AGGREGATION_TABLES:  # only instance 4's rows are rewritten, at both levels
+    # Only instance 4's database rows are rewritten; its instance-level samples did not change.
+    for table, rewritten in zip(AGGREGATION_TABLES, ({4}, set()), strict=True):
         after = _calculated_at(pg_engine, table, day)
-        assert {i for i in after if after[i] != before[table][i]} == {4}, table
+        assert {i for i in after if after[i] != before[table][i]} == rewritten, table
+    instance_level = result.asset_materializations_for_node(daily[1].to_python_identifier())[0].metadata
+    assert instance_level["instances_reaggregated"].value == 0
+    assert instance_level["changed_days"].value == "none at this level"
     metadata = result.asset_materializations_for_node(daily[0].to_python_identifier())[0].metadata
     assert metadata["instances_reaggregated"].value == 1 and metadata["instances_in_scope"].value == 6
     assert metadata["changed_days"].value == f"instance 4: {key}"

@@ -5,7 +5,6 @@ tables then equal a full recompute of the same data."""
 
 from __future__ import annotations
 
-import time
 from datetime import date, timedelta
 
 import dagster as dg
@@ -22,9 +21,7 @@ from capacity_pipeline_tests.support import (
     FINISHED,
     PARTITIONS,
     WhaleFallData,
-    code_location_definitions,
     expected_reaggregation,
-    observe_samples,
     wait_until,
 )
 
@@ -76,6 +73,38 @@ def _sensor_ticks(client: DagsterGraphQLClient, name: str) -> int:
     return len(((sensor.get("sensorState") or {}).get("ticks")) or [])
 
 
+def _completed_ticks(client: DagsterGraphQLClient) -> int:
+    """How many of the automation sensor's ticks have ended (the last 100)."""
+    query = """
+    query Ticks($selector: SensorSelector!) {
+      sensorOrError(sensorSelector: $selector) {
+        ... on Sensor { sensorState { ticks(limit: 100) { status } } }
+      }
+    }"""
+    selector = {
+        "repositoryLocationName": "capacity_pipeline",
+        "repositoryName": "__repository__",
+        "sensorName": "capacity_automation",
+    }
+    answer = client._execute(query, {"selector": selector})  # noqa: SLF001 - the client has no public tick query
+    ticks = answer["sensorOrError"]["sensorState"]["ticks"]
+    return sum(1 for tick in ticks if tick["status"] in ("SUCCESS", "SKIPPED"))
+
+
+def _calculated_at(engine) -> dict[str, dict[tuple, object]]:  # noqa: ANN001
+    """Each aggregation row's calculated_at, by its key."""
+    keys = {
+        "database_size_aggregations": "instance_id, database_name, period_type, period_start",
+        "instance_size_aggregations": "instance_id, period_type, period_start",
+    }
+    found = {}
+    with engine.connect() as connection:
+        for table, key in keys.items():
+            rows = connection.execute(text(f"SELECT {key}, calculated_at FROM {table}")).all()
+            found[table] = {tuple(row[:-1]): row[-1] for row in rows}
+    return found
+
+
 def _materializations_since(instance: dg.DagsterInstance, after: int) -> dict[dg.AssetKey, set[str]]:
     done: dict[dg.AssetKey, set[str]] = {}
     for asset in AGGREGATION_ASSETS.values():
@@ -120,23 +149,25 @@ def test_changed_samples_re_aggregate_exactly_the_windows_they_feed(fresh_dagste
     pg_whalefall = WhaleFallData(pg_engine)
     spec = SyntheticSpec(5, 3, OBSERVE_DAYS + 10, TODAY, seed=31, inactive_share=0, deleted_share=0)
     load_synthetic_data(pg_engine, spec)
-    # Before the daemon starts: every window is aggregated, and the samples have been observed once
-    # (the rollout deploy/README.md describes), so the automation begins with nothing to catch up.
+    # A deployment's first start: every window aggregated (by WhaleFall, or the nightly run), the
+    # samples never observed. The daemon starts straight away: no observation beforehand.
     _aggregate_everything(pg_engine)
-    with server.instance() as instance:
-        observe_samples(code_location_definitions(pg_engine, observe_days=OBSERVE_DAYS), instance)
-        before = instance.event_log_storage.get_maximum_record_id()
     server.start()
     client = DagsterGraphQLClient("127.0.0.1", port_number=server.port)
     wait_until(lambda: _sensor_ticks(client, "capacity_automation") >= 1, 90, "the automation's first tick", interval=1)
+    with server.instance() as instance:
+        before = instance.event_log_storage.get_maximum_record_id()
+        # The first observation adopts the samples as aggregated: automation has nothing to do.
+        _observe(client, instance)
+        _wait_for_ticks(client, instance, 2)
+        assert _materializations_since(instance, before) == {}
+        assert [run for run in instance.get_runs() if run.asset_selection] == []
 
+    calculated = _calculated_at(pg_engine)
     changed = _change_samples(pg_engine)
     expected = expected_reaggregation(changed, TODAY, current_periods=False)
-    # The schedule observes every minute; "Observe sources" in the UI does it at once, as here.
-    for job in ("observe_capacity_samples", "observe_quarterly_baselines"):
-        client.submit_job_execution(job, repository_location_name="capacity_pipeline")
-
     with server.instance() as instance:
+        _observe(client, instance)  # the schedule observes every minute; "Observe sources" does it at once
 
         def settled() -> bool:
             done = _materializations_since(instance, before)
@@ -146,12 +177,41 @@ def test_changed_samples_re_aggregate_exactly_the_windows_they_feed(fresh_dagste
             return done == expected and not [run for run in in_flight if run.asset_selection]
 
         wait_until(settled, 150, "the affected partitions to be re-materialized", interval=1)
-        time.sleep(8)  # more observation and automation ticks: nothing else may follow
+        _wait_for_ticks(client, instance, 2)  # more automation ticks: nothing else may follow
         assert _materializations_since(instance, before) == expected
         failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
         assert failed == []
 
+    # Only the changed instances' rows were rewritten: instance 1 (an insert) and 3 (a delete) at
+    # the database level; every instance at the instance level (the update touched them all).
+    rewritten = {
+        table: {key[0] for key, at in rows.items() if at != calculated[table].get(key)}
+        for table, rows in _calculated_at(pg_engine).items()
+    }
+    assert rewritten == {"database_size_aggregations": {1, 3}, "instance_size_aggregations": {1, 2, 3, 4, 5}}
     # The rows equal a full recompute of every window from the same samples.
     automated = _tables(pg_whalefall)
     _aggregate_everything(pg_engine)
     assert _tables(pg_whalefall) == automated
+
+
+def _observe(client: DagsterGraphQLClient, instance: dg.DagsterInstance) -> None:
+    """Both observation jobs, as "Observe sources" runs them, and wait until they succeeded."""
+    runs = [
+        client.submit_job_execution(job, repository_location_name="capacity_pipeline")
+        for job in ("observe_capacity_samples", "observe_quarterly_baselines")
+    ]
+    for run_id in runs:
+        status = wait_until(
+            lambda run_id=run_id: (run := instance.get_run_by_id(run_id)) and run.is_finished and run.status,
+            90,
+            "an observation run ending",
+            interval=0.5,
+        )
+        assert status == dg.DagsterRunStatus.SUCCESS
+
+
+def _wait_for_ticks(client: DagsterGraphQLClient, instance: dg.DagsterInstance, count: int) -> None:
+    """`count` more completed automation ticks (each evaluates every condition once)."""
+    seen = _completed_ticks(client)
+    wait_until(lambda: _completed_ticks(client) >= seen + count, 60, f"{count} more automation ticks", interval=0.5)

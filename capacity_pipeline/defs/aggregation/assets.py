@@ -12,6 +12,7 @@ no SQL of its own.
 import json
 import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import dagster as dg
 
@@ -22,6 +23,7 @@ from capacity_pipeline.defs.aggregation.metadata import (
     failure_description,
     failures_metadata,
     growth_metadata,
+    refresh_summary,
     report_metadata,
 )
 from capacity_pipeline.defs.partitions import PartitionsByPeriod, window_for_key
@@ -160,7 +162,7 @@ def _materialize(
     span = Window(windows[0].start, windows[-1].end)
     plans = [WindowPlan(period, window, (level,), whalefall.corrected_quarter) for window in windows]
     refresh = _refresh_of_run(context, whalefall, task.scope.levels, period, windows)
-    why = _why(context, whalefall, refresh)
+    why, why_summary = _why(context, whalefall, refresh, level)
 
     def phase_results(batch: Batch) -> list[ItemPhase]:
         """One result per instance for this level over all the run's windows (compat 6.2 payloads)."""
@@ -184,7 +186,7 @@ def _materialize(
                 period_type=period,
                 requested_period_type=task.requested_period_type,
                 window=span,
-                extra={**whalefall.run_url(context.run.run_id), **(why.summary() if refresh is not None else {})},
+                extra={**whalefall.run_url(context.run.run_id), **why_summary},
             )
         )
         reports = step.aggregate(
@@ -192,6 +194,7 @@ def _materialize(
             phase_results,
             [phase.value for phase in task.scope.levels],
             changes_through=refresh.through if refresh is not None else None,
+            only=refresh.instance_ids_at(level) if refresh is not None else None,
         )
     return _result(context, step, reports, key, level, why)
 
@@ -222,14 +225,15 @@ def _refresh_of_run(
     return refresh
 
 
-def _why(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase, refresh: Refresh | None) -> RefreshReason:
-    """What triggered this materialization, for its metadata and the TaskRun's summary."""
+def _why(
+    context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase, refresh: Refresh | None, level: Level
+) -> tuple[RefreshReason, dict[str, Any]]:
+    """What triggered this materialization: for its metadata (this level), and for the TaskRun's
+    summary (the run)."""
     in_scope = len(list_active_instances(whalefall.connected_engine()))
-    if refresh is None:
-        how = "a backfill" if "dagster/backfill" in context.run.tags else f"a {task_of_run(context.run).task_name} run"
-        return RefreshReason(f"{how}: the whole scope, all {in_scope} instance(s)", in_scope, in_scope)
-    count = in_scope if refresh.whole else len(refresh.changed)
-    return RefreshReason(refresh.describe(in_scope), count, in_scope, refresh)
+    how = "a backfill" if "dagster/backfill" in context.run.tags else f"a {task_of_run(context.run).task_name} run"
+    summary = refresh_summary(refresh, in_scope) if refresh is not None else {}
+    return RefreshReason.of(refresh, level, in_scope, how), summary
 
 
 def _result(

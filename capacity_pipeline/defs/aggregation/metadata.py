@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import TYPE_CHECKING, Any
 
 import dagster as dg
@@ -69,12 +70,24 @@ def failure_description(report: AggregationReport) -> str:
 
 @dataclass(frozen=True)
 class RefreshReason:
-    """Why a materialization re-aggregates what it does: a refresh of what changed, or the whole scope."""
+    """Why a materialization re-aggregates what it does at its level: a refresh of what changed, or
+    the whole scope."""
 
     text: str
-    reaggregated: int  # instances re-aggregated
+    reaggregated: int  # instances re-aggregated at this level
     in_scope: int  # active instances
-    refresh: Refresh | None = None
+    changed: dict[int, tuple[date, ...]] | None = None  # this level's changed instances and days (a refresh)
+    through: int | None = None  # the latest change the refresh follows
+
+    @classmethod
+    def of(cls, refresh: Refresh | None, level: Level, in_scope: int, whole_scope: str) -> RefreshReason:
+        if refresh is None:
+            return cls(f"{whole_scope}: the whole scope, all {in_scope} instance(s)", in_scope, in_scope)
+        ids = refresh.instance_ids_at(level)
+        if ids is None:
+            return cls(refresh.describe(in_scope), in_scope, in_scope, through=refresh.through)
+        changed = refresh.changed_at.get(level, {})
+        return cls(refresh.describe(in_scope), len(ids), in_scope, changed, refresh.through)
 
     def metadata(self) -> dict[str, Any]:
         values: dict[str, Any] = {
@@ -82,17 +95,19 @@ class RefreshReason:
             "instances_reaggregated": dg.MetadataValue.int(self.reaggregated),
             "instances_in_scope": dg.MetadataValue.int(self.in_scope),
         }
-        if self.refresh is not None and not self.refresh.whole:
-            changed = self.refresh.changed
-            values["changed_instance_days"] = dg.MetadataValue.int(sum(len(days) for days in changed.values()))
-            values["changed_days"] = changed_days_text(changed) or "none"
-            values["changes_through"] = dg.MetadataValue.int(self.refresh.through)
+        if self.changed is not None:
+            values["changed_instance_days"] = dg.MetadataValue.int(sum(len(days) for days in self.changed.values()))
+            values["changed_days"] = changed_days_text(self.changed) or "none at this level"
+        if self.through is not None:
+            values["changes_through"] = dg.MetadataValue.int(self.through)
         return values
 
-    def summary(self) -> dict[str, Any]:
-        """The same, for the TaskRun's summary (summary_json.ext.data)."""
-        return {
-            "refresh_reason": self.text,
-            "instances_reaggregated": self.reaggregated,
-            "instances_in_scope": self.in_scope,
-        }
+
+def refresh_summary(refresh: Refresh, in_scope: int) -> dict[str, Any]:
+    """Why an automated run re-aggregates what it does, for its TaskRun's summary (summary_json.ext.data)."""
+    reaggregated = in_scope if refresh.instance_ids is None else len(refresh.instance_ids)
+    return {
+        "refresh_reason": refresh.describe(in_scope),
+        "instances_reaggregated": reaggregated,
+        "instances_in_scope": in_scope,
+    }

@@ -27,7 +27,14 @@ import dagster as dg
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.defs.run_center.tags import CLAIM_TAG, TASK_RUN_IDS_TAG, TASK_RUN_TAG, RunTask
 from capacity_pipeline.domain.aggregation.engine import AggregationAborted, Batch, BatchControl, aggregate_windows
-from capacity_pipeline.domain.model import IN_PROGRESS, ActiveInstance, AggregationReport, TaskStatus, WindowPlan
+from capacity_pipeline.domain.model import (
+    IN_PROGRESS,
+    ActiveInstance,
+    AggregationReport,
+    InstanceOutcome,
+    TaskStatus,
+    WindowPlan,
+)
 from capacity_pipeline.domain.run_center.claims import RunClaims
 from capacity_pipeline.domain.run_center.settle import Cancelled, CancelledIn, Interrupted, settle
 from capacity_pipeline.domain.run_center.task_runs import ItemPhase, RunCenter
@@ -45,6 +52,13 @@ class RunCenterClosed(dg.Failure):
 
 # The results one batch writes into the items: (instance, phase, result) for every instance.
 PhaseResults = Callable[[Batch], list[ItemPhase]]
+
+
+def untouched(instance: ActiveInstance, plan: WindowPlan) -> InstanceOutcome:
+    """An instance a refresh leaves as it is at the plan's levels: nothing read, nothing written."""
+    return InstanceOutcome(
+        instance, rows_written=dict.fromkeys(plan.levels, 0), records_read=dict.fromkeys(plan.levels, 0)
+    )
 
 
 class RunCenterStep:
@@ -156,14 +170,25 @@ class RunCenterStep:
         expected_phases: Sequence[str],
         *,
         changes_through: int | None = None,
+        only: frozenset[int] | None = None,
     ) -> list[AggregationReport]:
-        """The engine over this run's instances, every batch mirrored into the items.
+        """The engine over this run's instances (those in `only`, when given: the others' samples
+        did not change at this level, so they are recorded as having nothing to re-aggregate),
+        every batch mirrored into the items.
 
         The windows are marked as following the sample changes up to `changes_through` (a refresh
         says how far its instances cover them; a whole-scope run covers every change logged before
         its work began)."""
         if changes_through is None:
             changes_through = last_change(self.engine)
+        instances = self.instances
+        if only is not None:
+            instances = [instance for instance in self.instances if instance.id in only]
+            unchanged = [instance for instance in self.instances if instance.id not in only]
+            if unchanged:
+                self.center.start_items(self.open_ids, [i.id for i in unchanged])
+                nothing = Batch(0, 0, unchanged, {plan: [untouched(i, plan) for i in unchanged] for plan in plans})
+                self.center.record_phases(self.open_ids, results(nothing), expected_phases)
 
         def after_batch(batch: Batch) -> bool:
             progress = self.center.record_phases(self.open_ids, results(batch), expected_phases)
@@ -183,7 +208,7 @@ class RunCenterStep:
             reports = aggregate_windows(
                 self.engine,
                 plans,
-                instances=self.instances,
+                instances=instances,
                 batch_size=self.whalefall.batch_size,
                 before_batch=lambda batch: self.center.start_items(self.open_ids, [i.id for i in batch]),
                 after_batch=after_batch,

@@ -40,7 +40,8 @@ class Refresh:
     plan: WindowPlan
     through: int  # the latest change the window will have followed
     marks: dict[Level, int | None]  # where each level stood (None: never aggregated since the log began)
-    changed: dict[int, tuple[date, ...]] = field(default_factory=dict)  # instance -> changed days it reads
+    # Per level: instance -> the changed days it reads.
+    changed_at: dict[Level, dict[int, tuple[date, ...]]] = field(default_factory=dict)
 
     @property
     def whole(self) -> bool:
@@ -48,9 +49,24 @@ class Refresh:
         return any(mark is None for mark in self.marks.values())
 
     @property
+    def changed(self) -> dict[int, tuple[date, ...]]:
+        """Instance -> the changed days it reads, at any level of the plan."""
+        merged: dict[int, set[date]] = {}
+        for changed in self.changed_at.values():
+            for instance_id, days in changed.items():
+                merged.setdefault(instance_id, set()).update(days)
+        return {instance_id: tuple(sorted(days)) for instance_id, days in sorted(merged.items())}
+
+    @property
     def instance_ids(self) -> frozenset[int] | None:
-        """The instances to re-aggregate; None for all of them."""
+        """The instances the refresh concerns, at any of its levels; None for all of them."""
         return None if self.whole else frozenset(self.changed)
+
+    def instance_ids_at(self, level: Level) -> frozenset[int] | None:
+        """The instances to re-aggregate at one level; None for all of them."""
+        if self.marks.get(level) is None:
+            return None
+        return frozenset(self.changed_at.get(level, {}))
 
     def describe(self, in_scope: int) -> str:
         """Why the window is re-aggregated, for people (the run's metadata and summary)."""
@@ -93,10 +109,11 @@ def plan_refresh(
     with engine.connect() as connection:
         through = last_change(connection) if through is None else through
         marks = dict(window_marks(connection, plan) if marks is None else marks)
-        changed: dict[int, set[date]] = {}
+        changed: dict[Level, dict[int, set[date]]] = {}
         for level, mark in marks.items():
             if mark is None:
                 continue
+            at_level = changed.setdefault(level, {})
             window, previous = read_windows(plan)
             rows = connection.execute(
                 text(_CHANGES_READ),
@@ -111,8 +128,12 @@ def plan_refresh(
                 },
             ).all()
             for instance_id, day in rows:
-                changed.setdefault(instance_id, set()).add(as_date(day))
-    return Refresh(plan, through, marks, {i: tuple(sorted(days)) for i, days in sorted(changed.items())})
+                at_level.setdefault(instance_id, set()).add(as_date(day))
+    changed_at = {
+        level: {i: tuple(sorted(days)) for i, days in sorted(by_instance.items())}
+        for level, by_instance in changed.items()
+    }
+    return Refresh(plan, through, marks, changed_at)
 
 
 def window_marks(connection: Connection, plan: WindowPlan) -> dict[Level, int | None]:
