@@ -34,17 +34,23 @@ def aggregation_condition(period: PeriodType, *, automate_current_periods: bool)
     return condition.with_label("a sample it reads changed")
 
 
+def automation_run_tags() -> dict[str, str]:
+    """The tags of every automated re-aggregation, its retries' included: a scheduled
+    capacity_materialize task in the run center, background work in the run queue (dagster.yaml:
+    its own slots, behind a person's runs), a refresh of what changed."""
+    return {
+        TASK_KEY_TAG: c.MATERIALIZE_TASK_KEY,
+        TRIGGER_SOURCE_TAG: c.TRIGGER_SCHEDULED,
+        PRIORITY_TAG: BACKGROUND_PRIORITY,
+        REFRESH_TAG: REFRESH_CHANGED,
+    }
+
+
 def build_automation_sensor(settings: Settings, target: dg.AssetSelection) -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
         "capacity_automation",
         target=target,
-        # Background work in the run queue (dagster.yaml): its own slots, behind a person's runs.
-        run_tags={
-            TASK_KEY_TAG: c.MATERIALIZE_TASK_KEY,
-            TRIGGER_SOURCE_TAG: c.TRIGGER_SCHEDULED,
-            PRIORITY_TAG: BACKGROUND_PRIORITY,
-            REFRESH_TAG: REFRESH_CHANGED,
-        },
+        run_tags=automation_run_tags(),
         minimum_interval_seconds=settings.automation_sensor_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING if settings.automation else dg.DefaultSensorStatus.STOPPED,
         emit_backfills=False,  # one run per partition: one TaskRun per window in the run center
