@@ -181,7 +181,9 @@ def build_retry_sensor(
 
     @dg.sensor(
         name=SENSOR_NAME,
-        target=target,
+        # asset_selection, not target: its runs go through the implicit asset job, one partitions
+        # definition per run (a target would be one job over every period's partitions: invalid).
+        asset_selection=target,
         minimum_interval_seconds=settings.automation_sensor_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING if settings.automation else dg.DefaultSensorStatus.STOPPED,
         description="Runs a failed automated re-aggregation again, waiting twice as long after each "
