@@ -259,6 +259,13 @@ SETTINGS: dict[str, Setting] = {
         "a whole number of seconds >= 1",
         "How often the automation sensor looks for changed samples.",
     ),
+    "automation_max_queued": Setting(
+        "CAPACITY_AUTOMATION_MAX_QUEUED",
+        8,
+        _positive_int,
+        "a whole number >= 1",
+        "The automation requests no run while this many background runs wait in the run queue (delayed, not lost).",
+    ),
     "refresh_retries": Setting(
         "CAPACITY_REFRESH_RETRIES",
         3,
@@ -367,6 +374,7 @@ class Settings:
     observe_minutes: int = SETTINGS["observe_minutes"].default
     observe_days: int = SETTINGS["observe_days"].default
     automation_sensor_seconds: int = SETTINGS["automation_sensor_seconds"].default
+    automation_max_queued: int = SETTINGS["automation_max_queued"].default
     refresh_retries: int = SETTINGS["refresh_retries"].default
     refresh_retry_seconds: int = SETTINGS["refresh_retry_seconds"].default
     api_tokens: dict[str, ApiToken] | None = SETTINGS["api_tokens"].default

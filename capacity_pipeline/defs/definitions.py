@@ -47,7 +47,11 @@ def build_defs(settings: Settings, *, resources: Mapping[str, Any] | None = None
     settings.forecast_options()  # forecast settings that do not fit together fail the load, naming the field
     partitions = partitions_by_period(settings.partitions_start)
     sources = build_sample_sources(partitions)
-    aggregations = build_aggregation_assets(partitions, automate_current_periods=settings.automate_current_periods)
+    aggregations = build_aggregation_assets(
+        partitions,
+        automate_current_periods=settings.automate_current_periods,
+        max_queued=settings.automation_max_queued,
+    )
     forecasts = build_forecast_assets(partitions[PeriodType.DAILY])
     observation_jobs, observation_schedules = build_observation(settings, sources)
     return dg.Definitions(

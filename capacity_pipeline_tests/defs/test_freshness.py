@@ -16,6 +16,7 @@ from sqlalchemy import text
 from capacity_pipeline.defs.aggregation.assets import asset_key
 from capacity_pipeline.defs.definitions import build_defs
 from capacity_pipeline.defs.partitions import key_for_window
+from capacity_pipeline.defs.run_center.tags import TRIGGER_SOURCE_TAG
 from capacity_pipeline.defs.samples.sources import EMPTY_DAY, baseline_key, stats_key
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window, china_today, previous_window, window_containing
@@ -195,3 +196,45 @@ def test_with_current_periods_on_the_quarter_in_progress_follows_only_the_days_i
     assert (this_quarter in requested.get(asset_key(Level.INSTANCE, PeriodType.QUARTERLY), set())) is in_q1
     # The insert on the last day of its second month (database level) reaches it in every quarter.
     assert this_quarter in requested[asset_key(Level.DATABASE, PeriodType.QUARTERLY)]
+
+
+@dg.op
+def _noop() -> None:
+    pass
+
+
+@dg.job
+def _background_job() -> None:
+    _noop()
+
+
+def test_while_the_run_queue_is_full_of_background_runs_a_change_waits_and_is_then_requested(
+    pg_engine, samples, dagster_instance
+):
+    """CAPACITY_AUTOMATION_MAX_QUEUED: no request while that many background runs wait; the change
+    stays pending (not handled) and is requested once the queue has room: delayed, never lost."""
+    settings = TEST_SETTINGS.with_changes(automation_max_queued=2)
+    definitions = code_location_definitions(pg_engine, settings, observe_days=OBSERVE_DAYS)
+    observe_samples(definitions, dagster_instance)
+    first = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance)
+    background = {TRIGGER_SOURCE_TAG: "scheduled"}
+    queued = [dagster_instance.create_run_for_job(_background_job, tags=background) for _ in range(2)]  # NOT_STARTED
+    dagster_instance.create_run_for_job(_background_job)  # a person's run in the queue does not count
+
+    changed = _change_three_days(pg_engine)
+    observe_samples(definitions, dagster_instance)
+    full = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=first.cursor)
+    assert full.total_requested == 0
+    still_full = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=full.cursor)
+    assert still_full.total_requested == 0
+
+    dagster_instance.report_run_canceled(queued[0])  # one leaves the queue: room for more
+    room = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=still_full.cursor)
+    requested = {
+        asset.key: partitions
+        for asset in AGGREGATION_ASSETS.values()
+        if (partitions := set(room.get_requested_partitions(asset.key)))
+    }
+    assert requested == _expected(changed, current_periods=False)
+    again = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=room.cursor)
+    assert again.total_requested == 0
