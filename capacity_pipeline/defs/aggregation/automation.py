@@ -6,7 +6,10 @@ window after it, and nothing else. The period in progress follows its samples fo
 months and quarters only when CAPACITY_AUTOMATE_CURRENT_PERIODS is on (a partial period changes
 with every new day). `capacity_automation` evaluates the conditions and launches the runs, which
 show in the run center like any other (task_key capacity_materialize, trigger_source scheduled);
-CAPACITY_AUTOMATION=off leaves it stopped, and the UI can start or stop it.
+CAPACITY_AUTOMATION=off leaves it stopped, and the UI can start or stop it. While
+CAPACITY_AUTOMATION_MAX_QUEUED background runs wait in the run queue it requests nothing (the
+change stays pending); a run of it that fails is run again by `capacity_refresh_retries`
+(retries.py).
 """
 
 from __future__ import annotations
