@@ -51,6 +51,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError
+    return value
+
+
 def _seconds(raw: str) -> float:
     value = float(raw)
     if not value >= 0:  # also refuses NaN
@@ -252,6 +259,27 @@ SETTINGS: dict[str, Setting] = {
         "a whole number of seconds >= 1",
         "How often the automation sensor looks for changed samples.",
     ),
+    "automation_max_queued": Setting(
+        "CAPACITY_AUTOMATION_MAX_QUEUED",
+        8,
+        _positive_int,
+        "a whole number >= 1",
+        "The automation requests no run while this many background runs wait in the run queue (delayed, not lost).",
+    ),
+    "refresh_retries": Setting(
+        "CAPACITY_REFRESH_RETRIES",
+        3,
+        _non_negative_int,
+        "a whole number >= 0",
+        "How many times a failed automated re-aggregation is run again (0: never).",
+    ),
+    "refresh_retry_seconds": Setting(
+        "CAPACITY_REFRESH_RETRY_SECONDS",
+        60,
+        _positive_int,
+        "a whole number of seconds >= 1",
+        "Wait before the first retry of a failed automated re-aggregation; each next retry waits twice as long.",
+    ),
     "api_tokens": Setting(
         "CAPACITY_API_TOKENS",
         None,
@@ -346,6 +374,9 @@ class Settings:
     observe_minutes: int = SETTINGS["observe_minutes"].default
     observe_days: int = SETTINGS["observe_days"].default
     automation_sensor_seconds: int = SETTINGS["automation_sensor_seconds"].default
+    automation_max_queued: int = SETTINGS["automation_max_queued"].default
+    refresh_retries: int = SETTINGS["refresh_retries"].default
+    refresh_retry_seconds: int = SETTINGS["refresh_retry_seconds"].default
     api_tokens: dict[str, ApiToken] | None = SETTINGS["api_tokens"].default
     forecast_horizons: tuple[int, ...] = SETTINGS["forecast_horizons"].default
     forecast_history_days: int = SETTINGS["forecast_history_days"].default

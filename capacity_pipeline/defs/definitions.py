@@ -19,6 +19,7 @@ from capacity_pipeline.defs.aggregation.jobs import (
     calculate_database_schedule,
     capacity_aggregate_current_job,
 )
+from capacity_pipeline.defs.aggregation.retries import build_retry_sensor
 from capacity_pipeline.defs.forecast.assets import build_forecast_assets, forecast_selection
 from capacity_pipeline.defs.forecast.automation import build_forecast_automation_sensor
 from capacity_pipeline.defs.partitions import partitions_by_period
@@ -46,7 +47,11 @@ def build_defs(settings: Settings, *, resources: Mapping[str, Any] | None = None
     settings.forecast_options()  # forecast settings that do not fit together fail the load, naming the field
     partitions = partitions_by_period(settings.partitions_start)
     sources = build_sample_sources(partitions)
-    aggregations = build_aggregation_assets(partitions, automate_current_periods=settings.automate_current_periods)
+    aggregations = build_aggregation_assets(
+        partitions,
+        automate_current_periods=settings.automate_current_periods,
+        max_queued=settings.automation_max_queued,
+    )
     forecasts = build_forecast_assets(partitions[PeriodType.DAILY])
     observation_jobs, observation_schedules = build_observation(settings, sources)
     return dg.Definitions(
@@ -57,6 +62,7 @@ def build_defs(settings: Settings, *, resources: Mapping[str, Any] | None = None
             build_trigger_sensor(partitions),
             run_center_reconciler,
             build_automation_sensor(settings, aggregation_selection()),
+            build_retry_sensor(settings, aggregation_selection()),
             build_forecast_automation_sensor(settings, forecast_selection()),
         ],
         resources=dict(resources) if resources is not None else {"whalefall": whalefall_from_settings(settings)},

@@ -17,6 +17,7 @@ from capacity_pipeline.defs.aggregation.assets import aggregation_selection, ass
 from capacity_pipeline.defs.aggregation.automation import build_automation_sensor
 from capacity_pipeline.defs.definitions import build_defs
 from capacity_pipeline.defs.partitions import key_for_window
+from capacity_pipeline.defs.run_center.tags import TRIGGER_SOURCE_TAG
 from capacity_pipeline.defs.samples.sources import baseline_key, stats_key
 from capacity_pipeline.domain.model import Level
 from capacity_pipeline.domain.periods import PeriodType, Window, china_today, previous_window, window_containing
@@ -254,3 +255,45 @@ def test_an_automated_run_re_aggregates_only_the_changed_instances_and_says_why(
     metadata = again.asset_materializations_for_node(daily[0].to_python_identifier())[0].metadata
     assert metadata["instances_reaggregated"].value == 6  # by hand: the whole scope
     assert "the whole scope" in metadata["trigger"].value
+
+
+@dg.op
+def _noop() -> None:
+    pass
+
+
+@dg.job
+def _background_job() -> None:
+    _noop()
+
+
+def test_while_the_run_queue_is_full_of_background_runs_a_change_waits_and_is_then_requested(
+    pg_engine, samples, dagster_instance
+):
+    """CAPACITY_AUTOMATION_MAX_QUEUED: no request while that many background runs wait; the change
+    stays pending (not handled) and is requested once the queue has room: delayed, never lost."""
+    settings = TEST_SETTINGS.with_changes(automation_max_queued=2)
+    definitions = code_location_definitions(pg_engine, settings, observe_days=OBSERVE_DAYS)
+    observe_samples(definitions, dagster_instance)
+    first = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance)
+    background = {TRIGGER_SOURCE_TAG: "scheduled"}
+    queued = [dagster_instance.create_run_for_job(_background_job, tags=background) for _ in range(2)]  # NOT_STARTED
+    dagster_instance.create_run_for_job(_background_job)  # a person's run in the queue does not count
+
+    changed = _change_three_days(pg_engine)
+    observe_samples(definitions, dagster_instance)
+    full = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=first.cursor)
+    assert full.total_requested == 0
+    still_full = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=full.cursor)
+    assert still_full.total_requested == 0
+
+    dagster_instance.report_run_canceled(queued[0])  # one leaves the queue: room for more
+    room = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=still_full.cursor)
+    requested = {
+        asset.key: partitions
+        for asset in AGGREGATION_ASSETS.values()
+        if (partitions := set(room.get_requested_partitions(asset.key)))
+    }
+    assert requested == _expected(changed, current_periods=False)
+    again = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=room.cursor)
+    assert again.total_requested == 0

@@ -17,7 +17,7 @@ from typing import Any
 import dagster as dg
 
 from capacity_pipeline.defs.aggregation import checks
-from capacity_pipeline.defs.aggregation.automation import aggregation_condition
+from capacity_pipeline.defs.aggregation.automation import DEFAULT_MAX_QUEUED, aggregation_condition
 from capacity_pipeline.defs.aggregation.metadata import (
     RefreshReason,
     failure_description,
@@ -80,7 +80,12 @@ def _window(start_offset: int, end_offset: int = 0) -> dg.TimeWindowPartitionMap
 
 
 def build_aggregation_asset(
-    level: Level, period: PeriodType, partitions: dg.TimeWindowPartitionsDefinition, *, automate_current_periods: bool
+    level: Level,
+    period: PeriodType,
+    partitions: dg.TimeWindowPartitionsDefinition,
+    *,
+    automate_current_periods: bool,
+    max_queued: int = DEFAULT_MAX_QUEUED,
 ) -> dg.AssetsDefinition:
     key = asset_key(level, period)
 
@@ -92,7 +97,9 @@ def build_aggregation_asset(
                 group_name=GROUP,
                 deps=_deps(level, period),
                 kinds={"sql"},
-                automation_condition=aggregation_condition(period, automate_current_periods=automate_current_periods),
+                automation_condition=aggregation_condition(
+                    period, automate_current_periods=automate_current_periods, max_queued=max_queued
+                ),
                 description=f"WhaleFall's {level.table} rows for {period.value} periods ({_SPEC_SECTION[level]}).",
             )
         ],
@@ -275,7 +282,9 @@ def _result(
 AggregationAssets = dict[tuple[Level, PeriodType], dg.AssetsDefinition]
 
 
-def build_aggregation_assets(partitions: PartitionsByPeriod, *, automate_current_periods: bool) -> AggregationAssets:
+def build_aggregation_assets(
+    partitions: PartitionsByPeriod, *, automate_current_periods: bool, max_queued: int = DEFAULT_MAX_QUEUED
+) -> AggregationAssets:
     """The eight aggregation assets (every period at both levels), each with its checks."""
     with warnings.catch_warnings():
         # Labelled in 1.13 (pinned exactly): BackfillPolicy and partition mappings that allow
@@ -284,7 +293,11 @@ def build_aggregation_assets(partitions: PartitionsByPeriod, *, automate_current
         warnings.simplefilter("ignore", dg.PreviewWarning)
         return {
             (level, period): build_aggregation_asset(
-                level, period, partitions[period], automate_current_periods=automate_current_periods
+                level,
+                period,
+                partitions[period],
+                automate_current_periods=automate_current_periods,
+                max_queued=max_queued,
             )
             for period in PeriodType
             for level in Level

@@ -32,6 +32,10 @@ REFRESH_TAG = "capacity/refresh"
 REFRESH_CHANGED = "changed"
 # The changes a refresh run covers, one for all its steps: {"through": id, "since": {level: mark}}.
 CHANGES_TAG = "capacity/changes"
+# Set by the retry sensor (defs/aggregation/retries.py): which retry of an automated run this is
+# (none: the automation's own run, attempt 0) and the failed run it re-runs.
+REFRESH_ATTEMPT_TAG = "capacity/refresh_attempt"
+RETRY_OF_TAG = "capacity/retry_of"
 # The run queue (dagster.yaml) lets a person's run go before background work: higher first.
 PRIORITY_TAG = "dagster/priority"
 BACKGROUND_PRIORITY = "-1"  # the automation's runs and the nightly schedule's
