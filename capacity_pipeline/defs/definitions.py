@@ -14,6 +14,7 @@ import dagster as dg
 
 from capacity_pipeline.defs.aggregation.assets import aggregation_selection, build_aggregation_assets
 from capacity_pipeline.defs.aggregation.automation import build_automation_sensor
+from capacity_pipeline.defs.aggregation.freshness import build_freshness_check
 from capacity_pipeline.defs.aggregation.jobs import (
     build_nightly_job,
     calculate_database_schedule,
@@ -22,6 +23,7 @@ from capacity_pipeline.defs.aggregation.jobs import (
 from capacity_pipeline.defs.aggregation.retries import build_retry_sensor
 from capacity_pipeline.defs.forecast.assets import build_forecast_assets, forecast_selection
 from capacity_pipeline.defs.forecast.automation import build_forecast_automation_sensor
+from capacity_pipeline.defs.keys import asset_key
 from capacity_pipeline.defs.partitions import partitions_by_period
 from capacity_pipeline.defs.resources import whalefall_from_settings
 from capacity_pipeline.defs.run_center.reconciler import run_center_reconciler
@@ -46,7 +48,7 @@ def build_defs(settings: Settings, *, resources: Mapping[str, Any] | None = None
 
     settings.forecast_options()  # forecast settings that do not fit together fail the load, naming the field
     partitions = partitions_by_period(settings.partitions_start)
-    sources = build_sample_sources(partitions)
+    sources = build_sample_sources(partitions, automate_current_periods=settings.automate_current_periods)
     aggregations = build_aggregation_assets(
         partitions,
         automate_current_periods=settings.automate_current_periods,
@@ -54,8 +56,15 @@ def build_defs(settings: Settings, *, resources: Mapping[str, Any] | None = None
     )
     forecasts = build_forecast_assets(partitions[PeriodType.DAILY])
     observation_jobs, observation_schedules = build_observation(settings, sources)
+    freshness_checks = [
+        build_freshness_check(
+            asset_key(level, period), level, period, automate_current_periods=settings.automate_current_periods
+        )
+        for level, period in aggregations
+    ]
     return dg.Definitions(
         assets=[*sources.all, *aggregations.values(), *forecasts.values()],
+        asset_checks=freshness_checks,
         jobs=[capacity_aggregate_current_job, build_nightly_job(partitions), *observation_jobs],
         schedules=[calculate_database_schedule, *observation_schedules],
         sensors=[

@@ -8,6 +8,7 @@ rules (compat 3), independently of Dagster's partition mappings.
 from __future__ import annotations
 
 from datetime import date, timedelta
+from types import SimpleNamespace
 
 import dagster as dg
 import pytest
@@ -15,6 +16,7 @@ from sqlalchemy import text
 
 from capacity_pipeline.defs.aggregation.assets import aggregation_selection, asset_key
 from capacity_pipeline.defs.aggregation.automation import build_automation_sensor
+from capacity_pipeline.defs.aggregation.freshness import CHECK_NAME
 from capacity_pipeline.defs.definitions import build_defs
 from capacity_pipeline.defs.partitions import key_for_window
 from capacity_pipeline.defs.run_center.tags import TRIGGER_SOURCE_TAG
@@ -227,6 +229,10 @@ def test_an_automated_run_re_aggregates_only_the_changed_instances_and_says_why(
             {"d": day},
         )
     observe_samples(definitions, dagster_instance)
+    stale = _freshness(dagster_instance, daily[0])
+    assert stale.status.value == "FAILED" and stale.metadata["stale_windows"].value >= 1
+    assert f"{key}: 1 instance(s) changed on {key}" in stale.metadata["windows"].value
+    assert _freshness(dagster_instance, daily[1]).status.value == "SUCCEEDED"  # its samples did not change
 
     automation_tags = dict(build_automation_sensor(TEST_SETTINGS, aggregation_selection()).run_tags)
     result = job.execute_in_process(
@@ -250,6 +256,9 @@ def test_an_automated_run_re_aggregates_only_the_changed_instances_and_says_why(
     data = task_run["summary_json"]["ext"]["data"]
     assert (data["instances_reaggregated"], data["instances_in_scope"]) == (1, 6)
     assert "instance 4" in data["refresh_reason"]
+    # The daily window is fresh again (the next day's, which compares with it, is refreshed by its own run).
+    still_stale = _freshness(dagster_instance, daily[0]).metadata["windows"].value.splitlines()
+    assert not [line for line in still_stale if line.startswith(f"{key}:")], still_stale
 
     again = job.execute_in_process(instance=dagster_instance, partition_key=key, asset_selection=daily)
     metadata = again.asset_materializations_for_node(daily[0].to_python_identifier())[0].metadata
@@ -297,3 +306,12 @@ def test_while_the_run_queue_is_full_of_background_runs_a_change_waits_and_is_th
     assert requested == _expected(changed, current_periods=False)
     again = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=room.cursor)
     assert again.total_requested == 0
+
+
+def _freshness(instance: dg.DagsterInstance, key: dg.AssetKey):  # noqa: ANN202
+    """The latest evaluation of the roll-up's freshness check, or None."""
+    record = instance.get_latest_asset_check_evaluation_record(dg.AssetCheckKey(key, CHECK_NAME))
+    if record is None or record.event is None:
+        return None
+    evaluation = record.event.dagster_event.event_specific_data
+    return SimpleNamespace(status=record.status, metadata=evaluation.metadata)

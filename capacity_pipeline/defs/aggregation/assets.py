@@ -18,6 +18,7 @@ import dagster as dg
 
 from capacity_pipeline.defs.aggregation import checks
 from capacity_pipeline.defs.aggregation.automation import DEFAULT_MAX_QUEUED, aggregation_condition
+from capacity_pipeline.defs.aggregation.freshness import report_freshness
 from capacity_pipeline.defs.aggregation.metadata import (
     RefreshReason,
     failure_description,
@@ -26,12 +27,13 @@ from capacity_pipeline.defs.aggregation.metadata import (
     refresh_summary,
     report_metadata,
 )
+from capacity_pipeline.defs.keys import asset_key, baseline_key, stats_key
 from capacity_pipeline.defs.partitions import PartitionsByPeriod, window_for_key
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.defs.run_center.hooks import RUN_CENTER_HOOKS
 from capacity_pipeline.defs.run_center.step import InstancesFailed, RunCenterStep
 from capacity_pipeline.defs.run_center.tags import CHANGES_TAG, REFRESH_CHANGED, REFRESH_TAG, task_of_run
-from capacity_pipeline.defs.samples.sources import GROUP, baseline_key, stats_key
+from capacity_pipeline.defs.samples.sources import GROUP
 from capacity_pipeline.domain.aggregation.engine import Batch
 from capacity_pipeline.domain.aggregation.refresh import Refresh, plan_refresh
 from capacity_pipeline.domain.model import AggregationReport, Level, WindowPlan, merge_outcomes
@@ -49,10 +51,6 @@ _PARTITIONS_PER_BACKFILL_RUN = {
     PeriodType.MONTHLY: 6,
     PeriodType.QUARTERLY: 2,
 }
-
-
-def asset_key(level: Level, period: PeriodType) -> dg.AssetKey:
-    return dg.AssetKey(f"{period.value}_{level.table}")
 
 
 def aggregation_selection(periods: tuple[PeriodType, ...] = tuple(PeriodType)) -> dg.AssetSelection:
@@ -114,7 +112,9 @@ def build_aggregation_asset(
         failed = None
         if key in context.selected_asset_keys:
             try:
-                yield _materialize(context, whalefall, key, level, period)
+                yield _materialize(
+                    context, whalefall, key, level, period, automate_current_periods=automate_current_periods
+                )
             except InstancesFailed as failure:
                 failed = failure  # the other instances' rows are written: the checks look at them first
             partition_keys = context.partition_keys
@@ -161,7 +161,13 @@ def _partitions_to_check(context: dg.AssetExecutionContext, key: dg.AssetKey) ->
 
 
 def _materialize(
-    context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase, key: dg.AssetKey, level: Level, period: PeriodType
+    context: dg.AssetExecutionContext,
+    whalefall: WhaleFallDatabase,
+    key: dg.AssetKey,
+    level: Level,
+    period: PeriodType,
+    *,
+    automate_current_periods: bool,
 ) -> dg.MaterializeResult:
     """Aggregate each partition of the run at this asset's level, mirrored into the run center."""
     task = task_of_run(context.run, context.job_def.asset_layer.selected_asset_keys)
@@ -203,6 +209,15 @@ def _materialize(
             changes_through=refresh.through if refresh is not None else None,
             only=refresh.instance_ids_at(level) if refresh is not None else None,
         )
+    # The windows written are fresh now (or still stale, for what failed): the freshness check says so.
+    report_freshness(
+        context.instance,
+        step.engine,
+        {period: key},
+        level,
+        whalefall,
+        automate_current_periods=automate_current_periods,
+    )
     return _result(context, step, reports, key, level, why)
 
 

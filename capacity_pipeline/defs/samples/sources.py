@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from capacity_pipeline.defs.aggregation.freshness import report_freshness
+from capacity_pipeline.defs.keys import asset_key, baseline_key, stats_key
 from capacity_pipeline.defs.partitions import PartitionsByPeriod
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.domain.model import Level
@@ -30,20 +32,14 @@ from capacity_pipeline.domain.samples.versions import observed_days, quarterly_b
 GROUP = "capacity"  # the samples and their roll-ups in one lineage graph
 
 
-def stats_key(level: Level) -> dg.AssetKey:
-    return dg.AssetKey(STATS_TABLES[level])
-
-
-def baseline_key(level: Level) -> dg.AssetKey:
-    return dg.AssetKey(f"{STATS_TABLES[level]}_quarterly_baseline")
-
-
 def change_version(change_id: int) -> dg.DataVersion:
     """A partition's data version: the id of the latest change logged on its days."""
     return dg.DataVersion(f"change-{change_id}")
 
 
-def _build_stats_source(level: Level, partitions: dg.TimeWindowPartitionsDefinition) -> dg.SourceAsset:
+def _build_stats_source(
+    level: Level, partitions: dg.TimeWindowPartitionsDefinition, *, automate_current_periods: bool
+) -> dg.SourceAsset:
     table = STATS_TABLES[level]
 
     @dg.observable_source_asset(
@@ -55,8 +51,14 @@ def _build_stats_source(level: Level, partitions: dg.TimeWindowPartitionsDefinit
     )
     def source(context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase) -> dg.DataVersionsByPartition:
         days = observed_days(china_today(), whalefall.observe_days)
-        observation = observe_changes(whalefall.connected_engine(), level, days)
+        engine = whalefall.connected_engine()
+        observation = observe_changes(engine, level, days)
         context.log.info(observation.describe())
+        if observation.changed:  # windows may be stale now: their checks say which
+            roll_ups = {period: asset_key(level, period) for period in PeriodType}
+            report_freshness(
+                context.instance, engine, roll_ups, level, whalefall, automate_current_periods=automate_current_periods
+            )
         return dg.DataVersionsByPartition(
             {
                 day.isoformat(): change_version(changes.last_change)
@@ -119,8 +121,13 @@ class SampleSources:
         return [*self.stats.values(), *self.baselines.values()]
 
 
-def build_sample_sources(partitions: PartitionsByPeriod) -> SampleSources:
+def build_sample_sources(partitions: PartitionsByPeriod, *, automate_current_periods: bool) -> SampleSources:
     return SampleSources(
-        stats={level: _build_stats_source(level, partitions[PeriodType.DAILY]) for level in Level},
+        stats={
+            level: _build_stats_source(
+                level, partitions[PeriodType.DAILY], automate_current_periods=automate_current_periods
+            )
+            for level in Level
+        },
         baselines={level: _build_baseline_source(level, partitions[PeriodType.QUARTERLY]) for level in Level},
     )

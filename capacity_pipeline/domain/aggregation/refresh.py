@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime
 from sqlalchemy import Connection, Engine, bindparam, text
 
 from capacity_pipeline.domain.model import Level, WindowPlan
-from capacity_pipeline.domain.periods import PeriodType, Window, previous_window
+from capacity_pipeline.domain.periods import PeriodType, Window, previous_window, windows_fed_by
 from capacity_pipeline.domain.samples.changes import as_date, last_change
 from capacity_pipeline.domain.storage.database import in_transaction
 from capacity_pipeline.domain.storage.dialects import dialect_of
@@ -213,3 +213,38 @@ def stale_windows(
                 days = tuple(sorted({as_date(day) for _, day in rows}))
                 stale.append(StaleWindow(window.start, len({i for i, _ in rows}), days, mark is not None))
     return stale
+
+
+def stale_windows_of_changed_days(
+    engine: Engine,
+    level: Level,
+    period: PeriodType,
+    days: Window,
+    *,
+    today: date,
+    include_in_progress: bool,
+    corrected_quarter: bool = False,
+) -> list[StaleWindow]:
+    """The stale windows among those the changed days of `days` feed (the only ones a change can
+    have made stale): begun, and in progress only for days or when `include_in_progress` (a
+    partial week, month or quarter is aggregated once complete otherwise)."""
+    with engine.connect() as connection:
+        changed_days = connection.execute(
+            text(
+                "SELECT DISTINCT collected_date FROM capacity_sample_changes "
+                "WHERE level = :level AND collected_date BETWEEN :first AND :last"
+            ),
+            {"level": level.value, "first": days.start, "last": days.end},
+        ).scalars()
+        candidates = {
+            window
+            for day in changed_days
+            for window in windows_fed_by(period, as_date(day), corrected_quarter=corrected_quarter)
+        }
+    candidates = {
+        window
+        for window in candidates
+        if window.start <= today and (window.end < today or period is PeriodType.DAILY or include_in_progress)
+    }
+    ordered = sorted(candidates, key=lambda window: window.start)
+    return stale_windows(engine, level, period, ordered, corrected_quarter=corrected_quarter)
