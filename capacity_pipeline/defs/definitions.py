@@ -65,7 +65,11 @@ def build_defs(settings: Settings, *, resources: Mapping[str, Any] | None = None
     return dg.Definitions(
         assets=[*sources.all, *aggregations.values(), *forecasts.values()],
         asset_checks=freshness_checks,
-        jobs=[capacity_aggregate_current_job, build_nightly_job(partitions), *observation_jobs],
+        jobs=[
+            capacity_aggregate_current_job,
+            build_nightly_job(partitions, automate_current_periods=settings.automate_current_periods),
+            *observation_jobs,
+        ],
         schedules=[calculate_database_schedule, *observation_schedules],
         sensors=[
             build_trigger_sensor(partitions),

@@ -8,11 +8,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 from capacity_pipeline.demo import DemoPaths, seed_demo
-from capacity_pipeline.domain.model import Scope
+from capacity_pipeline.domain.model import Level, Scope
 from capacity_pipeline.domain.periods import china_today
 from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.run_center.triggers import request_current_aggregation
+from capacity_pipeline.domain.samples.changes import last_change, observe_changes
 from capacity_pipeline.domain.samples.synthetic import seeded_through
+from capacity_pipeline.domain.samples.versions import observed_days
 from capacity_pipeline.domain.storage.database import make_engine
 from capacity_pipeline_tests.support import WhaleFallData
 
@@ -51,4 +53,23 @@ def test_a_demo_on_a_later_day_replaces_the_samples_and_keeps_the_run_center(tmp
     instances = WhaleFallData(engine).rows("instances", "id")
     assert [row["id"] for row in instances] == list(range(1, SMALL["instances"] + 1))
     assert RunCenter(engine).get_run(task_run)["status"] == "running"
+    engine.dispose()
+
+
+def test_a_demo_on_a_later_day_starts_following_its_new_samples_afresh(tmp_path):
+    """New samples are not changes of the old ones: the next observation is a first one again, so
+    `make dev` finds nothing to re-aggregate."""
+    paths = DemoPaths(tmp_path)
+    today = china_today()
+    seed_demo(paths, today - timedelta(days=3), SMALL)
+    engine = make_engine(paths.database_url)
+    days = observed_days(today, 62)
+    assert all(observe_changes(engine, level, days).first for level in Level)
+
+    seed_demo(paths, today, SMALL)
+
+    for level in Level:
+        observation = observe_changes(engine, level, days)
+        assert observation.first and observation.changed == {} and observation.instance_days > 0
+    assert last_change(engine) == 0
     engine.dispose()

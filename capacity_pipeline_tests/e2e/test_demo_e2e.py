@@ -15,6 +15,7 @@ from capacity_pipeline.domain.run_center.task_runs import RunCenter
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
 from capacity_pipeline.domain.storage.database import make_engine
 from capacity_pipeline.domain.storage.tables import create_schema
+from capacity_pipeline_tests.support import code_location_definitions, observe_samples
 
 
 @dg.op
@@ -56,7 +57,8 @@ def test_the_demo_observes_then_runs_the_locations_jobs_and_keeps_what_was_there
         ["capacity_aggregate_current", "daily"],
     ]
     assert rows[-1].split()[2] == today.isoformat()
-    assert all("0 failed" in row and row.endswith("8/8 passed") for row in rows)
+    # Four checks per partition and level, and the roll-ups' freshness: 10 per period.
+    assert all("0 failed" in row and row.endswith("10/10 passed") for row in rows), rows
 
     with dg.DagsterInstance.from_config(str(paths.dagster_home)) as instance:
         records = sorted(instance.get_run_records(), key=lambda record: record.create_timestamp)
@@ -79,6 +81,13 @@ def test_the_demo_observes_then_runs_the_locations_jobs_and_keeps_what_was_there
             for level in Level:
                 assert instance.get_materialized_partitions(asset_key(level, period)), (period, level)
         aggregation_runs = [by_job["calculate_database"].dagster_run, by_job["capacity_aggregate_current"].dagster_run]
+        # `make dev` next: its automation starts, the samples are observed on schedule, and there is
+        # nothing to re-aggregate until a sample changes.
+        definitions = code_location_definitions(engine)
+        first = dg.evaluate_automation_conditions(defs=definitions, instance=instance)
+        observe_samples(definitions, instance)
+        after = dg.evaluate_automation_conditions(defs=definitions, instance=instance, cursor=first.cursor)
+        assert (first.total_requested, after.total_requested) == (0, 0)
     # The aggregation runs are final in the run center (hand-made runs: the TaskRun has the run's id),
     # settled by their steps' hooks.
     center = RunCenter(engine)

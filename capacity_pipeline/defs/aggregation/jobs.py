@@ -19,6 +19,7 @@ from sqlalchemy import Engine
 
 from capacity_pipeline.defs.aggregation import checks
 from capacity_pipeline.defs.aggregation.assets import aggregation_selection, asset_key
+from capacity_pipeline.defs.aggregation.freshness import freshness_evaluation
 from capacity_pipeline.defs.aggregation.metadata import failure_description, growth_metadata, report_metadata
 from capacity_pipeline.defs.forecast.nightly import forecast_closed_day
 from capacity_pipeline.defs.partitions import PartitionsByPeriod, key_for_window
@@ -71,7 +72,7 @@ def _today(config: NightlyConfig) -> date:
         raise dg.Failure(description=f"today: {config.today!r} is not a date; expected YYYY-MM-DD") from None
 
 
-def _calculate_database_op(partitions: PartitionsByPeriod) -> dg.OpDefinition:
+def _calculate_database_op(partitions: PartitionsByPeriod, automate_current_periods: bool) -> dg.OpDefinition:
     @dg.op(name=NIGHTLY_OP_NAME, description="Last complete daily, weekly, monthly and quarterly periods.")
     def calculate_database_op(
         context: dg.OpExecutionContext, config: NightlyConfig, whalefall: WhaleFallDatabase
@@ -102,7 +103,7 @@ def _calculate_database_op(partitions: PartitionsByPeriod) -> dg.OpDefinition:
         ) as step:
             reports = step.aggregate(plans, phase_results, [NIGHTLY_PHASE])
             step.write_summaries(lambda task_run_id: _final_summary(step, task_run_id, reports, link))
-        _report_materializations(context, step.engine, reports, partitions)
+        _report_materializations(context, step.engine, reports, partitions, whalefall, automate_current_periods)
         failed = [report for report in reports if report.failures]
         if failed:
             raise InstancesFailed(description="; ".join(failure_description(report) for report in failed))
@@ -111,7 +112,12 @@ def _calculate_database_op(partitions: PartitionsByPeriod) -> dg.OpDefinition:
 
 
 def _report_materializations(
-    context: dg.OpExecutionContext, engine: Engine, reports: list[AggregationReport], partitions: PartitionsByPeriod
+    context: dg.OpExecutionContext,
+    engine: Engine,
+    reports: list[AggregationReport],
+    partitions: PartitionsByPeriod,
+    whalefall: WhaleFallDatabase,
+    automate_current_periods: bool,
 ) -> None:
     """Each asset partition written without failures shows as a materialization of that asset; its
     checks are evaluated on every partition written, failures or not (as a materialization from any
@@ -132,6 +138,12 @@ def _report_materializations(
                 )
             for evaluation in checks.evaluate(engine, key, level, report.period_type, partition_key, checks.CHECKS):
                 context.log_event(evaluation)
+            # Whether any window of the roll-up is still behind its samples (the nightly run marks those it wrote).
+            context.log_event(
+                freshness_evaluation(
+                    engine, key, level, report.period_type, whalefall, automate_current_periods=automate_current_periods
+                )
+            )
 
 
 def _final_summary(step: RunCenterStep, task_run_id: str, reports: list[AggregationReport], link: dict) -> dict:
@@ -171,12 +183,12 @@ def _forecast_closed_day_op(partitions: PartitionsByPeriod) -> dg.OpDefinition:
     return forecast_closed_day_op
 
 
-def build_nightly_job(partitions: PartitionsByPeriod) -> dg.JobDefinition:
+def build_nightly_job(partitions: PartitionsByPeriod, *, automate_current_periods: bool = False) -> dg.JobDefinition:
     """WhaleFall's nightly job; a period before the first partition is aggregated but not reported.
 
     The run-center hooks are the aggregation op's only: the forecasts are not the TaskRun's work.
     """
-    calculate_database_op = _calculate_database_op(partitions).with_hooks(RUN_CENTER_HOOKS)
+    calculate_database_op = _calculate_database_op(partitions, automate_current_periods).with_hooks(RUN_CENTER_HOOKS)
     forecast_op = _forecast_closed_day_op(partitions)
 
     @dg.job(name=NIGHTLY_JOB_NAME, tags={"capacity/job": NIGHTLY_JOB_NAME})

@@ -111,11 +111,16 @@ def seeded_through(engine: Engine) -> date | None:
 
 
 def clear_synthetic_data(engine: Engine) -> None:
-    """Delete the instances, their samples and their aggregations (a demo re-seeding itself); the run
+    """Delete the instances, their samples and their aggregations (a demo re-seeding itself), and
+    what was observed of them (the new samples are a first observation's, not changes); the run
     center's tables are left as they are."""
     tables = tables_for(engine).tables
     with engine.begin() as connection:
         for name in (
+            "capacity_sample_versions",
+            "capacity_sample_observations",
+            "capacity_sample_changes",
+            "capacity_window_marks",
             "database_size_aggregations",
             "instance_size_aggregations",
             "database_size_stats",
