@@ -41,6 +41,10 @@ ALL_TABLES = sorted(
         "capacity_limits",  # the forecasts' own
         "capacity_forecasts",
         "capacity_sensor_heartbeats",  # the pipeline's own: the sensors' last ticks
+        "capacity_sample_versions",  # the pipeline's own: what changed in the samples
+        "capacity_sample_observations",
+        "capacity_sample_changes",
+        "capacity_window_marks",
     ]
 )
 

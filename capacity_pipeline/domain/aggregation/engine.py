@@ -142,9 +142,9 @@ def aggregate_windows(
     if batch_size < 1:
         raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
     started = time.perf_counter()
-    if changes_through is None and instances is None:
-        changes_through = last_change(engine)
     targets = list_active_instances(engine) if instances is None else list(instances)
+    if changes_through is None and instances is None:
+        changes_through = last_change(engine)  # before any sample is read
     batches = [targets[first : first + batch_size] for first in range(0, len(targets), batch_size)]
     reports = {plan: AggregationReport(plan, len(targets), batches_total=len(batches)) for plan in plans}
     dialect = dialect_of(engine)
