@@ -64,7 +64,7 @@ def role_commands(host: str, code_port: int, webserver_port: int, api_port: int,
     return {
         "capacity-code-server": [
             *("dagster", "code-server", "start", "-m", "capacity_pipeline.defs", "-a", "defs"),
-            *("-h", host, "-p", str(code_port)),
+            *("-h", host, "-p", str(code_port), "--log-level", "warning"),
         ],
         "dagster-webserver": ["dagster-webserver", "-w", workspace, "-h", host, "-p", str(webserver_port)],
         "dagster-daemon": ["dagster-daemon", "run", "-w", workspace, "--log-level", "warning"],
