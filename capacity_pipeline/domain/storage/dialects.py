@@ -150,7 +150,7 @@ class SqlDialect(ABC):
 
     @abstractmethod
     def begin_batch(self, connection: Connection) -> None:
-        """Per-transaction settings of a batch."""
+        """Per-transaction settings of a set-based pass (an aggregation or forecast batch, an observation)."""
 
     def bulk_insert(self, engine: Engine, table: Table, frame: pd.DataFrame) -> None:
         """Many rows at once (synthetic data): plain executemany where nothing faster exists."""
