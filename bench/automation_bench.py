@@ -9,8 +9,9 @@ days (late samples over two years), every partition of the eight aggregation ass
 after that, and a run history of finished background runs plus a few waiting in the queue (below
 CAPACITY_AUTOMATION_MAX_QUEUED), which `BackgroundQueueHasRoom` counts. Then it times
 `dg.evaluate_automation_conditions` over the sensor's target (the aggregation assets): a first
-tick (no cursor), a tick after a few changed days (new data versions observed on them), and one
-more tick with nothing new. Target (issue 15): at most 10 s a tick.
+tick (no cursor), a tick after a few changed days (new data versions observed on them), one
+more tick with nothing new, and a tick after 90 changed days at both levels (what raising
+CAPACITY_OBSERVE_DAYS from 62 to 124 makes the next observation log). Target (issue 15): at most 10 s a tick.
 
     python bench/automation_bench.py [--storage postgres|sqlite] [--years 2] [--runs 2000]
 
@@ -198,6 +199,13 @@ def bench(storage: str, years: int, finished_runs: int, changed_days: int) -> li
         rows.append(_row(storage, years, partitions, label, after, result.total_requested))
         quiet, result = _timed(definitions, instance, result.cursor)
         rows.append(_row(storage, years, partitions, "next tick, nothing new", quiet, result.total_requested))
+        wide = days[-152:-62]  # CAPACITY_OBSERVE_DAYS raised to 124: every day new to the range changed
+        for level in Level:
+            for day in wide:
+                history.observe(level, day)
+        flood, result = _timed(definitions, instance, result.cursor)
+        label = f"after {len(wide)} changed days at both levels (the range widened)"
+        rows.append(_row(storage, years, partitions, label, flood, result.total_requested))
     return rows
 
 
