@@ -54,6 +54,7 @@ format: $(INSTALLED)
 
 bench: $(INSTALLED)
 	$(BIN)/python bench/aggregation_bench.py --scale 100x100x100 --scale 1000x100x100 --reuse --freshness
+	$(BIN)/python bench/automation_bench.py
 	$(BIN)/python bench/run_center_load.py
 
 clean:

@@ -30,6 +30,7 @@ def test_defaults_apply_when_nothing_is_set():
         ("batch_size", "17", 17),
         ("lock_timeout_seconds", "2.5", 2.5),
         ("partitions_start", "2026-01-01", date(2026, 1, 1)),
+        ("observe_days", "186", 186),
         ("webserver_url", "https://dagster.example/", "https://dagster.example/"),
     ],
 )
@@ -47,6 +48,8 @@ def test_values_are_typed(name, raw, expected):
         ("heartbeat_seconds", "0"),
         ("corrected_quarter", "maybe"),
         ("partitions_start", "2026-13-01"),
+        ("observe_days", "0"),
+        ("observe_days", "187"),
     ],
 )
 def test_a_bad_value_names_the_variable_and_what_it_accepts(name, raw):

@@ -105,6 +105,10 @@ def observe_changes(engine: Engine, level: Level, days: Window) -> Observation:
 def _observe(connection: Connection, level: Level, days: Window) -> Observation:
     dialect = dialect_of(connection.engine)
     dialect.serialise(connection, "capacity_pipeline.observe_samples")  # change ids in commit order
+    # The GROUP BY over the observed days in memory and without JIT compilation (at 1000 instances
+    # x 100 databases over 62 days, JIT took 1.7 s of a 2.1 s statement and the hash spilled to
+    # disk), and the comparisons by hash or merge, never a nested loop over two whole sets.
+    dialect.begin_comparison(connection)
     parts = [p.format(name_hash=dialect.text_hash("database_name")) for p in _VERSION_PARTS[level]]
     version = " || ':' || ".join(f"coalesce(CAST({part} AS TEXT), '')" for part in parts)
     params = {"level": level.value, "first": days.start, "last": days.end}

@@ -17,6 +17,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from sqlalchemy import Engine, text
 
 from capacity_pipeline.domain.aggregation.engine import aggregate_windows
+from capacity_pipeline.domain.aggregation.follow import refresh_fed_windows
 from capacity_pipeline.domain.aggregation.refresh import plan_refresh, stale_windows
 from capacity_pipeline.domain.model import Level, WindowPlan
 from capacity_pipeline.domain.periods import PeriodType, Window, window_containing, windows_fed_by
@@ -78,17 +79,10 @@ def refresh_changed(engine: Engine) -> dict[tuple[Level, PeriodType, Window], fr
     done = {}
     for level in Level:
         observation = observe_changes(engine, level, OBSERVED)
-        for period in PeriodType:
-            windows = {window for day in observation.changed for window in windows_fed_by(period, day)}
-            for window in sorted(windows, key=lambda w: w.start):
-                plan = WindowPlan(period, window, (level,))
-                refresh = plan_refresh(engine, plan)
-                active = list_active_instances(engine)
-                ids = refresh.instance_ids
-                instances = active if ids is None else [i for i in active if i.id in ids]
-                [report] = aggregate_windows(engine, [plan], instances=instances, changes_through=refresh.through)
-                assert not report.failures
-                done[(level, period, window)] = ids
+        for refreshed in refresh_fed_windows(engine, level, observation.changed):
+            assert not refreshed.report.failures
+            plan = refreshed.refresh.plan
+            done[(level, plan.period, plan.window)] = refreshed.instance_ids
     return done
 
 
