@@ -127,21 +127,35 @@ def _observe(connection: Connection, level: Level, days: Window) -> Observation:
 
 
 def _compare_and_record(connection: Connection, level: Level, days: Window, params: dict) -> Observation:
+    previous = connection.execute(
+        text("SELECT observed_from FROM capacity_sample_observations WHERE level = :level"), params
+    ).first()
+    first = previous is None
+    previous_from = as_date(previous[0]) if previous is not None and previous[0] is not None else days.start
+    params = {**params, "previous_from": previous_from}
     run = lambda sql: connection.execute(text(sql), params)  # noqa: E731
     instance_days = run(f"SELECT count(*) FROM {_CURRENT}").scalar_one()
-    first = run("SELECT 1 FROM capacity_sample_observations WHERE level = :level").first() is None
     if first:
-        run("INSERT INTO capacity_sample_observations (level) VALUES (CAST(:level AS VARCHAR(16)))")
+        run(
+            "INSERT INTO capacity_sample_observations (level, observed_from) "
+            "VALUES (CAST(:level AS VARCHAR(16)), :first)"
+        )
     else:
-        run(f"UPDATE capacity_sample_observations SET last_observed_at = {_NOW} WHERE level = :level")
+        run(
+            f"UPDATE capacity_sample_observations SET last_observed_at = {_NOW}, observed_from = :first "
+            "WHERE level = :level"
+        )
     before = run("SELECT coalesce(max(id), 0) FROM capacity_sample_changes").scalar_one()
     same = "v.instance_id = c.instance_id AND v.collected_date = c.collected_date"
     if not first:
-        # Inserted or updated: a version that is new or differs; deleted: a recorded one now without samples.
+        # Inserted or updated: a version that is new or differs; deleted: a recorded one now without
+        # samples. Days before the range observed last time (a wider CAPACITY_OBSERVE_DAYS) were never
+        # seen: adopted as they are, like a first observation's.
         run(
             "INSERT INTO capacity_sample_changes (level, instance_id, collected_date) "
             f"SELECT CAST(:level AS VARCHAR(16)), c.instance_id, c.collected_date FROM {_CURRENT} c "
-            f"WHERE NOT EXISTS (SELECT 1 FROM capacity_sample_versions v WHERE v.level = :level AND {same} "
+            "WHERE c.collected_date >= :previous_from "
+            f"AND NOT EXISTS (SELECT 1 FROM capacity_sample_versions v WHERE v.level = :level AND {same} "
             "AND v.version = c.version) "
             "UNION ALL "
             "SELECT CAST(:level AS VARCHAR(16)), v.instance_id, v.collected_date FROM capacity_sample_versions v "

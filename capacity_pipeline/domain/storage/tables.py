@@ -485,7 +485,8 @@ def _change_tables(metadata: MetaData, now: TextClause) -> None:
         Column("level", String(16), primary_key=True),
         Column("first_observed_at", _TIMESTAMPTZ, nullable=False, server_default=now),
         Column("last_observed_at", _TIMESTAMPTZ, nullable=False, server_default=now),
-        comment="capacity_pipeline: when each level's samples were first and last observed",
+        Column("observed_from", Date, nullable=True),  # the first day the last observation covered
+        comment="capacity_pipeline: when each level's samples were first and last observed, and from which day",
     )
     Table(
         "capacity_sample_changes",

@@ -82,3 +82,20 @@ def test_days_before_the_observed_range_are_forgotten(engine, whalefall):
         oldest = connection.execute(text("SELECT min(collected_date) FROM capacity_sample_versions")).scalar_one()
     assert str(oldest) == "2026-04-01"
     assert observe_changes(engine, Level.DATABASE, later).changed == {}
+
+
+def test_days_a_wider_range_adds_are_adopted_not_logged(engine, whalefall):
+    """Raising CAPACITY_OBSERVE_DAYS brings in days never observed: they are not changes (the
+    roll-ups of those days stand), while a change inside the range seen before still is."""
+    _load(whalefall)
+    narrow = Window(date(2026, 4, 1), DAYS.end)
+    observe_changes(engine, Level.INSTANCE, narrow)
+    with engine.begin() as connection:
+        connection.execute(
+            text("UPDATE instance_size_stats SET total_size_mb = 1 WHERE instance_id = 2 AND collected_date = :d"),
+            {"d": date(2026, 4, 2)},
+        )
+    wider = observe_changes(engine, Level.INSTANCE, DAYS)
+    assert _changed(wider) == {(2, date(2026, 4, 2))}
+    assert wider.instance_days == 3 * DAYS.days
+    assert observe_changes(engine, Level.INSTANCE, DAYS).changed == {}  # the adopted days are recorded now
