@@ -8,6 +8,7 @@ Helpers are in support.py.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 
 import dagster as dg
@@ -23,6 +24,18 @@ from capacity_pipeline_tests.support import (
     empty_tables,
     scratch_database,
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start from the signal handlers of a foreground run. A run started as a background job of a
+    script (`make test &`, some CI runners) inherits SIGINT ignored; Dagster's capture_interrupts
+    (every in-process run on the main thread) then maps SIGTERM to SIGINT's handler when it ends,
+    so SIGTERM is ignored too, and the compute-log `tail` processes a later run spawns inherit it
+    and outlive their terminate() (a run hung 60 s in its teardown, two tests failed)."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.fixture(scope="session")
