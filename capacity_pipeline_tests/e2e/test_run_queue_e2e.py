@@ -28,7 +28,10 @@ from capacity_pipeline_tests.support import (
     whalefall_cancel,
 )
 
-STARTS_WITHIN_SECONDS = 15  # launching a run process takes a few seconds on a busy 2-core machine
+# Launching a run process takes a few seconds, and up to about 20 on this 2-core machine while the
+# other xdist worker runs; what proves the priority is that background runs queued before the
+# request are still waiting when it starts.
+STARTS_WITHIN_SECONDS = 30
 IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, *IN_PROGRESS]
 
@@ -66,18 +69,24 @@ def test_a_request_starts_within_seconds_whatever_background_work_is_queued(dags
             wait_until(lambda: len(in_progress()) >= 3, 60, "the storm taking the run slots", interval=0.2)
 
             first = request_current_aggregation(pg_engine, Scope.ALL, created_by=1)
-            posted, most_in_progress, backfills = time.monotonic(), [], []
+            posted, most_in_progress, backfills, still_queued = time.monotonic(), [], [], []
 
             def started() -> bool:
                 background = [run for run in in_progress() if run.run_id in storm]
                 most_in_progress.append(len(background))
                 backfills.append(sum(1 for run in background if "dagster/backfill" in run.tags))
+                queued = instance.get_runs(filters=dg.RunsFilter(run_ids=storm, statuses=[dg.DagsterRunStatus.QUEUED]))
                 run = _run_of(instance, first)
-                return run is not None and run.status in (dg.DagsterRunStatus.STARTED, *FINISHED)
+                if run is not None and run.status in (dg.DagsterRunStatus.STARTED, *FINISHED):
+                    still_queued.append(len(queued))  # read just before: still waiting when it started
+                    return True
+                return False
 
             wait_until(started, 120, "the request's run starting", interval=0.2)
             waited = time.monotonic() - posted
             assert waited < STARTS_WITHIN_SECONDS, f"the request waited {waited:.1f} s for a run slot"
+            # It went before the background runs queued ahead of it: some of them had not started yet.
+            assert still_queued[-1] > 0, "every background run started before the request"
             # Background work never had more than its three slots (two scheduled, one backfill).
             assert max(most_in_progress) <= 3 and max(backfills) <= 1, (most_in_progress, backfills)
 
