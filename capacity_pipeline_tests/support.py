@@ -718,6 +718,14 @@ def assert_run_center_consistent(
             continue
         assert len(runs) == 1, (task_run_id, [r.run_id for r in runs])
         [dagster_run] = runs
+        if dagster_run.status not in FINISHED:  # its TaskRun settles as the step ends, a moment before the run
+            wait_until(
+                lambda run_id=dagster_run.run_id: instance.get_run_by_id(run_id).is_finished,
+                60,
+                f"Dagster run {dagster_run.run_id} ending",
+                interval=0.5,
+            )
+            dagster_run = instance.get_run_by_id(dagster_run.run_id)
         assert dagster_run.status in FINISHED, (task_run_id, dagster_run.run_id, dagster_run.status)
         allowed = {_DAGSTER_STATUS_OF[status]}
         if status == "cancelled":

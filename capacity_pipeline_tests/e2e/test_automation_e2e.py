@@ -176,7 +176,7 @@ def test_changed_samples_re_aggregate_exactly_the_windows_they_feed(fresh_dagste
             )
             return done == expected and not [run for run in in_flight if run.asset_selection]
 
-        wait_until(settled, 150, "the affected partitions to be re-materialized", interval=1)
+        wait_until(settled, 240, "the affected partitions to be re-materialized", interval=1)
         _wait_for_ticks(client, instance, 2)  # more automation ticks: nothing else may follow
         assert _materializations_since(instance, before) == expected
         failed = instance.get_runs(filters=dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE]))
