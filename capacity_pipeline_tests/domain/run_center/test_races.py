@@ -144,7 +144,7 @@ def test_control_a_writer_taking_items_before_the_run_deadlocks_with_the_cancel(
     center = RunCenter(pg_engine)
     deadlocks = 0
     with slow_item_updates(pg_engine), racers(pg_engine) as engine:
-        for iteration in range(3):
+        for iteration in range(6):  # each race deadlocks most of the time, not always (a busy machine)
             run_id = f"control-{iteration}"
             center.create_run(run_id, SPEC)
             center.snapshot_items(run_id)
