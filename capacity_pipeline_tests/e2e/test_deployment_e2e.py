@@ -388,7 +388,7 @@ def test_the_deployed_topology_serves_a_request_end_to_end_and_survives_a_code_s
         assert (alive.returncode, alive.stdout.strip()) == (0, "Daemon live"), alive.stderr  # compose's healthcheck
         processes.check_alive()
     assert TOKEN not in (tmp_path / "capacity-api.log").read_text()  # tokens are never logged
-    assert time.monotonic() - began < 120
+    assert time.monotonic() - began < 300  # a bound on the test (a loaded machine took 128 s), not a speed target
 
 
 def _wait_for_code_server(processes: Topology, port: int, env: dict[str, str]) -> None:
