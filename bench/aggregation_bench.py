@@ -42,7 +42,7 @@ from sqlalchemy import Connection, Engine, create_engine, make_url, text
 from capacity_pipeline.domain.aggregation.engine import aggregate_period, aggregate_windows
 from capacity_pipeline.domain.aggregation.follow import WindowRefresh, fed_windows, refresh_fed_windows
 from capacity_pipeline.domain.model import AggregationReport, Level, WindowPlan
-from capacity_pipeline.domain.periods import PeriodType, Window, last_window, previous_window
+from capacity_pipeline.domain.periods import PeriodType, Window, last_window, previous_window, refreshed_automatically
 from capacity_pipeline.domain.samples.changes import Observation, last_change, last_changes_within, observe_changes
 from capacity_pipeline.domain.samples.instances import list_active_instances
 from capacity_pipeline.domain.samples.synthetic import SyntheticSpec, load_synthetic_data
@@ -350,9 +350,7 @@ def observation_tick(engine: Engine, days: Window) -> tuple[float, dict[Level, O
 def automated(period: PeriodType, window: Window) -> bool:
     """The windows the automation runs (defs/aggregation/automation.py, default settings): every
     day up to today; weeks, months and quarters once complete."""
-    if period is PeriodType.DAILY:
-        return window.start <= TODAY
-    return window.end < TODAY
+    return refreshed_automatically(period, window, today=TODAY, current_periods=False)
 
 
 def _refresh(engine: Engine, observations: dict[Level, Observation]) -> list[WindowRefresh]:

@@ -7,6 +7,7 @@ unless the caller asks for the corrected one.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from enum import StrEnum
@@ -39,6 +40,9 @@ class Window:
     @property
     def days(self) -> int:
         return (self.end - self.start).days + 1
+
+    def __contains__(self, day: date) -> bool:
+        return self.start <= day <= self.end
 
 
 def china_today(now: datetime | None = None) -> date:
@@ -116,3 +120,18 @@ def windows_fed_by(period: PeriodType, day: date, *, corrected_quarter: bool = F
     following = window_containing(period, containing.end + timedelta(days=1))
     compared = previous_window(period, following, corrected_quarter=corrected_quarter)
     return [containing, following] if compared.start <= day <= compared.end else [containing]
+
+
+def windows_fed_by_days(period: PeriodType, days: Iterable[date], *, corrected_quarter: bool = False) -> list[Window]:
+    """Every window of `period` whose aggregation reads one of `days`, in start order."""
+    windows = {w for day in set(days) for w in windows_fed_by(period, day, corrected_quarter=corrected_quarter)}
+    return sorted(windows, key=lambda window: window.start)
+
+
+def refreshed_automatically(period: PeriodType, window: Window, *, today: date, current_periods: bool) -> bool:
+    """Whether the automation re-aggregates the window when its samples change: begun, and in
+    progress only for days or with CAPACITY_AUTOMATE_CURRENT_PERIODS (a partial week, month or
+    quarter is otherwise aggregated once complete)."""
+    if window.start > today:
+        return False
+    return window.end < today or period is PeriodType.DAILY or current_periods

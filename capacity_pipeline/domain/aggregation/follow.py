@@ -18,7 +18,7 @@ from sqlalchemy import Engine
 from capacity_pipeline.domain.aggregation.engine import aggregate_windows
 from capacity_pipeline.domain.aggregation.refresh import Refresh, plan_refresh
 from capacity_pipeline.domain.model import AggregationReport, Level, WindowPlan
-from capacity_pipeline.domain.periods import PeriodType, Window, windows_fed_by
+from capacity_pipeline.domain.periods import PeriodType, Window, windows_fed_by_days
 from capacity_pipeline.domain.samples.instances import list_active_instances
 
 
@@ -44,16 +44,13 @@ def fed_windows(
 ) -> list[tuple[PeriodType, Window]]:
     """Every (period, window) whose aggregation reads one of `days`, in period and start order;
     `include` leaves out the windows the automation does not run (e.g. a period in progress)."""
-    found = []
-    days = sorted(set(days))
-    for period in PeriodType:
-        windows = {w for day in days for w in windows_fed_by(period, day, corrected_quarter=corrected_quarter)}
-        found.extend(
-            (period, window)
-            for window in sorted(windows, key=lambda w: w.start)
-            if include is None or include(period, window)
-        )
-    return found
+    days = list(days)
+    return [
+        (period, window)
+        for period in PeriodType
+        for window in windows_fed_by_days(period, days, corrected_quarter=corrected_quarter)
+        if include is None or include(period, window)
+    ]
 
 
 def refresh_fed_windows(
@@ -67,10 +64,10 @@ def refresh_fed_windows(
     """Refresh, at `level`, every window `days` feed: each for the instances changed since its
     mark, moving the mark on (a window without one is re-aggregated whole)."""
     done = []
+    active = list_active_instances(engine)
     for period, window in fed_windows(days, corrected_quarter=corrected_quarter, include=include):
         plan = WindowPlan(period, window, (level,), corrected_quarter)
         refresh = plan_refresh(engine, plan)
-        active = list_active_instances(engine)
         ids = refresh.instance_ids_at(level)
         instances = active if ids is None else [i for i in active if i.id in ids]
         [report] = aggregate_windows(engine, [plan], instances=instances, changes_through=refresh.through)

@@ -21,8 +21,8 @@ from datetime import UTC, date, datetime
 from sqlalchemy import Connection, Engine, bindparam, text
 
 from capacity_pipeline.domain.model import Level, WindowPlan
-from capacity_pipeline.domain.periods import PeriodType, Window, previous_window, windows_fed_by
-from capacity_pipeline.domain.samples.changes import as_date, last_change
+from capacity_pipeline.domain.periods import PeriodType, Window, refreshed_automatically, windows_fed_by_days
+from capacity_pipeline.domain.samples.changes import as_date, changed_days_within, changes_after, last_change
 from capacity_pipeline.domain.storage.database import in_transaction
 from capacity_pipeline.domain.storage.dialects import dialect_of
 from capacity_pipeline.domain.storage.tables import tables_for
@@ -92,11 +92,6 @@ def changed_days_text(changed: dict[int, tuple[date, ...]], limit: int = 5) -> s
     return "; ".join(shown) + more
 
 
-def read_windows(plan: WindowPlan) -> tuple[Window, Window]:
-    """The days a window's rows read: its own and its previous window's (compat 3, Q1)."""
-    return plan.window, plan.previous
-
-
 def plan_refresh(
     engine: Engine,
     plan: WindowPlan,
@@ -109,12 +104,12 @@ def plan_refresh(
     with engine.connect() as connection:
         through = last_change(connection) if through is None else through
         marks = dict(window_marks(connection, plan) if marks is None else marks)
+        window, previous = plan.window, plan.previous  # the days its rows read (compat 3, Q1)
         changed: dict[Level, dict[int, set[date]]] = {}
         for level, mark in marks.items():
             if mark is None:
                 continue
             at_level = changed.setdefault(level, {})
-            window, previous = read_windows(plan)
             rows = connection.execute(
                 text(_CHANGES_READ),
                 {
@@ -190,28 +185,43 @@ class StaleWindow:
 def stale_windows(
     engine: Engine, level: Level, period: PeriodType, windows: Sequence[Window], *, corrected_quarter: bool = False
 ) -> list[StaleWindow]:
-    """Of `windows` (those materialized), the ones with a change after their mark on a day they read."""
-    stale = []
+    """Of `windows`, the ones with a change after their mark (any change, without one) on a day
+    they read. Two reads whatever the number of windows: their marks, and the changes after the
+    lowest of them (usually few: most windows are fresh)."""
+    plans = [WindowPlan(period, window, (level,), corrected_quarter) for window in windows]
+    if not plans:
+        return []
     with engine.connect() as connection:
-        for window in windows:
-            plan = WindowPlan(period, window, (level,), corrected_quarter)
-            [mark] = window_marks(connection, plan).values()
-            previous = previous_window(period, window, corrected_quarter=corrected_quarter)
-            rows = connection.execute(
-                text(_CHANGES_READ),
-                {
-                    "level": level.value,
-                    "since": mark if mark is not None else 0,
-                    "through": 2**62,
-                    "start": window.start,
-                    "end": window.end,
-                    "previous_start": previous.start,
-                    "previous_end": previous.end,
-                },
-            ).all()
-            if rows:
-                days = tuple(sorted({as_date(day) for _, day in rows}))
-                stale.append(StaleWindow(window.start, len({i for i, _ in rows}), days, mark is not None))
+        rows = connection.execute(
+            text(
+                "SELECT period_start, changes_through FROM capacity_window_marks "
+                "WHERE level = :level AND period_type = :period AND period_start BETWEEN :first AND :last"
+            ),
+            {
+                "level": level.value,
+                "period": period.value,
+                "first": min(window.start for window in windows),
+                "last": max(window.start for window in windows),
+            },
+        ).all()
+        marks = {as_date(start): int(mark) for start, mark in rows}
+        changes = changes_after(
+            connection,
+            level,
+            min(marks.get(plan.window.start, 0) for plan in plans),
+            Window(min(plan.previous.start for plan in plans), max(plan.window.end for plan in plans)),
+        )
+    stale = []
+    for plan in plans:
+        mark = marks.get(plan.window.start)
+        hits = [
+            (instance_id, day)
+            for instance_id, day, change_id in changes
+            if change_id > (mark or 0) and (day in plan.window or day in plan.previous)
+        ]
+        if hits:
+            days = tuple(sorted({day for _, day in hits}))
+            stale.append(StaleWindow(plan.window.start, len({i for i, _ in hits}), days, mark is not None))
     return stale
 
 
@@ -226,25 +236,12 @@ def stale_windows_of_changed_days(
     corrected_quarter: bool = False,
 ) -> list[StaleWindow]:
     """The stale windows among those the changed days of `days` feed (the only ones a change can
-    have made stale): begun, and in progress only for days or when `include_in_progress` (a
-    partial week, month or quarter is aggregated once complete otherwise)."""
+    have made stale) that the automation re-aggregates (periods.refreshed_automatically)."""
     with engine.connect() as connection:
-        changed_days = connection.execute(
-            text(
-                "SELECT DISTINCT collected_date FROM capacity_sample_changes "
-                "WHERE level = :level AND collected_date BETWEEN :first AND :last"
-            ),
-            {"level": level.value, "first": days.start, "last": days.end},
-        ).scalars()
-        candidates = {
-            window
-            for day in changed_days
-            for window in windows_fed_by(period, as_date(day), corrected_quarter=corrected_quarter)
-        }
-    candidates = {
+        changed = changed_days_within(connection, level, days)
+    candidates = [
         window
-        for window in candidates
-        if window.start <= today and (window.end < today or period is PeriodType.DAILY or include_in_progress)
-    }
-    ordered = sorted(candidates, key=lambda window: window.start)
-    return stale_windows(engine, level, period, ordered, corrected_quarter=corrected_quarter)
+        for window in windows_fed_by_days(period, changed, corrected_quarter=corrected_quarter)
+        if refreshed_automatically(period, window, today=today, current_periods=include_in_progress)
+    ]
+    return stale_windows(engine, level, period, candidates, corrected_quarter=corrected_quarter)

@@ -54,7 +54,6 @@ _VERSION_PARTS = {
     ),
 }
 _CURRENT = "capacity_observed_versions"  # a temporary table: this observation's versions
-_NOW = "CURRENT_TIMESTAMP"
 
 
 @dataclass(frozen=True)
@@ -142,7 +141,7 @@ def _compare_and_record(connection: Connection, level: Level, days: Window, para
         )
     else:
         run(
-            f"UPDATE capacity_sample_observations SET last_observed_at = {_NOW}, observed_from = :first "
+            "UPDATE capacity_sample_observations SET last_observed_at = CURRENT_TIMESTAMP, observed_from = :first "
             "WHERE level = :level"
         )
     before = run("SELECT coalesce(max(id), 0) FROM capacity_sample_changes").scalar_one()
@@ -205,6 +204,30 @@ def last_change(connection: Connection | Engine, level: Level | None = None) -> 
         with connection.connect() as bound:
             return int(bound.execute(sql, params).scalar_one())
     return int(connection.execute(sql, params).scalar_one())
+
+
+def changed_days_within(connection: Connection, level: Level, days: Window) -> list[date]:
+    """The days of `days` with a logged change, in order."""
+    rows = connection.execute(
+        text(
+            "SELECT DISTINCT collected_date FROM capacity_sample_changes "
+            "WHERE level = :level AND collected_date BETWEEN :first AND :last ORDER BY collected_date"
+        ),
+        {"level": level.value, "first": days.start, "last": days.end},
+    ).scalars()
+    return [as_date(day) for day in rows]
+
+
+def changes_after(connection: Connection, level: Level, since: int, days: Window) -> list[tuple[int, date, int]]:
+    """(instance, day, change id) of every change after id `since` on a day of `days`."""
+    rows = connection.execute(
+        text(
+            "SELECT instance_id, collected_date, id FROM capacity_sample_changes "
+            "WHERE level = :level AND id > :since AND collected_date BETWEEN :first AND :last"
+        ),
+        {"level": level.value, "since": since, "first": days.start, "last": days.end},
+    ).all()
+    return [(instance_id, as_date(day), int(change_id)) for instance_id, day, change_id in rows]
 
 
 def last_changes_within(engine: Engine, level: Level, windows: Mapping[date, Window]) -> dict[date, int]:
