@@ -162,11 +162,7 @@ def test_a_changed_day_re_aggregates_exactly_the_windows_it_feeds(pg_engine, sam
     observe_samples(definitions, dagster_instance)
     result = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=first.cursor)
 
-    requested = {
-        asset.key: partitions
-        for asset in AGGREGATION_ASSETS.values()
-        if (partitions := set(result.get_requested_partitions(asset.key)))
-    }
+    requested = _requested(result)
     assert requested == _expected(changed, current_periods=False)
     again = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=result.cursor)
     assert again.total_requested == 0  # requested once, not on every tick
@@ -186,11 +182,7 @@ def test_with_current_periods_on_the_quarter_in_progress_follows_only_the_days_i
     observe_samples(definitions, dagster_instance)
     result = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=first.cursor)
 
-    requested = {
-        asset.key: partitions
-        for asset in AGGREGATION_ASSETS.values()
-        if (partitions := set(result.get_requested_partitions(asset.key)))
-    }
+    requested = _requested(result)
     assert requested == _expected(changed, current_periods=True)
     quarter = window_containing(PeriodType.QUARTERLY, TODAY)
     this_quarter = key_for_window(quarter)
@@ -298,14 +290,19 @@ def test_while_the_run_queue_is_full_of_background_runs_a_change_waits_and_is_th
 
     dagster_instance.report_run_canceled(queued[0])  # one leaves the queue: room for more
     room = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=still_full.cursor)
-    requested = {
-        asset.key: partitions
-        for asset in AGGREGATION_ASSETS.values()
-        if (partitions := set(room.get_requested_partitions(asset.key)))
-    }
+    requested = _requested(room)
     assert requested == _expected(changed, current_periods=False)
     again = dg.evaluate_automation_conditions(defs=definitions, instance=dagster_instance, cursor=room.cursor)
     assert again.total_requested == 0
+
+
+def _requested(evaluation: dg.EvaluateAutomationConditionsResult) -> dict[dg.AssetKey, set[str]]:
+    """The roll-up partitions an automation evaluation requested, per asset."""
+    return {
+        asset.key: partitions
+        for asset in AGGREGATION_ASSETS.values()
+        if (partitions := set(evaluation.get_requested_partitions(asset.key)))
+    }
 
 
 def _freshness(instance: dg.DagsterInstance, key: dg.AssetKey):  # noqa: ANN202

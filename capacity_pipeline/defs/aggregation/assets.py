@@ -32,7 +32,7 @@ from capacity_pipeline.defs.partitions import PartitionsByPeriod, window_for_key
 from capacity_pipeline.defs.resources import WhaleFallDatabase
 from capacity_pipeline.defs.run_center.hooks import RUN_CENTER_HOOKS
 from capacity_pipeline.defs.run_center.step import InstancesFailed, RunCenterStep
-from capacity_pipeline.defs.run_center.tags import CHANGES_TAG, REFRESH_CHANGED, REFRESH_TAG, task_of_run
+from capacity_pipeline.defs.run_center.tags import CHANGES_TAG, REFRESH_CHANGED, REFRESH_TAG, RunTask, task_of_run
 from capacity_pipeline.defs.samples.sources import GROUP
 from capacity_pipeline.domain.aggregation.engine import Batch
 from capacity_pipeline.domain.aggregation.refresh import Refresh, plan_refresh
@@ -175,7 +175,7 @@ def _materialize(
     span = Window(windows[0].start, windows[-1].end)
     plans = [WindowPlan(period, window, (level,), whalefall.corrected_quarter) for window in windows]
     refresh = _refresh_of_run(context, whalefall, task.scope.levels, period, windows)
-    why, why_summary = _why(context, whalefall, refresh, level)
+    why, why_summary = _why(context, whalefall, refresh, level, task)
 
     def phase_results(batch: Batch) -> list[ItemPhase]:
         """One result per instance for this level over all the run's windows (compat 6.2 payloads)."""
@@ -248,12 +248,16 @@ def _refresh_of_run(
 
 
 def _why(
-    context: dg.AssetExecutionContext, whalefall: WhaleFallDatabase, refresh: Refresh | None, level: Level
+    context: dg.AssetExecutionContext,
+    whalefall: WhaleFallDatabase,
+    refresh: Refresh | None,
+    level: Level,
+    task: RunTask,
 ) -> tuple[RefreshReason, dict[str, Any]]:
     """What triggered this materialization: for its metadata (this level), and for the TaskRun's
     summary (the run)."""
     in_scope = len(list_active_instances(whalefall.connected_engine()))
-    how = "a backfill" if "dagster/backfill" in context.run.tags else f"a {task_of_run(context.run).task_name} run"
+    how = "a backfill" if "dagster/backfill" in context.run.tags else f"a {task.task_name} run"
     summary = refresh_summary(refresh, in_scope) if refresh is not None else {}
     return RefreshReason.of(refresh, level, in_scope, how), summary
 
